@@ -1,0 +1,113 @@
+# dsc - build that explains itself.
+#
+#   make            libdsc.a, the dsc CLI, the test runner and the benchmarks
+#   make test       build and run the test suite (ends with "N passed, N failed")
+#   make demo       the main job on the bundled tiny model
+#   make SAN=1 ...  the same with AddressSanitizer + UBSan, in build-san/
+#   NO_OMP=1        build without OpenMP      NO_BLAS=1  without OpenBLAS
+#
+# Flags are remembered in $(BUILD)/.make-settings; changing them rebuilds.
+
+CC      ?= gcc
+BUILD   ?= build
+OPT     ?= -O2
+CFLAGS  := -std=c11 $(OPT) -g -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+           -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP
+LDLIBS  := -lm -lpthread
+
+ifeq ($(SAN),1)
+  BUILD   := build-san
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+# ---- dependencies: say what we found ----
+ifeq ($(NO_OMP),1)
+  $(info [dsc] OpenMP     : off (NO_OMP=1))
+  CFLAGS += -Wno-unknown-pragmas
+else
+  CFLAGS += -fopenmp
+  LDFLAGS += -fopenmp
+  $(info [dsc] OpenMP     : on)
+endif
+
+JANSSON_CFLAGS := $(shell pkg-config --cflags jansson 2>/dev/null)
+JANSSON_LIBS   := $(shell pkg-config --libs jansson 2>/dev/null)
+ifeq ($(JANSSON_LIBS),)
+  $(error [dsc] jansson not found: run scripts/install-deps.sh)
+endif
+$(info [dsc] jansson    : $(shell pkg-config --modversion jansson))
+CFLAGS += $(JANSSON_CFLAGS)
+LDLIBS += $(JANSSON_LIBS)
+
+BLAS_SRC := src/kernels/cpu/gemm_builtin.c
+ifneq ($(NO_BLAS),1)
+  BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null)
+  ifneq ($(BLAS_LIBS),)
+    BLAS_SRC := src/kernels/cpu/gemm_openblas.c
+    CFLAGS += $(shell pkg-config --cflags openblas)
+    LDLIBS += $(BLAS_LIBS)
+    $(info [dsc] BLAS       : OpenBLAS $(shell pkg-config --modversion openblas))
+  else
+    $(info [dsc] BLAS       : not found, built-in GEMM (run scripts/install-deps.sh))
+  endif
+else
+  $(info [dsc] BLAS       : off (NO_BLAS=1), built-in GEMM)
+endif
+$(info [dsc] sanitizers : $(if $(filter 1,$(SAN)),ASan+UBSan,off))
+
+# ---- sources ----
+LIB_SRC := $(wildcard src/util/*.c src/io/*.c src/model/*.c src/kernels/ref/*.c) \
+           $(filter-out src/kernels/cpu/gemm_%.c,$(wildcard src/kernels/cpu/*.c)) $(BLAS_SRC)
+TEST_SRC := $(wildcard tests/*.c tests/unit/*.c tests/kernels/*.c tests/e2e/*.c)
+BENCH_SRC := $(wildcard bench/*.c)
+
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+# SIMD variants are compiled per file; dispatch picks one at run time.
+$(BUILD)/src/kernels/cpu/avx2.o:   CFLAGS += -mavx2 -mfma -mf16c
+$(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
+
+SETTINGS := CC=$(CC) OPT=$(OPT) SAN=$(SAN) NO_OMP=$(NO_OMP) NO_BLAS=$(NO_BLAS)
+
+.PHONY: all test demo clean settings bench
+all: $(BUILD)/libdsc.a $(BUILD)/dsc $(BUILD)/dsc_tests $(BENCH_BIN)
+
+settings:
+	@mkdir -p $(BUILD)
+	@if [ "$$(cat $(BUILD)/.make-settings 2>/dev/null)" != "$(SETTINGS)" ]; then \
+	  echo "[dsc] build settings changed: rebuilding $(BUILD)/"; \
+	  rm -rf $(BUILD); mkdir -p $(BUILD); echo "$(SETTINGS)" > $(BUILD)/.make-settings; fi
+
+$(BUILD)/.make-settings: settings
+
+$(BUILD)/%.o: %.c | settings
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/libdsc.a: $(LIB_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/dsc: $(BUILD)/cli/main.o $(BUILD)/libdsc.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/dsc_tests: $(TEST_OBJ) $(BUILD)/libdsc.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libdsc.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+bench: $(BENCH_BIN)
+
+test: $(BUILD)/dsc $(BUILD)/dsc_tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/dsc_tests --dsc $(BUILD)/dsc
+
+demo: $(BUILD)/dsc
+	./scripts/demo.sh $(BUILD)/dsc
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/cli/main.d

@@ -1,0 +1,186 @@
+/*
+ * dsc.h - the one public header of libdsc.
+ *
+ * libdsc loads DeepSeek-V2 / V3 checkpoints in Hugging Face layout
+ * (config.json + safetensors shards) directly, keeps the weights memory-mapped
+ * in their stored dtype (F32, BF16, F16, FP8 e4m3 with 128x128 block scales)
+ * and runs the forward pass in fp32.
+ *
+ * Conventions
+ *  - Every function that can fail returns a dsc_status and, when `err` is not
+ *    NULL, writes a human-readable message into it (file, tensor, expected vs
+ *    found). The library never exits, aborts or prints on bad input.
+ *  - Handles (dsc_model_t, dsc_ctx_t) are opaque; each has a _new/_load and a
+ *    _free. Freeing NULL is a no-op.
+ *  - Sizes and counts are int64_t; token ids are int32_t.
+ *  - There is no global mutable state: two models may be used from two
+ *    threads at once. One context must not be used from two threads at once.
+ */
+#ifndef DSC_H
+#define DSC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DSC_VERSION_MAJOR 0
+#define DSC_VERSION_MINOR 1
+
+/* Status codes. Only ever appended to. */
+typedef enum {
+    DSC_OK = 0,
+    DSC_ERR_IO,          /* a file is missing or cannot be read / mapped       */
+    DSC_ERR_FORMAT,      /* a file is malformed (JSON, safetensors header, ...) */
+    DSC_ERR_CONFIG,      /* config.json has a bad or unsupported value         */
+    DSC_ERR_UNSUPPORTED, /* valid input that this build does not handle         */
+    DSC_ERR_SHAPE,       /* a tensor has the wrong shape or dtype               */
+    DSC_ERR_MISSING,     /* a required tensor is absent, or an extra one found  */
+    DSC_ERR_ARG,         /* a bad argument (out-of-range token id, n <= 0, ...) */
+    DSC_ERR_OOM,         /* an allocation failed                                */
+} dsc_status;
+
+/* Static string naming a status, e.g. "format error". Never NULL. */
+const char *dsc_status_str(dsc_status s);
+
+/* Error details. Caller-owned; a function writes msg only when it fails. */
+typedef struct {
+    dsc_status code;
+    char msg[1024];
+} dsc_err;
+
+/* Storage dtypes of weights. Only ever appended to. */
+typedef enum {
+    DSC_F32 = 0,
+    DSC_BF16,
+    DSC_F16,
+    DSC_F8_E4M3,
+} dsc_dtype;
+
+const char *dsc_dtype_name(dsc_dtype t);
+size_t dsc_dtype_size(dsc_dtype t); /* bytes per element */
+
+/* Routing of the MoE gate (config `topk_method`). */
+typedef enum {
+    DSC_TOPK_GREEDY = 0,         /* V2-Lite: plain top-k                       */
+    DSC_TOPK_GROUP_LIMITED,      /* V2: groups ranked by their max score        */
+    DSC_TOPK_NOAUX_TC,           /* V3: biased scores, groups by top-2 sum      */
+} dsc_topk_method;
+
+typedef enum { DSC_SCORE_SOFTMAX = 0, DSC_SCORE_SIGMOID } dsc_scoring;
+
+/* The model configuration as read from config.json (read-only view). */
+typedef struct {
+    char model_type[32];          /* "deepseek_v2" / "deepseek_v3"                 */
+    int64_t vocab_size;
+    int64_t hidden_size;          /* d                                             */
+    int64_t intermediate_size;    /* dense FFN width                               */
+    int64_t moe_intermediate_size;
+    int64_t num_hidden_layers;
+    int64_t num_attention_heads;  /* H                                             */
+    int64_t q_lora_rank;          /* 0 = no query compression (V2-Lite)            */
+    int64_t kv_lora_rank;         /* d_c                                           */
+    int64_t qk_nope_head_dim;
+    int64_t qk_rope_head_dim;
+    int64_t v_head_dim;
+    int64_t n_routed_experts;     /* 0 = every layer dense                         */
+    int64_t n_shared_experts;
+    int64_t num_experts_per_tok;
+    int64_t n_group, topk_group;
+    int64_t first_k_dense_replace;
+    int64_t moe_layer_freq;
+    int64_t num_nextn_predict_layers; /* MTP layers present in the files (ignored) */
+    int64_t max_position_embeddings;
+    int64_t bos_token_id, eos_token_id; /* -1 when absent                         */
+    dsc_topk_method topk_method;
+    dsc_scoring scoring_func;
+    int norm_topk_prob;
+    int tie_word_embeddings;
+    int rope_interleave;          /* 1: pairs (2i, 2i+1); 0: pairs (i, i+D/2)      */
+    double routed_scaling_factor;
+    double rms_norm_eps;
+    double rope_theta;
+    /* YaRN (rope_scaling / rope_parameters); yarn == 0 means plain RoPE. */
+    int yarn;
+    double yarn_factor, yarn_beta_fast, yarn_beta_slow;
+    double yarn_mscale, yarn_mscale_all_dim;
+    int64_t yarn_original_max_pos;
+    double yarn_attention_factor; /* multiplies cos/sin (1.0 for DeepSeek configs) */
+    double softmax_scale;         /* d_qk^-1/2 * m^2, precomputed                  */
+} dsc_config;
+
+typedef struct dsc_model dsc_model_t;
+typedef struct dsc_ctx dsc_ctx_t;
+
+/*
+ * Load the checkpoint in directory `dir`: config.json, then either
+ * model.safetensors or model.safetensors.index.json + its shards. Tensors are
+ * mmapped read-only and stay in their stored dtype. On failure *out is NULL
+ * and err says what is wrong. The model owns its mappings until freed.
+ */
+dsc_status dsc_model_load(const char *dir, dsc_model_t **out, dsc_err *err);
+void dsc_model_free(dsc_model_t *m);
+
+/* Borrowed pointer, valid until dsc_model_free. */
+const dsc_config *dsc_model_config(const dsc_model_t *m);
+
+typedef struct {
+    int64_t n_params;             /* every weight element the forward pass uses    */
+    int64_t n_params_active;      /* per token: all but the unchosen routed experts */
+    int64_t n_params_skipped;     /* elements in the files that are not used (MTP) */
+    int64_t n_tensors;            /* tensors bound by the model                    */
+    int64_t n_tensors_skipped;    /* tensors in the files left unused (MTP layers) */
+    int64_t weight_bytes;         /* bytes of the bound tensors as stored          */
+    int64_t file_bytes;           /* bytes of all safetensors files                */
+    int64_t n_moe_layers, n_dense_layers;
+    int64_t latent_cache_values_per_token;  /* (kv_lora_rank + rope) * layers      */
+    int64_t mha_cache_values_per_token;     /* H*(d_qk + d_v) * layers             */
+    dsc_dtype dominant_dtype;     /* dtype holding most weight bytes               */
+    int64_t dtype_bytes[4];       /* bound weight bytes per dsc_dtype              */
+} dsc_model_info;
+
+void dsc_model_get_info(const dsc_model_t *m, dsc_model_info *info);
+
+/* How attention is computed. Both read the same latent cache. */
+typedef enum {
+    DSC_ATTN_ABSORBED = 0, /* W^UK folded into the query, W^UV after attention  */
+    DSC_ATTN_NAIVE,        /* per-head K/V decompressed from the cached latents  */
+} dsc_attn_mode;
+
+typedef struct {
+    int64_t n_ctx;        /* positions the latent cache holds (>= 1)                */
+    int64_t n_batch;      /* most tokens one dsc_forward call may take (>= 1)       */
+    int n_threads;        /* 0 = OpenMP default                                     */
+    dsc_attn_mode attn;
+} dsc_ctx_params;
+
+dsc_ctx_params dsc_ctx_default_params(void);
+
+/*
+ * Create an inference context: the latent KV cache for n_ctx positions and
+ * every activation buffer for n_batch tokens, allocated once here; nothing is
+ * allocated by dsc_forward. The model must outlive the context.
+ */
+dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *p,
+                       dsc_ctx_t **out, dsc_err *err);
+void dsc_ctx_free(dsc_ctx_t *c);
+
+/* Bytes held by the context: the latent cache, and the rest (activations). */
+int64_t dsc_ctx_cache_bytes(const dsc_ctx_t *c);
+int64_t dsc_ctx_work_bytes(const dsc_ctx_t *c);
+
+/*
+ * Run the model on n tokens at positions pos0 .. pos0+n-1, appending their
+ * latents to the cache (positions before pos0 must have been filled by earlier
+ * calls). When logits is not NULL it receives float32 [n][vocab_size].
+ * Checks: 1 <= n <= n_batch, pos0 + n <= n_ctx, 0 <= ids[i] < vocab_size.
+ */
+dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                       float *logits, dsc_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DSC_H */

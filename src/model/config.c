@@ -1,0 +1,354 @@
+/*
+ * config.c - config.json -> dsc_config.
+ *
+ * Accepts the Hugging Face configs of DeepSeek-V2 / V2-Lite (deepseek_v2) and
+ * DeepSeek-V3 (deepseek_v3), with RoPE scaling in either the Hub form
+ * `rope_scaling: {type: yarn, ...}` or the transformers-5 form
+ * `rope_parameters: {rope_type: yarn, rope_theta, ...}`.
+ *
+ * Policy: a field we need that is missing, of the wrong JSON type, or has a
+ * value we do not implement is an error naming the field and the value.
+ * Fields we do not use (torch_dtype, use_cache, ...) are ignored. Defaults for
+ * absent optional fields follow transformers' configuration classes.
+ */
+#include <math.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "model/model.h"
+#include "util/util.h"
+
+typedef struct {
+    const char *path;
+    dsc_err *err;
+} cfg_ctx;
+
+/* Integer field: JSON integer, or a real with an integral value. */
+static dsc_status get_int(cfg_ctx *cx, json_t *obj, const char *key, int required,
+                          int64_t def, int64_t lo, int64_t *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" is missing",
+                               cx->path, key);
+        *out = def;
+        return DSC_OK;
+    }
+    double d = json_is_real(v) ? json_real_value(v) : 0.0;
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+    } else if (json_is_real(v) && d == floor(d) && fabs(d) < 9e15) {
+        *out = (int64_t)d;
+    } else {
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: field \"%s\" must be an integer", cx->path, key);
+    }
+    if (*out < lo)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: field \"%s\" = %lld, expected >= %lld", cx->path, key,
+                           (long long)*out, (long long)lo);
+    return DSC_OK;
+}
+
+static dsc_status get_num(cfg_ctx *cx, json_t *obj, const char *key, int required,
+                          double def, double *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        if (required)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" is missing",
+                               cx->path, key);
+        *out = def;
+        return DSC_OK;
+    }
+    if (!json_is_number(v))
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" must be a number",
+                           cx->path, key);
+    *out = json_number_value(v);
+    if (!isfinite(*out))
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" is not finite",
+                           cx->path, key);
+    return DSC_OK;
+}
+
+static dsc_status get_bool(cfg_ctx *cx, json_t *obj, const char *key, int def, int *out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return DSC_OK;
+    }
+    if (!json_is_boolean(v))
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: field \"%s\" must be true or false", cx->path, key);
+    *out = json_is_true(v);
+    return DSC_OK;
+}
+
+/* String field; *out is NULL when absent/null. */
+static dsc_status get_str(cfg_ctx *cx, json_t *obj, const char *key, const char **out) {
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (!v || json_is_null(v)) return DSC_OK;
+    if (!json_is_string(v))
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" must be a string",
+                           cx->path, key);
+    *out = json_string_value(v);
+    return DSC_OK;
+}
+
+#define TRY(x)                                                                 \
+    do {                                                                       \
+        dsc_status s_ = (x);                                                   \
+        if (s_ != DSC_OK) return s_;                                           \
+    } while (0)
+
+/* YaRN m = 0.1 * mscale * ln(factor) + 1 (1 when factor <= 1). */
+static double yarn_get_mscale(double factor, double mscale) {
+    return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+}
+
+/* rope_scaling (Hub) or rope_parameters (transformers 5): same keys except the
+   type key and where rope_theta lives. */
+static dsc_status parse_rope(cfg_ctx *cx, json_t *root, dsc_config *c) {
+    json_t *rp = json_object_get(root, "rope_parameters");
+    json_t *rs = json_object_get(root, "rope_scaling");
+    json_t *r = NULL;
+    const char *field = NULL;
+    if (rp && !json_is_null(rp)) {
+        r = rp;
+        field = "rope_parameters";
+    } else if (rs && !json_is_null(rs)) {
+        r = rs;
+        field = "rope_scaling";
+    }
+    TRY(get_num(cx, root, "rope_theta", 0, 10000.0, &c->rope_theta));
+    c->yarn = 0;
+    c->yarn_factor = 1.0;
+    if (!r) return DSC_OK;
+    if (!json_is_object(r))
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" must be an object",
+                           cx->path, field);
+    if (json_object_get(r, "rope_theta"))
+        TRY(get_num(cx, r, "rope_theta", 1, 0, &c->rope_theta));
+    const char *type = NULL;
+    TRY(get_str(cx, r, "rope_type", &type));
+    if (!type) TRY(get_str(cx, r, "type", &type));
+    if (!type || !strcmp(type, "default")) return DSC_OK;
+    if (strcmp(type, "yarn") != 0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: %s.type \"%s\" is not supported (only \"yarn\" or \"default\")",
+                           cx->path, field, type);
+    c->yarn = 1;
+    TRY(get_num(cx, r, "factor", 1, 0, &c->yarn_factor));
+    if (c->yarn_factor < 1.0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: %s.factor = %g, expected >= 1",
+                           cx->path, field, c->yarn_factor);
+    TRY(get_int(cx, r, "original_max_position_embeddings", 0, c->max_position_embeddings,
+                1, &c->yarn_original_max_pos));
+    TRY(get_num(cx, r, "beta_fast", 0, 32.0, &c->yarn_beta_fast));
+    TRY(get_num(cx, r, "beta_slow", 0, 1.0, &c->yarn_beta_slow));
+    TRY(get_num(cx, r, "mscale", 0, 0.0, &c->yarn_mscale));
+    TRY(get_num(cx, r, "mscale_all_dim", 0, 0.0, &c->yarn_mscale_all_dim));
+    c->yarn_attention_factor = -1.0;
+    if (json_object_get(r, "attention_factor"))
+        TRY(get_num(cx, r, "attention_factor", 1, 0, &c->yarn_attention_factor));
+    int truncate = 1;
+    TRY(get_bool(cx, r, "truncate", 1, &truncate));
+    if (!truncate)
+        return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                           "%s: %s.truncate = false is not supported", cx->path, field);
+    return DSC_OK;
+}
+
+static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3) {
+    TRY(get_int(cx, root, "n_routed_experts", 0, 0, 0, &c->n_routed_experts));
+    TRY(get_int(cx, root, "n_shared_experts", 0, 0, 0, &c->n_shared_experts));
+    TRY(get_int(cx, root, "first_k_dense_replace", 0, 0, 0, &c->first_k_dense_replace));
+    TRY(get_int(cx, root, "moe_layer_freq", 0, 1, 1, &c->moe_layer_freq));
+    if (c->n_routed_experts == 0) return DSC_OK;
+
+    TRY(get_int(cx, root, "moe_intermediate_size", 1, 0, 1, &c->moe_intermediate_size));
+    TRY(get_int(cx, root, "num_experts_per_tok", 1, 0, 1, &c->num_experts_per_tok));
+    if (c->num_experts_per_tok > c->n_routed_experts)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: num_experts_per_tok = %lld exceeds n_routed_experts = %lld",
+                           cx->path, (long long)c->num_experts_per_tok,
+                           (long long)c->n_routed_experts);
+
+    const char *s = NULL;
+    TRY(get_str(cx, root, "topk_method", &s));
+    if (!s) s = is_v3 ? "noaux_tc" : "greedy";
+    if (!strcmp(s, "greedy")) c->topk_method = DSC_TOPK_GREEDY;
+    else if (!strcmp(s, "group_limited_greedy")) c->topk_method = DSC_TOPK_GROUP_LIMITED;
+    else if (!strcmp(s, "noaux_tc")) c->topk_method = DSC_TOPK_NOAUX_TC;
+    else
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: topk_method \"%s\" is not supported (greedy, "
+                           "group_limited_greedy, noaux_tc)", cx->path, s);
+
+    TRY(get_str(cx, root, "scoring_func", &s));
+    if (!s) s = is_v3 ? "sigmoid" : "softmax";
+    if (!strcmp(s, "softmax")) c->scoring_func = DSC_SCORE_SOFTMAX;
+    else if (!strcmp(s, "sigmoid")) c->scoring_func = DSC_SCORE_SIGMOID;
+    else
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: scoring_func \"%s\" is not supported (softmax, sigmoid)",
+                           cx->path, s);
+
+    int grouped = c->topk_method != DSC_TOPK_GREEDY;
+    TRY(get_int(cx, root, "n_group", 0, 1, 1, &c->n_group));
+    TRY(get_int(cx, root, "topk_group", 0, 1, 1, &c->topk_group));
+    if (!grouped) {
+        c->n_group = 1;
+        c->topk_group = 1;
+    }
+    if (c->n_group > 256)
+        return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                           "%s: n_group = %lld is not supported (at most 256)", cx->path,
+                           (long long)c->n_group);
+    if (c->n_routed_experts % c->n_group != 0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: n_routed_experts = %lld is not a multiple of n_group = %lld",
+                           cx->path, (long long)c->n_routed_experts, (long long)c->n_group);
+    if (c->topk_group > c->n_group)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: topk_group = %lld exceeds n_group = %lld", cx->path,
+                           (long long)c->topk_group, (long long)c->n_group);
+    if (c->topk_method == DSC_TOPK_NOAUX_TC && c->n_routed_experts / c->n_group < 2)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: noaux_tc needs >= 2 experts per group (group score is a "
+                           "top-2 sum); n_routed_experts/n_group = %lld",
+                           cx->path, (long long)(c->n_routed_experts / c->n_group));
+    if (c->topk_group * (c->n_routed_experts / c->n_group) < c->num_experts_per_tok)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: topk_group groups hold fewer experts than "
+                           "num_experts_per_tok = %lld", cx->path,
+                           (long long)c->num_experts_per_tok);
+    TRY(get_bool(cx, root, "norm_topk_prob", 0, &c->norm_topk_prob));
+    TRY(get_num(cx, root, "routed_scaling_factor", 0, 1.0, &c->routed_scaling_factor));
+    return DSC_OK;
+}
+
+static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
+    const char *mt = NULL;
+    TRY(get_str(cx, root, "model_type", &mt));
+    if (!mt)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"model_type\" is missing",
+                           cx->path);
+    if (!strcmp(mt, "deepseek_v32"))
+        return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                           "%s: model_type \"deepseek_v32\" (DeepSeek Sparse Attention) is "
+                           "not supported yet", cx->path);
+    if (strcmp(mt, "deepseek_v2") != 0 && strcmp(mt, "deepseek_v3") != 0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: model_type \"%s\" is not supported (deepseek_v2, deepseek_v3)",
+                           cx->path, mt);
+    snprintf(c->model_type, sizeof c->model_type, "%s", mt);
+    int is_v3 = !strcmp(mt, "deepseek_v3");
+
+    TRY(get_int(cx, root, "vocab_size", 1, 0, 1, &c->vocab_size));
+    TRY(get_int(cx, root, "hidden_size", 1, 0, 1, &c->hidden_size));
+    TRY(get_int(cx, root, "num_hidden_layers", 1, 0, 1, &c->num_hidden_layers));
+    TRY(get_int(cx, root, "num_attention_heads", 1, 0, 1, &c->num_attention_heads));
+    TRY(get_int(cx, root, "q_lora_rank", 0, 0, 0, &c->q_lora_rank));
+    TRY(get_int(cx, root, "kv_lora_rank", 1, 0, 1, &c->kv_lora_rank));
+    TRY(get_int(cx, root, "qk_nope_head_dim", 1, 0, 0, &c->qk_nope_head_dim));
+    TRY(get_int(cx, root, "qk_rope_head_dim", 1, 0, 2, &c->qk_rope_head_dim));
+    TRY(get_int(cx, root, "v_head_dim", 1, 0, 1, &c->v_head_dim));
+    if (c->qk_rope_head_dim % 2 != 0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: qk_rope_head_dim = %lld must be even", cx->path,
+                           (long long)c->qk_rope_head_dim);
+    TRY(get_int(cx, root, "max_position_embeddings", 0, 4096, 1,
+                &c->max_position_embeddings));
+    TRY(get_int(cx, root, "num_nextn_predict_layers", 0, 0, 0,
+                &c->num_nextn_predict_layers));
+    TRY(get_int(cx, root, "bos_token_id", 0, -1, -1, &c->bos_token_id));
+    TRY(get_int(cx, root, "eos_token_id", 0, -1, -1, &c->eos_token_id));
+    TRY(get_num(cx, root, "rms_norm_eps", 0, 1e-6, &c->rms_norm_eps));
+    TRY(get_bool(cx, root, "tie_word_embeddings", 0, &c->tie_word_embeddings));
+    TRY(get_bool(cx, root, "rope_interleave", 1, &c->rope_interleave));
+
+    const char *act = NULL;
+    TRY(get_str(cx, root, "hidden_act", &act));
+    if (act && strcmp(act, "silu") != 0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: hidden_act \"%s\" is not supported (silu)", cx->path, act);
+    int bias = 0;
+    TRY(get_bool(cx, root, "attention_bias", 0, &bias));
+    if (bias)
+        return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                           "%s: attention_bias = true is not supported (DeepSeek linears "
+                           "are bias-free)", cx->path);
+
+    TRY(parse_moe(cx, root, c, is_v3));
+    int64_t n_dense = 0;
+    for (int64_t l = 0; l < c->num_hidden_layers; l++)
+        n_dense += !dsc_config_layer_is_moe(c, l);
+    TRY(get_int(cx, root, "intermediate_size", n_dense > 0, 0, n_dense > 0 ? 1 : 0,
+                &c->intermediate_size));
+    TRY(parse_rope(cx, root, c));
+
+    json_t *q = json_object_get(root, "quantization_config");
+    if (q && !json_is_null(q)) {
+        const char *qm = NULL;
+        if (!json_is_object(q))
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                               "%s: quantization_config must be an object", cx->path);
+        TRY(get_str(cx, q, "quant_method", &qm));
+        if (!qm || strcmp(qm, "fp8") != 0)
+            return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                               "%s: quantization_config.quant_method \"%s\" is not supported "
+                               "(fp8)", cx->path, qm ? qm : "(missing)");
+        json_t *bs = json_object_get(q, "weight_block_size");
+        if (bs && !(json_is_array(bs) && json_array_size(bs) == 2 &&
+                    json_integer_value(json_array_get(bs, 0)) == DSC_FP8_BLOCK &&
+                    json_integer_value(json_array_get(bs, 1)) == DSC_FP8_BLOCK))
+            return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                               "%s: quantization_config.weight_block_size must be [128, 128]",
+                               cx->path);
+    }
+
+    /* Softmax scale: d_qk^-1/2, times m^2 with m from mscale_all_dim (the
+       transformers rule, applied whenever YaRN is on). */
+    double dqk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim);
+    c->softmax_scale = 1.0 / sqrt(dqk);
+    if (c->yarn && c->yarn_mscale_all_dim != 0.0) {
+        double m = yarn_get_mscale(c->yarn_factor, c->yarn_mscale_all_dim);
+        c->softmax_scale *= m * m;
+    }
+    /* cos/sin multiplier: explicit attention_factor, else the ratio
+       m(mscale)/m(mscale_all_dim) when both are given, else m(1). */
+    if (c->yarn && c->yarn_attention_factor < 0) {
+        if (c->yarn_mscale != 0.0 && c->yarn_mscale_all_dim != 0.0)
+            c->yarn_attention_factor = yarn_get_mscale(c->yarn_factor, c->yarn_mscale) /
+                                       yarn_get_mscale(c->yarn_factor, c->yarn_mscale_all_dim);
+        else
+            c->yarn_attention_factor = yarn_get_mscale(c->yarn_factor, 1.0);
+    }
+    if (!c->yarn) c->yarn_attention_factor = 1.0;
+    return DSC_OK;
+}
+
+int dsc_config_layer_is_moe(const dsc_config *c, int64_t l) {
+    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace &&
+           l % c->moe_layer_freq == 0;
+}
+
+dsc_status dsc_config_parse(const char *json_text, size_t len, const char *path,
+                            dsc_config *cfg, dsc_err *err) {
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t je;
+    json_t *root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return dsc_err_set(err, DSC_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s",
+                           path, je.line, je.column, je.text);
+    cfg_ctx cx = {path, err};
+    dsc_status s;
+    if (!json_is_object(root))
+        s = dsc_err_set(err, DSC_ERR_FORMAT, "%s: top level is not a JSON object", path);
+    else
+        s = parse_root(&cx, root, cfg);
+    json_decref(root);
+    return s;
+}

@@ -1,0 +1,208 @@
+/*
+ * forward.c - the inference context and the forward pass.
+ *
+ *   h_0 = Emb(ids)
+ *   for each layer:  h += MLA(RMSNorm_in(h));  h += FFN(RMSNorm_post(h))
+ *   logits = lm_head(RMSNorm_final(h))
+ *
+ * dsc_ctx_new sizes every buffer from the config and the context parameters
+ * and makes exactly two allocations: the latent cache and the work arena.
+ * dsc_forward validates its arguments, then runs without allocating.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "util/util.h"
+
+#define ALIGN 64
+
+dsc_ctx_params dsc_ctx_default_params(void) {
+    dsc_ctx_params p = {0};
+    p.n_ctx = 4096;
+    p.n_batch = 512;
+    p.n_threads = 0;
+    p.attn = DSC_ATTN_ABSORBED;
+    return p;
+}
+
+/* Arena plan: a list of (pointer slot, bytes) carved from one block. */
+typedef struct {
+    void **slot[40];
+    size_t bytes[40];
+    int n;
+    size_t total;
+    int overflow;
+} plan;
+
+static void plan_add(plan *p, void **slot, int64_t count, size_t elem) {
+    size_t b;
+    if (count < 0 || !dsc_mul_ok((size_t)count, elem, &b)) {
+        p->overflow = 1;
+        return;
+    }
+    b = (b + ALIGN - 1) / ALIGN * ALIGN;
+    DSC_CHECK(p->n < 40);
+    p->slot[p->n] = slot;
+    p->bytes[p->n] = b;
+    p->n++;
+    if (!dsc_add_ok(p->total, b, &p->total)) p->overflow = 1;
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t **out,
+                       dsc_err *err) {
+    *out = NULL;
+    const dsc_config *cf = &m->cfg;
+    dsc_ctx_params p = pp ? *pp : dsc_ctx_default_params();
+    if (p.n_ctx < 1 || p.n_batch < 1)
+        return dsc_err_set(err, DSC_ERR_ARG, "n_ctx (%lld) and n_batch (%lld) must be >= 1",
+                           (long long)p.n_ctx, (long long)p.n_batch);
+    if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+    if (p.attn != DSC_ATTN_ABSORBED && p.attn != DSC_ATTN_NAIVE)
+        return dsc_err_set(err, DSC_ERR_ARG, "unknown attention mode %d", (int)p.attn);
+
+    dsc_ctx_t *c = calloc(1, sizeof *c);
+    if (!c) return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the context");
+    c->m = m;
+    c->p = p;
+    c->n_threads = p.n_threads > 0 ? p.n_threads : dsc_max_threads();
+
+    int64_t B = p.n_batch, d = cf->hidden_size, H = cf->num_attention_heads;
+    int64_t dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim, dn = cf->qk_nope_head_dim;
+    int64_t dv = cf->v_head_dim, E = cf->n_routed_experts, K = cf->num_experts_per_tok;
+    int64_t ff_max = max64(cf->intermediate_size,
+                           max64(cf->n_shared_experts * cf->moe_intermediate_size,
+                                 max64(cf->moe_intermediate_size, E)));
+    int64_t widest = max64(max64(d, ff_max), max64(H * dv, max64(cf->q_lora_rank, dc)));
+
+    dsc_status s = dsc_kctx_new(c->n_threads, widest, &c->k, err);
+    if (s != DSC_OK) {
+        free(c);
+        return s;
+    }
+
+    int need_kvb = 0;
+    for (int64_t l = 0; l < cf->num_hidden_layers; l++)
+        need_kvb |= m->layers[l].kv_b.dtype != DSC_F32;
+    dsc_work *w = &c->w;
+    w->head_ws_floats = dsc_mla_head_ws_floats(cf, p.n_ctx, B);
+    if (p.attn != DSC_ATTN_NAIVE) w->head_ws_floats -= p.n_ctx * (dn + dv);
+
+    plan pl = {0};
+    plan_add(&pl, (void **)&w->x, B * d, 4);
+    plan_add(&pl, (void **)&w->xn, B * d, 4);
+    plan_add(&pl, (void **)&w->qa, B * cf->q_lora_rank, 4);
+    plan_add(&pl, (void **)&w->q, B * H * (dn + dr), 4);
+    plan_add(&pl, (void **)&w->kva, B * (dc + dr), 4);
+    plan_add(&pl, (void **)&w->attn, B * H * dv, 4);
+    plan_add(&pl, (void **)&w->ffn_g, B * ff_max, 4);
+    plan_add(&pl, (void **)&w->ffn_u, B * ff_max, 4);
+    plan_add(&pl, (void **)&w->y, B * d, 4);
+    plan_add(&pl, (void **)&w->ye, B * d, 4);
+    plan_add(&pl, (void **)&w->xe, B * d, 4);
+    plan_add(&pl, (void **)&w->router, B * E, 4);
+    plan_add(&pl, (void **)&w->sel_score, B * E, 4);
+    plan_add(&pl, (void **)&w->sel_idx, B * K, 4);
+    plan_add(&pl, (void **)&w->sel_w, B * K, 4);
+    plan_add(&pl, (void **)&w->tok_of, E * B, 4);
+    plan_add(&pl, (void **)&w->tok_w, E * B, 4);
+    plan_add(&pl, (void **)&w->n_tok, E, 8);
+    plan_add(&pl, (void **)&w->group_ws, cf->n_group, 4);
+    plan_add(&pl, (void **)&w->kvb, need_kvb ? H * (dn + dv) * dc : 0, 4);
+    plan_add(&pl, (void **)&w->rope_cos, p.n_ctx * (dr / 2), 4);
+    plan_add(&pl, (void **)&w->rope_sin, p.n_ctx * (dr / 2), 4);
+    plan_add(&pl, (void **)&w->head_ws, (int64_t)c->n_threads * w->head_ws_floats, 4);
+
+    size_t cache_n = 0, cache_b = 0;
+    int ok = !pl.overflow &&
+             dsc_mul_ok((size_t)cf->num_hidden_layers, (size_t)p.n_ctx, &cache_n) &&
+             dsc_mul_ok(cache_n, (size_t)(dc + dr), &cache_n) &&
+             dsc_mul_ok(cache_n, sizeof(float), &cache_b);
+    if (ok) {
+        c->work_mem = aligned_alloc(ALIGN, pl.total ? pl.total : ALIGN);
+        c->cache = aligned_alloc(ALIGN, (cache_b + ALIGN - 1) / ALIGN * ALIGN);
+    }
+    if (!ok || !c->work_mem || !c->cache) {
+        dsc_ctx_free(c);
+        return dsc_err_set(err, DSC_ERR_OOM,
+                           "cannot allocate the context: %zu bytes of work buffers + %zu "
+                           "bytes of latent cache (n_ctx %lld, n_batch %lld)",
+                           pl.total, cache_b, (long long)p.n_ctx, (long long)p.n_batch);
+    }
+    c->work_bytes = (int64_t)pl.total + dsc_kctx_bytes(c->k);
+    c->cache_bytes = (int64_t)cache_b;
+    char *at = c->work_mem;
+    for (int i = 0; i < pl.n; i++) {
+        *pl.slot[i] = pl.bytes[i] ? at : NULL;
+        at += pl.bytes[i];
+    }
+
+    dsc_rope_params rp = {0};
+    rp.dim = dr;
+    rp.theta = cf->rope_theta;
+    rp.yarn = cf->yarn;
+    rp.factor = cf->yarn_factor;
+    rp.beta_fast = cf->yarn_beta_fast;
+    rp.beta_slow = cf->yarn_beta_slow;
+    rp.original_max_pos = cf->yarn_original_max_pos;
+    rp.attention_factor = cf->yarn_attention_factor;
+    dsc_rope_tables(&rp, p.n_ctx, w->rope_cos, w->rope_sin);
+    *out = c;
+    return DSC_OK;
+}
+
+void dsc_ctx_free(dsc_ctx_t *c) {
+    if (!c) return;
+    dsc_kctx_free(c->k);
+    free(c->work_mem);
+    free(c->cache);
+    free(c);
+}
+
+int64_t dsc_ctx_cache_bytes(const dsc_ctx_t *c) { return c->cache_bytes; }
+int64_t dsc_ctx_work_bytes(const dsc_ctx_t *c) { return c->work_bytes; }
+
+static void add_rows(float *x, const float *y, int64_t count) {
+    for (int64_t i = 0; i < count; i++) x[i] += y[i];
+}
+
+dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                       float *logits, dsc_err *err) {
+    const dsc_model_t *m = c->m;
+    const dsc_config *cf = &m->cfg;
+    int64_t d = cf->hidden_size;
+    if (n < 1 || n > c->p.n_batch)
+        return dsc_err_set(err, DSC_ERR_ARG, "%lld tokens in one call; expected 1..%lld "
+                           "(n_batch)", (long long)n, (long long)c->p.n_batch);
+    if (pos0 < 0 || pos0 + n > c->p.n_ctx)
+        return dsc_err_set(err, DSC_ERR_ARG,
+                           "positions %lld..%lld do not fit the context of %lld", (long long)pos0,
+                           (long long)(pos0 + n - 1), (long long)c->p.n_ctx);
+    for (int64_t t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= cf->vocab_size)
+            return dsc_err_set(err, DSC_ERR_ARG,
+                               "token id %d at index %lld is out of range [0, %lld)", ids[t],
+                               (long long)t, (long long)cf->vocab_size);
+
+    dsc_work *w = &c->w;
+    float eps = (float)cf->rms_norm_eps;
+    /* h = Emb(ids)                                                 (n, d) */
+    for (int64_t t = 0; t < n; t++) dsc_wmat_row(&m->embed, ids[t], 0, d, w->x + t * d);
+
+    for (int64_t l = 0; l < cf->num_hidden_layers; l++) {
+        const dsc_layer *ly = &m->layers[l];
+        dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->attn_norm, n, d, eps);
+        dsc_mla_forward(c, ly, l, n, pos0);
+        add_rows(w->x, w->y, n * d);
+        dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->ffn_norm, n, d, eps);
+        dsc_ffn_forward(c, ly, n);
+        add_rows(w->x, w->y, n * d);
+    }
+    if (logits) {
+        dsc_k_rmsnorm(c->k, w->xn, w->x, &m->final_norm, n, d, eps);
+        dsc_k_matmul(c->k, logits, w->xn, &m->lm_head, n);
+    }
+    return DSC_OK;
+}

@@ -1,0 +1,153 @@
+/*
+ * mla.c - Multi-head Latent Attention (DeepSeek-V2 §2.1, V3 §2.1.1).
+ *
+ * Per token t (x = input_layernorm(h)):
+ *   c_q   = RMSNorm(W^DQ x)            q = W^UQ c_q          (V2-Lite: q = W^Q x)
+ *   [c ; k_pe] = W^DKV x ; c = RMSNorm(c) ; k_pe = RoPE(k_pe)   -> latent cache
+ *   head i: q_i = [q_nope_i ; RoPE(q_pe_i)]
+ * The cache holds only (dc + dr) values per token per layer. Two ways to
+ * attend over it, which must agree (tests check that):
+ *   naive    : K_i = C W^UK_i^T, V_i = C W^UV_i^T decompressed per head, then
+ *              softmax(s (q_nope K_i^T + q_pe Kpe^T)) V_i
+ *   absorbed : q_lat_i = q_nope_i W^UK_i (a dc-vector), then
+ *              o_lat = softmax(s (q_lat C^T + q_pe Kpe^T)) C, o_i = W^UV_i o_lat
+ * s = d_qk^-1/2 * m^2 (config.c). Heads run in parallel; queries are taken in
+ * blocks of QB rows so the score buffer is QB x context, never T x context.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "util/util.h"
+
+#define QB 64 /* query rows per attention block */
+
+int64_t dsc_mla_head_ws_floats(const dsc_config *c, int64_t n_ctx, int64_t n_batch) {
+    int64_t qb = n_batch < QB ? n_batch : QB;
+    int64_t dc = c->kv_lora_rank;
+    int64_t naive = n_ctx * (c->qk_nope_head_dim + c->v_head_dim);
+    return qb * n_ctx + 2 * qb * dc + naive;
+}
+
+/* Scale scores of a query block, mask the future, softmax each row.
+   Row r is the query at absolute position p0 + r; it sees keys 0..p0+r. */
+static void scale_mask_softmax(float *s, int64_t rows, int64_t lk, int64_t p0, float scale) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = s + r * lk;
+        int64_t visible = p0 + r + 1;
+        for (int64_t j = 0; j < visible; j++) row[j] *= scale;
+        for (int64_t j = visible; j < lk; j++) row[j] = -INFINITY;
+    }
+    dsc_k_softmax(s, rows, lk);
+}
+
+/* Attention of head i for queries [0, n) at positions pos0.. over the cache.
+   Writes attn[t][i*dv .. (i+1)*dv). */
+static void attend_head(dsc_ctx_t *c, const float *cache_l, const float *kvb, int64_t i,
+                        int64_t n, int64_t pos0, float *ws) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_kctx *k = c->k;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
+    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, dqk = dn + dr;
+    int64_t ldq = H * dqk, ldkv = dc + dr, ldo = H * dv;
+    int64_t qb = n < QB ? n : QB;
+    int64_t n_ctx = c->p.n_ctx;
+    const float *w_uk = kvb + i * (dn + dv) * dc; /* (dn, dc) */
+    const float *w_uv = w_uk + dn * dc;           /* (dv, dc) */
+    float scale = (float)cf->softmax_scale;
+
+    float *S = ws;                    /* (qb, n_ctx) scores               */
+    float *qlat = S + qb * n_ctx;     /* (qb, dc)                         */
+    float *olat = qlat + qb * dc;     /* (qb, dc)                         */
+    float *K = olat + qb * dc;        /* naive: (lk, dn) then V (lk, dv)  */
+    int64_t lk_all = pos0 + n;
+    float *V = K + lk_all * dn;
+
+    int naive = c->p.attn == DSC_ATTN_NAIVE;
+    if (naive) {
+        /* K_i = C W^UK_i^T, V_i = C W^UV_i^T for every visible position */
+        dsc_k_sgemm_nt(k, lk_all, dn, dc, cache_l, ldkv, w_uk, dc, K, dn, 0);
+        dsc_k_sgemm_nt(k, lk_all, dv, dc, cache_l, ldkv, w_uv, dc, V, dv, 0);
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += qb) {
+        int64_t rows = n - t0 < qb ? n - t0 : qb;
+        int64_t lk = pos0 + t0 + rows; /* keys the last row of the block sees */
+        const float *q_nope = c->w.q + t0 * ldq + i * dqk;
+        const float *q_pe = q_nope + dn;
+        float *out = c->w.attn + t0 * ldo + i * dv;
+        if (naive) {
+            /* S = q_nope K^T + q_pe Kpe^T */
+            dsc_k_sgemm_nt(k, rows, lk, dn, q_nope, ldq, K, dn, S, lk, 0);
+            dsc_k_sgemm_nt(k, rows, lk, dr, q_pe, ldq, cache_l + dc, ldkv, S, lk, 1);
+            scale_mask_softmax(S, rows, lk, pos0 + t0, scale);
+            dsc_k_sgemm_nn(k, rows, dv, lk, S, lk, V, dv, out, ldo, 0);
+        } else {
+            /* q_lat = q_nope W^UK_i ; S = q_lat C^T + q_pe Kpe^T */
+            dsc_k_sgemm_nn(k, rows, dc, dn, q_nope, ldq, w_uk, dc, qlat, dc, 0);
+            dsc_k_sgemm_nt(k, rows, lk, dc, qlat, dc, cache_l, ldkv, S, lk, 0);
+            dsc_k_sgemm_nt(k, rows, lk, dr, q_pe, ldq, cache_l + dc, ldkv, S, lk, 1);
+            scale_mask_softmax(S, rows, lk, pos0 + t0, scale);
+            /* o_lat = P C ; o_i = o_lat W^UV_i^T */
+            dsc_k_sgemm_nn(k, rows, dc, lk, S, lk, cache_l, ldkv, olat, dc, 0);
+            dsc_k_sgemm_nt(k, rows, dv, dc, olat, dc, w_uv, dc, out, ldo, 0);
+        }
+    }
+}
+
+/* kv_b as fp32 (H*(dn+dv), dc): the mapped data when stored F32, otherwise
+   dequantised into the context's buffer (once per layer per call). */
+static const float *kv_b_f32(dsc_ctx_t *c, const dsc_wmat *w) {
+    if (w->dtype == DSC_F32) return w->data;
+    float *dst = c->w.kvb;
+    int64_t rows = w->rows, cols = w->cols;
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) dsc_wmat_row(w, r, 0, cols, dst + r * cols);
+    return dst;
+}
+
+void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    dsc_kctx *k = c->k;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
+    int64_t dqk = cf->qk_nope_head_dim + dr;
+    int64_t ldkv = dc + dr;
+    float eps = (float)cf->rms_norm_eps;
+    float *cache_l = c->cache + l * c->p.n_ctx * ldkv;
+
+    /* q = W^UQ RMSNorm(W^DQ x)  or  q = W^Q x                 (n, H*dqk) */
+    if (cf->q_lora_rank > 0) {
+        dsc_k_matmul(k, w->qa, w->xn, &ly->q_a, n);
+        dsc_k_rmsnorm(k, w->qa, w->qa, &ly->q_a_norm, n, cf->q_lora_rank, eps);
+        dsc_k_matmul(k, w->q, w->qa, &ly->q_b, n);
+    } else {
+        dsc_k_matmul(k, w->q, w->xn, &ly->q_b, n);
+    }
+    /* [c ; k_pe] = W^DKV x                                     (n, dc + dr) */
+    dsc_k_matmul(k, w->kva, w->xn, &ly->kv_a, n);
+    /* cache row = [RMSNorm(c) ; RoPE(k_pe)]; the rope part of q rotated alike */
+    for (int64_t t = 0; t < n; t++) {
+        int64_t p = pos0 + t;
+        const float *cs = w->rope_cos + p * (dr / 2), *sn = w->rope_sin + p * (dr / 2);
+        float *row = cache_l + p * ldkv;
+        memcpy(row, w->kva + t * ldkv, (size_t)ldkv * sizeof(float));
+        dsc_ref_rope(row + dc, dr, cs, sn, cf->rope_interleave);
+        for (int64_t i = 0; i < H; i++)
+            dsc_ref_rope(w->q + t * H * dqk + i * dqk + cf->qk_nope_head_dim, dr, cs, sn,
+                         cf->rope_interleave);
+    }
+    /* normalise the latent part of the new rows in place (stride dc + dr) */
+    for (int64_t t = 0; t < n; t++) {
+        float *row = cache_l + (pos0 + t) * ldkv;
+        dsc_ref_rmsnorm(row, row, &ly->kv_a_norm, 1, dc, eps);
+    }
+
+    const float *kvb = kv_b_f32(c, &ly->kv_b);
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+    for (int64_t i = 0; i < H; i++) {
+        float *ws = w->head_ws + (int64_t)dsc_thread_id() * w->head_ws_floats;
+        attend_head(c, cache_l, kvb, i, n, pos0, ws);
+    }
+    /* out = W^O concat_i(o_i)                                      (n, d) */
+    dsc_k_matmul(k, w->y, w->attn, &ly->o, n);
+}

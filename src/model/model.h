@@ -1,0 +1,118 @@
+/*
+ * model.h - the in-memory model: config, bound weights, inference context.
+ *
+ * Weights are dsc_wmat views into the mmapped safetensors files, in their
+ * stored dtype; nothing is converted at load. The inference context owns two
+ * allocations carved from size tables: the latent cache (lifetime: the
+ * context's conversation) and the work buffers (lifetime: one forward call,
+ * reused). dsc_forward allocates nothing.
+ *
+ * Shapes use the spec's names: d = hidden_size, H = heads, dc = kv_lora_rank,
+ * dq = q_lora_rank, dn = qk_nope_head_dim, dr = qk_rope_head_dim,
+ * dv = v_head_dim, dqk = dn + dr, E = routed experts, K = experts per token.
+ */
+#ifndef DSC_MODEL_H
+#define DSC_MODEL_H
+
+#include "dsc.h"
+#include "io/safetensors.h"
+#include "kernels/kernels.h"
+
+/* config.c: parse config.json text (path is used in messages only). */
+dsc_status dsc_config_parse(const char *json_text, size_t len, const char *path,
+                            dsc_config *cfg, dsc_err *err);
+/* Whether layer l uses MoE (else a dense SwiGLU FFN). */
+int dsc_config_layer_is_moe(const dsc_config *c, int64_t l);
+
+typedef struct {
+    dsc_wmat gate, up, down;   /* gate/up: (ff, d)  down: (d, ff) */
+} dsc_mlp;
+
+typedef struct {
+    dsc_wmat attn_norm;        /* (d)                                         */
+    dsc_wmat ffn_norm;         /* (d)                                         */
+    /* MLA */
+    dsc_wmat q_a;              /* (dq, d)        absent when dq == 0           */
+    dsc_wmat q_a_norm;         /* (dq)                                         */
+    dsc_wmat q_b;              /* (H*dqk, dq)    or q_proj (H*dqk, d)          */
+    dsc_wmat kv_a;             /* (dc + dr, d)   [c_raw ; k_pe_raw]            */
+    dsc_wmat kv_a_norm;        /* (dc)                                         */
+    dsc_wmat kv_b;             /* (H*(dn+dv), dc) per head: [W^UK (dn) ; W^UV (dv)] */
+    dsc_wmat o;                /* (d, H*dv)                                    */
+    /* FFN */
+    int is_moe;
+    dsc_mlp dense;             /* dense FFN (ff = intermediate_size)           */
+    dsc_mlp shared;            /* MoE shared experts, ff = n_shared * moe_ff; unused if 0 */
+    dsc_wmat router;           /* (E, d)                                       */
+    dsc_wmat router_bias;      /* (E) e_score_correction_bias, noaux_tc only   */
+    dsc_mlp *experts;          /* [E], ff = moe_intermediate_size              */
+} dsc_layer;
+
+struct dsc_model {
+    dsc_config cfg;
+    dsc_st_set *st;            /* owns the mappings                            */
+    dsc_wmat embed;            /* (V, d)                                       */
+    dsc_wmat final_norm;       /* (d)                                          */
+    dsc_wmat lm_head;          /* (V, d)  = embed when tied                    */
+    dsc_layer *layers;         /* [n_layers]                                   */
+    dsc_mlp *expert_pool;      /* one allocation for every layer's experts     */
+    dsc_model_info info;
+};
+
+/* weights.c: bind every tensor of the model from the opened set. */
+dsc_status dsc_weights_bind(dsc_model_t *m, dsc_err *err);
+
+/* Work buffers of one context, carved from one allocation (forward.c). */
+typedef struct {
+    float *x;        /* (B, d) residual stream                     */
+    float *xn;       /* (B, d) normed input of a block             */
+    float *qa;       /* (B, dq)                                    */
+    float *q;        /* (B, H*dqk) per head [q_nope (dn) ; q_pe (dr)] */
+    float *kva;      /* (B, dc + dr)                               */
+    float *attn;     /* (B, H*dv) concatenated head outputs        */
+    float *ffn_g;    /* (B, ff_max)                                */
+    float *ffn_u;    /* (B, ff_max)                                */
+    float *y;        /* (B, d) block output before the residual add */
+    float *ye;       /* (B, d) one expert's output rows            */
+    float *xe;       /* (B, d) one expert's gathered input rows    */
+    float *router;   /* (B, E) affinities                          */
+    float *sel_score;/* (B, E) selection scores (biased / masked)  */
+    int32_t *sel_idx;/* (B, K) chosen experts per token            */
+    float *sel_w;    /* (B, K) gate weights of the chosen experts  */
+    int32_t *tok_of; /* (E, B) tokens routed to each expert        */
+    float *tok_w;    /* (E, B) their gate weights                  */
+    int64_t *n_tok;  /* (E)                                        */
+    float *kvb;      /* (H*(dn+dv), dc) dequantised kv_b of one layer, when not F32 */
+    float *rope_cos; /* (n_ctx, dr/2)                              */
+    float *rope_sin; /* (n_ctx, dr/2)                              */
+    float *head_ws;  /* per thread: attention scratch, head_ws_floats each */
+    int64_t head_ws_floats;
+    float *group_ws; /* (B, n_group) group scores                  */
+} dsc_work;
+
+struct dsc_ctx {
+    const dsc_model_t *m;
+    dsc_ctx_params p;
+    int n_threads;
+    dsc_kctx *k;
+    float *cache;    /* (L, n_ctx, dc + dr) normed latent ; rotated k_pe */
+    int64_t cache_bytes;
+    void *work_mem;
+    int64_t work_bytes;
+    dsc_work w;
+};
+
+/* mla.c: attention block for tokens pos0..pos0+n-1; reads w->xn, writes w->y. */
+void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
+/* Scratch floats one attention thread needs (for dsc_work.head_ws). */
+int64_t dsc_mla_head_ws_floats(const dsc_config *cfg, int64_t n_ctx, int64_t n_batch);
+
+/* moe.c: FFN block (dense or MoE); reads w->xn, writes w->y. */
+void dsc_ffn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t n);
+/* Routing for n tokens: from router affinities, fill sel_idx / sel_w.
+   Exposed for the unit test of the -inf group rule. */
+void dsc_moe_route(const dsc_config *cfg, const float *logits, const float *bias,
+                   int64_t n, float *scores, float *sel_score, float *group_ws,
+                   int32_t *sel_idx, float *sel_w);
+
+#endif

@@ -1,0 +1,265 @@
+/*
+ * weights.c - load a checkpoint directory and bind every tensor by name.
+ *
+ * Binding checks each expected tensor's dtype and exact shape, pairs every
+ * F8_E4M3 weight with its `<name>_scale_inv` (F32, [ceil(rows/128)][ceil(cols/128)]),
+ * and then walks the file's tensors: any tensor not bound is an error naming
+ * it, except the MTP layers (model.layers.{L .. L+num_nextn_predict_layers-1}.*),
+ * which this build does not run and reports as skipped.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "util/util.h"
+
+typedef struct {
+    dsc_model_t *m;
+    dsc_err *err;
+    int64_t n_bound;
+} binder;
+
+static void count_params(dsc_model_t *m, const dsc_st_tensor *t) {
+    m->info.n_params += t->numel;
+    m->info.weight_bytes += (int64_t)t->nbytes;
+    m->info.dtype_bytes[t->dtype] += (int64_t)t->nbytes;
+}
+
+/* Bind `name` as a matrix (rows, cols) or, with cols == 0, a vector (rows). */
+static dsc_status bind(binder *b, dsc_wmat *w, const char *name, int64_t rows, int64_t cols) {
+    dsc_model_t *m = b->m;
+    dsc_st_tensor *t = dsc_st_find(m->st, name);
+    if (!t)
+        return dsc_err_set(b->err, DSC_ERR_MISSING, "tensor \"%s\" is missing from %s", name,
+                           dsc_st_file_path(m->st, 0));
+    int want_nd = cols ? 2 : 1;
+    if (t->ndim != want_nd || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
+        char got[96] = "", want[64];
+        size_t o = 0;
+        for (int i = 0; i < t->ndim && o < sizeof got - 24; i++)
+            o += (size_t)snprintf(got + o, sizeof got - o, "%s%lld", i ? ", " : "",
+                                  (long long)t->shape[i]);
+        if (cols)
+            snprintf(want, sizeof want, "%lld, %lld", (long long)rows, (long long)cols);
+        else
+            snprintf(want, sizeof want, "%lld", (long long)rows);
+        return dsc_err_set(b->err, DSC_ERR_SHAPE,
+                           "tensor \"%s\" in %s has shape [%s], expected [%s]", name,
+                           dsc_st_file_path(m->st, t->file_index), got, want);
+    }
+    memset(w, 0, sizeof *w);
+    w->dtype = t->dtype;
+    w->rows = rows;
+    w->cols = cols ? cols : rows;
+    if (!cols) w->rows = 1;
+    w->data = t->data;
+    count_params(m, t);
+    b->n_bound++;
+    if (t->dtype != DSC_F8_E4M3) return DSC_OK;
+
+    /* FP8 needs its block scale; vectors are never stored in FP8. */
+    char sname[512];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    if (!cols)
+        return dsc_err_set(b->err, DSC_ERR_SHAPE, "tensor \"%s\" is F8_E4M3 but is a vector",
+                           name);
+    dsc_st_tensor *s = dsc_st_find(m->st, sname);
+    if (!s)
+        return dsc_err_set(b->err, DSC_ERR_MISSING,
+                           "tensor \"%s\" is F8_E4M3 but its scale \"%s\" is missing", name,
+                           sname);
+    int64_t sr = (rows + DSC_FP8_BLOCK - 1) / DSC_FP8_BLOCK;
+    int64_t sc = (cols + DSC_FP8_BLOCK - 1) / DSC_FP8_BLOCK;
+    if (s->dtype != DSC_F32 || s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc)
+        return dsc_err_set(b->err, DSC_ERR_SHAPE,
+                           "scale \"%s\" must be F32 [%lld, %lld] (128x128 blocks of [%lld, "
+                           "%lld]); found %s with %d dims", sname, (long long)sr,
+                           (long long)sc, (long long)rows, (long long)cols,
+                           dsc_dtype_name(s->dtype), s->ndim);
+    w->scale = s->data;
+    w->scale_cols = sc;
+    m->info.weight_bytes += (int64_t)s->nbytes;
+    m->info.dtype_bytes[DSC_F32] += (int64_t)s->nbytes;
+    b->n_bound++;
+    return DSC_OK;
+}
+
+#define TRY(x)                                                                 \
+    do {                                                                       \
+        dsc_status s_ = (x);                                                   \
+        if (s_ != DSC_OK) return s_;                                           \
+    } while (0)
+
+static dsc_status bind_mlp(binder *b, dsc_mlp *mlp, const char *prefix, int64_t d,
+                           int64_t ff) {
+    char n[512];
+    snprintf(n, sizeof n, "%s.gate_proj.weight", prefix);
+    TRY(bind(b, &mlp->gate, n, ff, d));
+    snprintf(n, sizeof n, "%s.up_proj.weight", prefix);
+    TRY(bind(b, &mlp->up, n, ff, d));
+    snprintf(n, sizeof n, "%s.down_proj.weight", prefix);
+    TRY(bind(b, &mlp->down, n, d, ff));
+    return DSC_OK;
+}
+
+static dsc_status bind_layer(binder *b, int64_t l, dsc_layer *ly) {
+    const dsc_config *c = &b->m->cfg;
+    int64_t d = c->hidden_size, H = c->num_attention_heads;
+    int64_t dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    char n[512];
+#define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
+    TRY(bind(b, &ly->attn_norm, NAME("input_layernorm.weight"), d, 0));
+    TRY(bind(b, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), d, 0));
+    if (c->q_lora_rank > 0) {
+        TRY(bind(b, &ly->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d));
+        TRY(bind(b, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, 0));
+        TRY(bind(b, &ly->q_b, NAME("self_attn.q_b_proj.weight"), H * dqk, c->q_lora_rank));
+    } else {
+        TRY(bind(b, &ly->q_b, NAME("self_attn.q_proj.weight"), H * dqk, d));
+    }
+    TRY(bind(b, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
+             c->kv_lora_rank + c->qk_rope_head_dim, d));
+    TRY(bind(b, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), c->kv_lora_rank, 0));
+    TRY(bind(b, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
+             H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank));
+    TRY(bind(b, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim));
+
+    ly->is_moe = dsc_config_layer_is_moe(c, l);
+    if (!ly->is_moe) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)l);
+        return bind_mlp(b, &ly->dense, n, d, c->intermediate_size);
+    }
+    int64_t E = c->n_routed_experts;
+    TRY(bind(b, &ly->router, NAME("mlp.gate.weight"), E, d));
+    if (c->topk_method == DSC_TOPK_NOAUX_TC)
+        TRY(bind(b, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), E, 0));
+    if (c->n_shared_experts > 0) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp.shared_experts", (long long)l);
+        TRY(bind_mlp(b, &ly->shared, n, d, c->n_shared_experts * c->moe_intermediate_size));
+    }
+    for (int64_t e = 0; e < E; e++) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld", (long long)l,
+                 (long long)e);
+        TRY(bind_mlp(b, &ly->experts[e], n, d, c->moe_intermediate_size));
+    }
+#undef NAME
+    return DSC_OK;
+}
+
+/* Elements of one routed expert (gate + up + down). */
+static int64_t expert_params(const dsc_config *c) {
+    return 3 * c->hidden_size * c->moe_intermediate_size;
+}
+
+/* Whether a tensor name belongs to an MTP layer (index >= num_hidden_layers). */
+static int is_mtp_tensor(const dsc_config *c, const char *name) {
+    const char *p = "model.layers.";
+    if (strncmp(name, p, strlen(p)) != 0) return 0;
+    char *end;
+    long long l = strtoll(name + strlen(p), &end, 10);
+    return *end == '.' && l >= c->num_hidden_layers &&
+           l < c->num_hidden_layers + c->num_nextn_predict_layers;
+}
+
+dsc_status dsc_weights_bind(dsc_model_t *m, dsc_err *err) {
+    const dsc_config *c = &m->cfg;
+    binder b = {m, err, 0};
+    int64_t L = c->num_hidden_layers, E = c->n_routed_experts;
+    memset(&m->info, 0, sizeof m->info);
+    m->layers = calloc((size_t)L, sizeof *m->layers);
+    int64_t n_moe = 0;
+    for (int64_t l = 0; l < L; l++) n_moe += dsc_config_layer_is_moe(c, l);
+    size_t pool = 0;
+    if (!dsc_mul_ok((size_t)n_moe, (size_t)E, &pool) || !m->layers)
+        return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the layer table");
+    m->expert_pool = pool ? calloc(pool, sizeof *m->expert_pool) : NULL;
+    if (pool && !m->expert_pool)
+        return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the expert table");
+
+    TRY(bind(&b, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size));
+    TRY(bind(&b, &m->final_norm, "model.norm.weight", c->hidden_size, 0));
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+        if (dsc_st_find(m->st, "lm_head.weight"))
+            TRY(bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size));
+    } else {
+        TRY(bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size));
+    }
+    int64_t moe_i = 0;
+    for (int64_t l = 0; l < L; l++) {
+        if (dsc_config_layer_is_moe(c, l)) m->layers[l].experts = m->expert_pool + E * moe_i++;
+        TRY(bind_layer(&b, l, &m->layers[l]));
+    }
+
+    /* Every tensor of the files must be bound or be part of an MTP layer. */
+    int64_t n = dsc_st_count(m->st), unexpected = 0;
+    char first[3][256];
+    for (int64_t i = 0; i < n; i++) {
+        dsc_st_tensor *t = dsc_st_at(m->st, i);
+        if (t->used) continue;
+        if (is_mtp_tensor(c, t->name)) {
+            m->info.n_tensors_skipped++;
+            if (!strstr(t->name, "_scale_inv")) m->info.n_params_skipped += t->numel;
+            continue;
+        }
+        if (unexpected < 3)
+            snprintf(first[unexpected], sizeof first[0], "%s", t->name);
+        unexpected++;
+    }
+    if (unexpected)
+        return dsc_err_set(err, DSC_ERR_MISSING,
+                           "%lld unexpected tensor(s) in the checkpoint, e.g. \"%s\"%s%s%s%s "
+                           "(not used by a %s model with this config)",
+                           (long long)unexpected, first[0], unexpected > 1 ? ", \"" : "",
+                           unexpected > 1 ? first[1] : "", unexpected > 1 ? "\"" : "",
+                           unexpected > 2 ? ", ..." : "", c->model_type);
+
+    dsc_model_info *in = &m->info;
+    in->n_tensors = b.n_bound;
+    in->file_bytes = dsc_st_file_bytes(m->st);
+    in->n_moe_layers = n_moe;
+    in->n_dense_layers = L - n_moe;
+    in->n_params_active =
+        in->n_params - n_moe * (E - c->num_experts_per_tok) * expert_params(c);
+    in->latent_cache_values_per_token = L * (c->kv_lora_rank + c->qk_rope_head_dim);
+    in->mha_cache_values_per_token =
+        L * c->num_attention_heads *
+        (c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim);
+    in->dominant_dtype = DSC_F32;
+    for (int t = 1; t < 4; t++)
+        if (in->dtype_bytes[t] > in->dtype_bytes[in->dominant_dtype]) in->dominant_dtype = t;
+    return DSC_OK;
+}
+
+dsc_status dsc_model_load(const char *dir, dsc_model_t **out, dsc_err *err) {
+    *out = NULL;
+    dsc_model_t *m = calloc(1, sizeof *m);
+    if (!m) return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the model");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *text = NULL;
+    size_t len = 0;
+    dsc_status s = dsc_read_file(path, &text, &len, err);
+    if (s == DSC_OK) s = dsc_config_parse(text, len, path, &m->cfg, err);
+    free(text);
+    if (s == DSC_OK) s = dsc_st_set_open(dir, &m->st, err);
+    if (s == DSC_OK) s = dsc_weights_bind(m, err);
+    if (s != DSC_OK) {
+        dsc_model_free(m);
+        return s;
+    }
+    *out = m;
+    return DSC_OK;
+}
+
+void dsc_model_free(dsc_model_t *m) {
+    if (!m) return;
+    dsc_st_set_close(m->st);
+    free(m->layers);
+    free(m->expert_pool);
+    free(m);
+}
+
+const dsc_config *dsc_model_config(const dsc_model_t *m) { return &m->cfg; }
+
+void dsc_model_get_info(const dsc_model_t *m, dsc_model_info *info) { *info = m->info; }

@@ -1,0 +1,49 @@
+/*
+ * util.h - small internal helpers shared by every part of libdsc:
+ * error reporting into a caller's dsc_err, the always-on internal invariant
+ * check, and overflow-checked size arithmetic.
+ *
+ * DSC_CHECK is for invariants of our own code only (a bug if it fires), never
+ * for validating files or user input: those return a dsc_status.
+ */
+#ifndef DSC_UTIL_H
+#define DSC_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "dsc.h"
+
+/* Fill err (if not NULL) with code and a printf-style message; returns code. */
+dsc_status dsc_err_set(dsc_err *err, dsc_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define DSC_CHECK(cond)                                                        \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: internal check failed: %s\n", __FILE__,    \
+                    __LINE__, #cond);                                          \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+
+/* a*b and a+b on sizes; return 0 and leave *out alone on overflow. */
+static inline int dsc_mul_ok(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline int dsc_add_ok(size_t a, size_t b, size_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* Read a whole file into a malloc'd NUL-terminated buffer (caller frees). */
+dsc_status dsc_read_file(const char *path, char **out, size_t *len, dsc_err *err);
+
+
+
+/* Index of the calling thread inside an OpenMP team (0 without OpenMP). */
+int dsc_thread_id(void);
+/* Threads an OpenMP region gets by default (1 without OpenMP). */
+int dsc_max_threads(void);
+#endif

@@ -1,0 +1,172 @@
+/*
+ * runner.c - runs every test suite and ends with the line
+ * "N passed, N failed"; exits 1 if any case failed.
+ *
+ * usage: dsc_tests [--dsc PATH] [FILTER]
+ *   --dsc PATH  the dsc binary, for the CLI tests (default build/dsc)
+ *   FILTER      run only cases whose "suite/name" contains FILTER
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "test.h"
+
+extern const dsc_test_case dsc_tests_kernels[];
+extern const dsc_test_case dsc_tests_safetensors[];
+extern const dsc_test_case dsc_tests_config[];
+extern const dsc_test_case dsc_tests_model[];
+extern const dsc_test_case dsc_tests_cli[];
+
+static const struct {
+    const char *name;
+    const dsc_test_case *cases;
+} suites[] = {
+    {"kernels", dsc_tests_kernels},
+    {"safetensors", dsc_tests_safetensors},
+    {"config", dsc_tests_config},
+    {"model", dsc_tests_model},
+    {"cli", dsc_tests_cli},
+};
+
+void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {
+    t->failures++;
+    fprintf(stderr, "    FAIL %s (%s:%d): ", t->name, file, line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static double close_any(dsc_t *t, const char *what, const float *got, const float *wf,
+                        const double *wd, int64_t n, double atol, double rtol) {
+    double maxd = 0.0;
+    int64_t worst = -1;
+    double worst_excess = 0.0;
+    int64_t nan_at = -1;
+    for (int64_t i = 0; i < n; i++) {
+        double g = got[i], w = wf ? (double)wf[i] : wd[i];
+        if (isnan(g) || isnan(w)) {
+            if (nan_at < 0) nan_at = i;
+            continue;
+        }
+        double d = fabs(g - w);
+        if (d > maxd) maxd = d;
+        double excess = d - (atol + rtol * fabs(w));
+        if (excess > 0 && (worst < 0 || excess > worst_excess)) {
+            worst = i;
+            worst_excess = excess;
+        }
+    }
+    if (nan_at >= 0)
+        t_fail(t, __FILE__, __LINE__, "%s: NaN at index %lld", what, (long long)nan_at);
+    if (worst >= 0) {
+        double w = wf ? (double)wf[worst] : wd[worst];
+        t_fail(t, __FILE__, __LINE__,
+               "%s: index %lld got %.9g want %.9g (|d|=%.3g > atol %.1g + rtol %.1g); "
+               "max |d| %.3g over %lld values",
+               what, (long long)worst, (double)got[worst], w, fabs(got[worst] - w), atol,
+               rtol, maxd, (long long)n);
+    }
+    return maxd;
+}
+
+double t_close_f32(dsc_t *t, const char *what, const float *got, const float *want,
+                   int64_t n, double atol, double rtol) {
+    return close_any(t, what, got, want, NULL, n, atol, rtol);
+}
+
+double t_close_f64(dsc_t *t, const char *what, const float *got, const double *want,
+                   int64_t n, double atol, double rtol) {
+    return close_any(t, what, got, NULL, want, n, atol, rtol);
+}
+
+uint64_t t_rng_u64(t_rng *r) {
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+float t_rng_uniform(t_rng *r) { return (float)((t_rng_u64(r) >> 40) * (1.0 / 16777216.0)); }
+
+float t_rng_normal(t_rng *r) {
+    double u1 = ((t_rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = (t_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+void *t_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (n < 0) {
+        fclose(f);
+        return NULL;
+    }
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        if (len) *len = (size_t)n;
+    }
+    return buf;
+}
+
+int t_write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, len, f);
+    return (fclose(f) == 0 && w == len) ? 0 : -1;
+}
+
+int main(int argc, char **argv) {
+    const char *filter = NULL;
+    dsc_t t = {0};
+    t.dsc_bin = "build/dsc";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--dsc") && i + 1 < argc)
+            t.dsc_bin = argv[++i];
+        else
+            filter = argv[i];
+    }
+    char tmpl[] = "/tmp/dsc_tests.XXXXXX";
+    if (!mkdtemp(tmpl)) {
+        perror("mkdtemp");
+        return 2;
+    }
+    t.tmpdir = tmpl;
+
+    int passed = 0, failed = 0;
+    for (size_t s = 0; s < sizeof suites / sizeof suites[0]; s++) {
+        for (const dsc_test_case *c = suites[s].cases; c->name; c++) {
+            char full[256];
+            snprintf(full, sizeof full, "%s/%s", suites[s].name, c->name);
+            if (filter && !strstr(full, filter)) continue;
+            t.name = full;
+            t.failures = 0;
+            c->fn(&t);
+            if (t.failures) {
+                failed++;
+                printf("FAIL %s\n", full);
+            } else {
+                passed++;
+                printf("ok   %s\n", full);
+            }
+            fflush(stdout);
+        }
+    }
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", tmpl);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,56 @@
+/*
+ * test.h - the tiny test harness shared by every test file.
+ *
+ * A suite is a NULL-terminated array of dsc_test_case; tests/runner.c lists
+ * the suites. A case receives a dsc_t and records failures with T_CHECK /
+ * t_close; it passes when it recorded none. Tests run from the repository root
+ * (fixtures are read from tests/fixtures/), use fixed seeds, and state why
+ * each tolerance has its value next to the comparison.
+ */
+#ifndef DSC_TEST_H
+#define DSC_TEST_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *name;     /* current case */
+    int failures;         /* failures recorded in the current case */
+    const char *dsc_bin;  /* path of the dsc CLI, for CLI tests (may be NULL) */
+    const char *tmpdir;   /* a private scratch directory for this run */
+} dsc_t;
+
+typedef struct {
+    const char *name;
+    void (*fn)(dsc_t *t);
+} dsc_test_case;
+
+void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define T_CHECK(t, cond, ...)                                                  \
+    do {                                                                       \
+        if (!(cond)) t_fail((t), __FILE__, __LINE__, __VA_ARGS__);             \
+    } while (0)
+
+/* Compare n values: fails (once, reporting the worst index) when any
+   |got - want| > atol + rtol*|want|, or when either side is NaN. Returns the
+   max abs difference. */
+double t_close_f32(dsc_t *t, const char *what, const float *got, const float *want,
+                   int64_t n, double atol, double rtol);
+double t_close_f64(dsc_t *t, const char *what, const float *got, const double *want,
+                   int64_t n, double atol, double rtol);
+
+/* Deterministic generator for test data (splitmix64). */
+typedef struct { uint64_t s; } t_rng;
+uint64_t t_rng_u64(t_rng *r);
+float t_rng_uniform(t_rng *r);          /* [0, 1) */
+float t_rng_normal(t_rng *r);           /* N(0, 1) */
+
+/* Read a whole file (malloc'd, caller frees); NULL on failure. */
+void *t_read_file(const char *path, size_t *len);
+/* Write bytes to a file; 0 on success. */
+int t_write_file(const char *path, const void *data, size_t len);
+
+#endif
