@@ -22,6 +22,10 @@
 
 #define QB 64 /* query rows per attention block */
 
+/* q_a_layernorm and kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says
+   (transformers hard-codes it; the official demo uses 1e-6 everywhere). */
+#define DSC_LATENT_NORM_EPS 1e-6f
+
 int64_t dsc_mla_head_ws_floats(const dsc_config *c, int64_t n_ctx, int64_t n_batch) {
     int64_t qb = n_batch < QB ? n_batch : QB;
     int64_t dc = c->kv_lora_rank;
@@ -112,13 +116,13 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
     int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
     int64_t dqk = cf->qk_nope_head_dim + dr;
     int64_t ldkv = dc + dr;
-    float eps = (float)cf->rms_norm_eps;
     float *cache_l = c->cache + l * c->p.n_ctx * ldkv;
 
     /* q = W^UQ RMSNorm(W^DQ x)  or  q = W^Q x                 (n, H*dqk) */
     if (cf->q_lora_rank > 0) {
         dsc_k_matmul(k, w->qa, w->xn, &ly->q_a, n);
-        dsc_k_rmsnorm(k, w->qa, w->qa, &ly->q_a_norm, n, cf->q_lora_rank, eps);
+        dsc_k_rmsnorm(k, w->qa, w->qa, &ly->q_a_norm, n, cf->q_lora_rank,
+                      DSC_LATENT_NORM_EPS);
         dsc_k_matmul(k, w->q, w->qa, &ly->q_b, n);
     } else {
         dsc_k_matmul(k, w->q, w->xn, &ly->q_b, n);
@@ -139,7 +143,7 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
     /* normalise the latent part of the new rows in place (stride dc + dr) */
     for (int64_t t = 0; t < n; t++) {
         float *row = cache_l + (pos0 + t) * ldkv;
-        dsc_ref_rmsnorm(row, row, &ly->kv_a_norm, 1, dc, eps);
+        dsc_ref_rmsnorm(row, row, &ly->kv_a_norm, 1, dc, DSC_LATENT_NORM_EPS);
     }
 
     const float *kvb = kv_b_f32(c, &ly->kv_b);
