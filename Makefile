@@ -67,6 +67,7 @@ TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
 # SIMD variants are compiled per file; dispatch picks one at run time.
+$(TEST_OBJ): CFLAGS += -Itests
 $(BUILD)/src/kernels/cpu/avx2.o:   CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
 

@@ -41,7 +41,7 @@ typedef struct {
     const void *data;   /* inside the read-only mapping */
     size_t nbytes;
     int file_index;     /* which file of the set */
-    int used;           /* set by dsc_st_get; lets the caller report extras */
+    int used;           /* set by dsc_st_find; lets the caller report extras */
 } dsc_st_tensor;
 
 typedef struct dsc_st_set dsc_st_set;
@@ -58,13 +58,18 @@ dsc_st_tensor *dsc_st_at(dsc_st_set *s, int64_t i);
 dsc_st_tensor *dsc_st_find(dsc_st_set *s, const char *name);
 /* Total bytes of all files in the set. */
 int64_t dsc_st_file_bytes(const dsc_st_set *s);
+/* Number of files in the set. */
+int dsc_st_file_count(const dsc_st_set *s);
 /* Path of file i of the set (for messages). */
 const char *dsc_st_file_path(const dsc_st_set *s, int i);
 
 /*
  * Writer: build a safetensors file in one call (used by tests, benchmarks and,
- * later, training checkpoints). Tensors are written in the given order with
- * 8-byte-aligned offsets. Returns DSC_ERR_IO on write failure.
+ * later, training checkpoints). Header keys keep the given order; the data
+ * section starts 8-byte aligned and holds the tensors contiguously, 4-byte
+ * dtypes first, then 2-byte, then 1-byte (each class in the given order), so
+ * every tensor is aligned to its element size. The file appears at path only
+ * when complete. Returns DSC_ERR_ARG on bad entries, DSC_ERR_IO on write failure.
  */
 typedef struct {
     const char *name;

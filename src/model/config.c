@@ -96,12 +96,6 @@ static dsc_status get_str(cfg_ctx *cx, json_t *obj, const char *key, const char 
     return DSC_OK;
 }
 
-#define TRY(x)                                                                 \
-    do {                                                                       \
-        dsc_status s_ = (x);                                                   \
-        if (s_ != DSC_OK) return s_;                                           \
-    } while (0)
-
 /* YaRN m = 0.1 * mscale * ln(factor) + 1 (1 when factor <= 1). */
 static double yarn_get_mscale(double factor, double mscale) {
     return factor <= 1.0 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
@@ -121,7 +115,7 @@ static dsc_status parse_rope(cfg_ctx *cx, json_t *root, dsc_config *c) {
         r = rs;
         field = "rope_scaling";
     }
-    TRY(get_num(cx, root, "rope_theta", 0, 10000.0, &c->rope_theta));
+    DSC_TRY(get_num(cx, root, "rope_theta", 0, 10000.0, &c->rope_theta));
     c->yarn = 0;
     c->yarn_factor = 1.0;
     if (!r) return DSC_OK;
@@ -129,31 +123,31 @@ static dsc_status parse_rope(cfg_ctx *cx, json_t *root, dsc_config *c) {
         return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" must be an object",
                            cx->path, field);
     if (json_object_get(r, "rope_theta"))
-        TRY(get_num(cx, r, "rope_theta", 1, 0, &c->rope_theta));
+        DSC_TRY(get_num(cx, r, "rope_theta", 1, 0, &c->rope_theta));
     const char *type = NULL;
-    TRY(get_str(cx, r, "rope_type", &type));
-    if (!type) TRY(get_str(cx, r, "type", &type));
+    DSC_TRY(get_str(cx, r, "rope_type", &type));
+    if (!type) DSC_TRY(get_str(cx, r, "type", &type));
     if (!type || !strcmp(type, "default")) return DSC_OK;
     if (strcmp(type, "yarn") != 0)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG,
                            "%s: %s.type \"%s\" is not supported (only \"yarn\" or \"default\")",
                            cx->path, field, type);
     c->yarn = 1;
-    TRY(get_num(cx, r, "factor", 1, 0, &c->yarn_factor));
+    DSC_TRY(get_num(cx, r, "factor", 1, 0, &c->yarn_factor));
     if (c->yarn_factor < 1.0)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: %s.factor = %g, expected >= 1",
                            cx->path, field, c->yarn_factor);
-    TRY(get_int(cx, r, "original_max_position_embeddings", 0, c->max_position_embeddings,
+    DSC_TRY(get_int(cx, r, "original_max_position_embeddings", 0, c->max_position_embeddings,
                 1, &c->yarn_original_max_pos));
-    TRY(get_num(cx, r, "beta_fast", 0, 32.0, &c->yarn_beta_fast));
-    TRY(get_num(cx, r, "beta_slow", 0, 1.0, &c->yarn_beta_slow));
-    TRY(get_num(cx, r, "mscale", 0, 0.0, &c->yarn_mscale));
-    TRY(get_num(cx, r, "mscale_all_dim", 0, 0.0, &c->yarn_mscale_all_dim));
+    DSC_TRY(get_num(cx, r, "beta_fast", 0, 32.0, &c->yarn_beta_fast));
+    DSC_TRY(get_num(cx, r, "beta_slow", 0, 1.0, &c->yarn_beta_slow));
+    DSC_TRY(get_num(cx, r, "mscale", 0, 0.0, &c->yarn_mscale));
+    DSC_TRY(get_num(cx, r, "mscale_all_dim", 0, 0.0, &c->yarn_mscale_all_dim));
     c->yarn_attention_factor = -1.0;
     if (json_object_get(r, "attention_factor"))
-        TRY(get_num(cx, r, "attention_factor", 1, 0, &c->yarn_attention_factor));
+        DSC_TRY(get_num(cx, r, "attention_factor", 1, 0, &c->yarn_attention_factor));
     int truncate = 1;
-    TRY(get_bool(cx, r, "truncate", 1, &truncate));
+    DSC_TRY(get_bool(cx, r, "truncate", 1, &truncate));
     if (!truncate)
         return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
                            "%s: %s.truncate = false is not supported", cx->path, field);
@@ -161,14 +155,14 @@ static dsc_status parse_rope(cfg_ctx *cx, json_t *root, dsc_config *c) {
 }
 
 static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3) {
-    TRY(get_int(cx, root, "n_routed_experts", 0, 0, 0, &c->n_routed_experts));
-    TRY(get_int(cx, root, "n_shared_experts", 0, 0, 0, &c->n_shared_experts));
-    TRY(get_int(cx, root, "first_k_dense_replace", 0, 0, 0, &c->first_k_dense_replace));
-    TRY(get_int(cx, root, "moe_layer_freq", 0, 1, 1, &c->moe_layer_freq));
+    DSC_TRY(get_int(cx, root, "n_routed_experts", 0, 0, 0, &c->n_routed_experts));
+    DSC_TRY(get_int(cx, root, "n_shared_experts", 0, 0, 0, &c->n_shared_experts));
+    DSC_TRY(get_int(cx, root, "first_k_dense_replace", 0, 0, 0, &c->first_k_dense_replace));
+    DSC_TRY(get_int(cx, root, "moe_layer_freq", 0, 1, 1, &c->moe_layer_freq));
     if (c->n_routed_experts == 0) return DSC_OK;
 
-    TRY(get_int(cx, root, "moe_intermediate_size", 1, 0, 1, &c->moe_intermediate_size));
-    TRY(get_int(cx, root, "num_experts_per_tok", 1, 0, 1, &c->num_experts_per_tok));
+    DSC_TRY(get_int(cx, root, "moe_intermediate_size", 1, 0, 1, &c->moe_intermediate_size));
+    DSC_TRY(get_int(cx, root, "num_experts_per_tok", 1, 0, 1, &c->num_experts_per_tok));
     if (c->num_experts_per_tok > c->n_routed_experts)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG,
                            "%s: num_experts_per_tok = %lld exceeds n_routed_experts = %lld",
@@ -176,7 +170,7 @@ static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3)
                            (long long)c->n_routed_experts);
 
     const char *s = NULL;
-    TRY(get_str(cx, root, "topk_method", &s));
+    DSC_TRY(get_str(cx, root, "topk_method", &s));
     if (!s) s = is_v3 ? "noaux_tc" : "greedy";
     if (!strcmp(s, "greedy")) c->topk_method = DSC_TOPK_GREEDY;
     else if (!strcmp(s, "group_limited_greedy")) c->topk_method = DSC_TOPK_GROUP_LIMITED;
@@ -186,7 +180,7 @@ static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3)
                            "%s: topk_method \"%s\" is not supported (greedy, "
                            "group_limited_greedy, noaux_tc)", cx->path, s);
 
-    TRY(get_str(cx, root, "scoring_func", &s));
+    DSC_TRY(get_str(cx, root, "scoring_func", &s));
     if (!s) s = is_v3 ? "sigmoid" : "softmax";
     if (!strcmp(s, "softmax")) c->scoring_func = DSC_SCORE_SOFTMAX;
     else if (!strcmp(s, "sigmoid")) c->scoring_func = DSC_SCORE_SIGMOID;
@@ -196,8 +190,8 @@ static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3)
                            cx->path, s);
 
     int grouped = c->topk_method != DSC_TOPK_GREEDY;
-    TRY(get_int(cx, root, "n_group", 0, 1, 1, &c->n_group));
-    TRY(get_int(cx, root, "topk_group", 0, 1, 1, &c->topk_group));
+    DSC_TRY(get_int(cx, root, "n_group", 0, 1, 1, &c->n_group));
+    DSC_TRY(get_int(cx, root, "topk_group", 0, 1, 1, &c->topk_group));
     if (!grouped) {
         c->n_group = 1;
         c->topk_group = 1;
@@ -224,14 +218,14 @@ static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3)
                            "%s: topk_group groups hold fewer experts than "
                            "num_experts_per_tok = %lld", cx->path,
                            (long long)c->num_experts_per_tok);
-    TRY(get_bool(cx, root, "norm_topk_prob", 0, &c->norm_topk_prob));
-    TRY(get_num(cx, root, "routed_scaling_factor", 0, 1.0, &c->routed_scaling_factor));
+    DSC_TRY(get_bool(cx, root, "norm_topk_prob", 0, &c->norm_topk_prob));
+    DSC_TRY(get_num(cx, root, "routed_scaling_factor", 0, 1.0, &c->routed_scaling_factor));
     return DSC_OK;
 }
 
 static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
     const char *mt = NULL;
-    TRY(get_str(cx, root, "model_type", &mt));
+    DSC_TRY(get_str(cx, root, "model_type", &mt));
     if (!mt)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"model_type\" is missing",
                            cx->path);
@@ -246,48 +240,48 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
     snprintf(c->model_type, sizeof c->model_type, "%s", mt);
     int is_v3 = !strcmp(mt, "deepseek_v3");
 
-    TRY(get_int(cx, root, "vocab_size", 1, 0, 1, &c->vocab_size));
-    TRY(get_int(cx, root, "hidden_size", 1, 0, 1, &c->hidden_size));
-    TRY(get_int(cx, root, "num_hidden_layers", 1, 0, 1, &c->num_hidden_layers));
-    TRY(get_int(cx, root, "num_attention_heads", 1, 0, 1, &c->num_attention_heads));
-    TRY(get_int(cx, root, "q_lora_rank", 0, 0, 0, &c->q_lora_rank));
-    TRY(get_int(cx, root, "kv_lora_rank", 1, 0, 1, &c->kv_lora_rank));
-    TRY(get_int(cx, root, "qk_nope_head_dim", 1, 0, 0, &c->qk_nope_head_dim));
-    TRY(get_int(cx, root, "qk_rope_head_dim", 1, 0, 2, &c->qk_rope_head_dim));
-    TRY(get_int(cx, root, "v_head_dim", 1, 0, 1, &c->v_head_dim));
+    DSC_TRY(get_int(cx, root, "vocab_size", 1, 0, 1, &c->vocab_size));
+    DSC_TRY(get_int(cx, root, "hidden_size", 1, 0, 1, &c->hidden_size));
+    DSC_TRY(get_int(cx, root, "num_hidden_layers", 1, 0, 1, &c->num_hidden_layers));
+    DSC_TRY(get_int(cx, root, "num_attention_heads", 1, 0, 1, &c->num_attention_heads));
+    DSC_TRY(get_int(cx, root, "q_lora_rank", 0, 0, 0, &c->q_lora_rank));
+    DSC_TRY(get_int(cx, root, "kv_lora_rank", 1, 0, 1, &c->kv_lora_rank));
+    DSC_TRY(get_int(cx, root, "qk_nope_head_dim", 1, 0, 0, &c->qk_nope_head_dim));
+    DSC_TRY(get_int(cx, root, "qk_rope_head_dim", 1, 0, 2, &c->qk_rope_head_dim));
+    DSC_TRY(get_int(cx, root, "v_head_dim", 1, 0, 1, &c->v_head_dim));
     if (c->qk_rope_head_dim % 2 != 0)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG,
                            "%s: qk_rope_head_dim = %lld must be even", cx->path,
                            (long long)c->qk_rope_head_dim);
-    TRY(get_int(cx, root, "max_position_embeddings", 0, 4096, 1,
+    DSC_TRY(get_int(cx, root, "max_position_embeddings", 0, 4096, 1,
                 &c->max_position_embeddings));
-    TRY(get_int(cx, root, "num_nextn_predict_layers", 0, 0, 0,
+    DSC_TRY(get_int(cx, root, "num_nextn_predict_layers", 0, 0, 0,
                 &c->num_nextn_predict_layers));
-    TRY(get_int(cx, root, "bos_token_id", 0, -1, -1, &c->bos_token_id));
-    TRY(get_int(cx, root, "eos_token_id", 0, -1, -1, &c->eos_token_id));
-    TRY(get_num(cx, root, "rms_norm_eps", 0, 1e-6, &c->rms_norm_eps));
-    TRY(get_bool(cx, root, "tie_word_embeddings", 0, &c->tie_word_embeddings));
-    TRY(get_bool(cx, root, "rope_interleave", 1, &c->rope_interleave));
+    DSC_TRY(get_int(cx, root, "bos_token_id", 0, -1, -1, &c->bos_token_id));
+    DSC_TRY(get_int(cx, root, "eos_token_id", 0, -1, -1, &c->eos_token_id));
+    DSC_TRY(get_num(cx, root, "rms_norm_eps", 0, 1e-6, &c->rms_norm_eps));
+    DSC_TRY(get_bool(cx, root, "tie_word_embeddings", 0, &c->tie_word_embeddings));
+    DSC_TRY(get_bool(cx, root, "rope_interleave", 1, &c->rope_interleave));
 
     const char *act = NULL;
-    TRY(get_str(cx, root, "hidden_act", &act));
+    DSC_TRY(get_str(cx, root, "hidden_act", &act));
     if (act && strcmp(act, "silu") != 0)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG,
                            "%s: hidden_act \"%s\" is not supported (silu)", cx->path, act);
     int bias = 0;
-    TRY(get_bool(cx, root, "attention_bias", 0, &bias));
+    DSC_TRY(get_bool(cx, root, "attention_bias", 0, &bias));
     if (bias)
         return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
                            "%s: attention_bias = true is not supported (DeepSeek linears "
                            "are bias-free)", cx->path);
 
-    TRY(parse_moe(cx, root, c, is_v3));
+    DSC_TRY(parse_moe(cx, root, c, is_v3));
     int64_t n_dense = 0;
     for (int64_t l = 0; l < c->num_hidden_layers; l++)
         n_dense += !dsc_config_layer_is_moe(c, l);
-    TRY(get_int(cx, root, "intermediate_size", n_dense > 0, 0, n_dense > 0 ? 1 : 0,
+    DSC_TRY(get_int(cx, root, "intermediate_size", n_dense > 0, 0, n_dense > 0 ? 1 : 0,
                 &c->intermediate_size));
-    TRY(parse_rope(cx, root, c));
+    DSC_TRY(parse_rope(cx, root, c));
 
     json_t *q = json_object_get(root, "quantization_config");
     if (q && !json_is_null(q)) {
@@ -295,7 +289,7 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
         if (!json_is_object(q))
             return dsc_err_set(cx->err, DSC_ERR_CONFIG,
                                "%s: quantization_config must be an object", cx->path);
-        TRY(get_str(cx, q, "quant_method", &qm));
+        DSC_TRY(get_str(cx, q, "quant_method", &qm));
         if (!qm || strcmp(qm, "fp8") != 0)
             return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
                                "%s: quantization_config.quant_method \"%s\" is not supported "

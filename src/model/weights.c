@@ -30,8 +30,16 @@ static dsc_status bind(binder *b, dsc_wmat *w, const char *name, int64_t rows, i
     dsc_model_t *m = b->m;
     dsc_st_tensor *t = dsc_st_find(m->st, name);
     if (!t)
-        return dsc_err_set(b->err, DSC_ERR_MISSING, "tensor \"%s\" is missing from %s", name,
-                           dsc_st_file_path(m->st, 0));
+        return dsc_err_set(b->err, DSC_ERR_MISSING,
+                           "tensor \"%s\" is missing from the checkpoint (%s%s)", name,
+                           dsc_st_file_path(m->st, 0), dsc_st_file_count(m->st) > 1
+                           ? " and its other shards" : "");
+    /* kernels read elements through typed pointers */
+    if ((uintptr_t)t->data % dsc_dtype_size(t->dtype) != 0)
+        return dsc_err_set(b->err, DSC_ERR_UNSUPPORTED,
+                           "tensor \"%s\" in %s: data is not aligned to its %zu-byte elements "
+                           "(re-save the file with tensors sorted by dtype size)", name,
+                           dsc_st_file_path(m->st, t->file_index), dsc_dtype_size(t->dtype));
     int want_nd = cols ? 2 : 1;
     if (t->ndim != want_nd || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
         char got[96] = "", want[64];
@@ -76,6 +84,9 @@ static dsc_status bind(binder *b, dsc_wmat *w, const char *name, int64_t rows, i
                            "%lld]); found %s with %d dims", sname, (long long)sr,
                            (long long)sc, (long long)rows, (long long)cols,
                            dsc_dtype_name(s->dtype), s->ndim);
+    if ((uintptr_t)s->data % 4 != 0)
+        return dsc_err_set(b->err, DSC_ERR_UNSUPPORTED, "scale \"%s\": data is not 4-byte "
+                           "aligned", sname);
     w->scale = s->data;
     w->scale_cols = sc;
     m->info.weight_bytes += (int64_t)s->nbytes;
@@ -84,21 +95,15 @@ static dsc_status bind(binder *b, dsc_wmat *w, const char *name, int64_t rows, i
     return DSC_OK;
 }
 
-#define TRY(x)                                                                 \
-    do {                                                                       \
-        dsc_status s_ = (x);                                                   \
-        if (s_ != DSC_OK) return s_;                                           \
-    } while (0)
-
 static dsc_status bind_mlp(binder *b, dsc_mlp *mlp, const char *prefix, int64_t d,
                            int64_t ff) {
     char n[512];
     snprintf(n, sizeof n, "%s.gate_proj.weight", prefix);
-    TRY(bind(b, &mlp->gate, n, ff, d));
+    DSC_TRY(bind(b, &mlp->gate, n, ff, d));
     snprintf(n, sizeof n, "%s.up_proj.weight", prefix);
-    TRY(bind(b, &mlp->up, n, ff, d));
+    DSC_TRY(bind(b, &mlp->up, n, ff, d));
     snprintf(n, sizeof n, "%s.down_proj.weight", prefix);
-    TRY(bind(b, &mlp->down, n, d, ff));
+    DSC_TRY(bind(b, &mlp->down, n, d, ff));
     return DSC_OK;
 }
 
@@ -108,21 +113,21 @@ static dsc_status bind_layer(binder *b, int64_t l, dsc_layer *ly) {
     int64_t dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
     char n[512];
 #define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
-    TRY(bind(b, &ly->attn_norm, NAME("input_layernorm.weight"), d, 0));
-    TRY(bind(b, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), d, 0));
+    DSC_TRY(bind(b, &ly->attn_norm, NAME("input_layernorm.weight"), d, 0));
+    DSC_TRY(bind(b, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), d, 0));
     if (c->q_lora_rank > 0) {
-        TRY(bind(b, &ly->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d));
-        TRY(bind(b, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, 0));
-        TRY(bind(b, &ly->q_b, NAME("self_attn.q_b_proj.weight"), H * dqk, c->q_lora_rank));
+        DSC_TRY(bind(b, &ly->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d));
+        DSC_TRY(bind(b, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, 0));
+        DSC_TRY(bind(b, &ly->q_b, NAME("self_attn.q_b_proj.weight"), H * dqk, c->q_lora_rank));
     } else {
-        TRY(bind(b, &ly->q_b, NAME("self_attn.q_proj.weight"), H * dqk, d));
+        DSC_TRY(bind(b, &ly->q_b, NAME("self_attn.q_proj.weight"), H * dqk, d));
     }
-    TRY(bind(b, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
+    DSC_TRY(bind(b, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
              c->kv_lora_rank + c->qk_rope_head_dim, d));
-    TRY(bind(b, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), c->kv_lora_rank, 0));
-    TRY(bind(b, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
+    DSC_TRY(bind(b, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), c->kv_lora_rank, 0));
+    DSC_TRY(bind(b, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
              H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank));
-    TRY(bind(b, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim));
+    DSC_TRY(bind(b, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim));
 
     ly->is_moe = dsc_config_layer_is_moe(c, l);
     if (!ly->is_moe) {
@@ -130,17 +135,17 @@ static dsc_status bind_layer(binder *b, int64_t l, dsc_layer *ly) {
         return bind_mlp(b, &ly->dense, n, d, c->intermediate_size);
     }
     int64_t E = c->n_routed_experts;
-    TRY(bind(b, &ly->router, NAME("mlp.gate.weight"), E, d));
+    DSC_TRY(bind(b, &ly->router, NAME("mlp.gate.weight"), E, d));
     if (c->topk_method == DSC_TOPK_NOAUX_TC)
-        TRY(bind(b, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), E, 0));
+        DSC_TRY(bind(b, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), E, 0));
     if (c->n_shared_experts > 0) {
         snprintf(n, sizeof n, "model.layers.%lld.mlp.shared_experts", (long long)l);
-        TRY(bind_mlp(b, &ly->shared, n, d, c->n_shared_experts * c->moe_intermediate_size));
+        DSC_TRY(bind_mlp(b, &ly->shared, n, d, c->n_shared_experts * c->moe_intermediate_size));
     }
     for (int64_t e = 0; e < E; e++) {
         snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld", (long long)l,
                  (long long)e);
-        TRY(bind_mlp(b, &ly->experts[e], n, d, c->moe_intermediate_size));
+        DSC_TRY(bind_mlp(b, &ly->experts[e], n, d, c->moe_intermediate_size));
     }
 #undef NAME
     return DSC_OK;
@@ -176,19 +181,19 @@ dsc_status dsc_weights_bind(dsc_model_t *m, dsc_err *err) {
     if (pool && !m->expert_pool)
         return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the expert table");
 
-    TRY(bind(&b, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size));
-    TRY(bind(&b, &m->final_norm, "model.norm.weight", c->hidden_size, 0));
+    DSC_TRY(bind(&b, &m->embed, "model.embed_tokens.weight", c->vocab_size, c->hidden_size));
+    DSC_TRY(bind(&b, &m->final_norm, "model.norm.weight", c->hidden_size, 0));
     if (c->tie_word_embeddings) {
         m->lm_head = m->embed;
         if (dsc_st_find(m->st, "lm_head.weight"))
-            TRY(bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size));
+            DSC_TRY(bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size));
     } else {
-        TRY(bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size));
+        DSC_TRY(bind(&b, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size));
     }
     int64_t moe_i = 0;
     for (int64_t l = 0; l < L; l++) {
         if (dsc_config_layer_is_moe(c, l)) m->layers[l].experts = m->expert_pool + E * moe_i++;
-        TRY(bind_layer(&b, l, &m->layers[l]));
+        DSC_TRY(bind_layer(&b, l, &m->layers[l]));
     }
 
     /* Every tensor of the files must be bound or be part of an MTP layer. */

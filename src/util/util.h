@@ -29,6 +29,13 @@ dsc_status dsc_err_set(dsc_err *err, dsc_status code, const char *fmt, ...)
         }                                                                      \
     } while (0)
 
+/* Return from the calling function when x is not DSC_OK. */
+#define DSC_TRY(x)                                                             \
+    do {                                                                       \
+        dsc_status s_ = (x);                                                   \
+        if (s_ != DSC_OK) return s_;                                           \
+    } while (0)
+
 /* a*b and a+b on sizes; return 0 and leave *out alone on overflow. */
 static inline int dsc_mul_ok(size_t a, size_t b, size_t *out) {
     return !__builtin_mul_overflow(a, b, out);

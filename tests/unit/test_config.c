@@ -15,7 +15,7 @@
     " \"num_hidden_layers\": 3, \"num_attention_heads\": 3, \"q_lora_rank\": 24,"\
     " \"kv_lora_rank\": 16, \"qk_nope_head_dim\": 8, \"qk_rope_head_dim\": 8,"   \
     " \"v_head_dim\": 12, \"n_routed_experts\": 8, \"n_shared_experts\": 1,"     \
-    " \"num_experts_per_tok\": 2, \"n_group\": 4, \"topk_group\": 2,"            \
+    " \"num_experts_per_tok\": 2,"                                              \
     " \"first_k_dense_replace\": 1, \"max_position_embeddings\": 4096"
 
 static dsc_status parse(const char *extra, dsc_config *c, dsc_err *e) {

@@ -1,0 +1,216 @@
+/*
+ * avx2.c - AVX2 + FMA + F16C kernel table. Built with -mavx2 -mfma -mf16c;
+ * only reached through dsc_simd_avx2 after dsc_simd_supported() said yes.
+ *
+ * Same structure as avx512.c (one always-inline body per kernel,
+ * instantiated per constant dtype and m), 8 lanes wide. AVX2 has no masked
+ * byte loads, so ragged tails (< 8 columns) are copied into a zeroed stack
+ * buffer and run through the same vector code.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/kcpu.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* 8 e4m3 codes (low 8 bytes of b) -> e4m3(code) * 2^-8, exactly; the f16
+   re-biasing trick is explained in avx512.c. */
+INLINE __m256 e4m3x8_div256(__m128i b) {
+    __m128i v = _mm_cvtepu8_epi16(b);
+    __m128i mag = _mm_and_si128(v, _mm_set1_epi16(0x7f));
+    __m128i sign = _mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x80)), 8);
+    __m128i h = _mm_or_si128(sign, _mm_slli_epi16(mag, 7));
+    __m256 f = _mm256_cvtph_ps(h);
+    __m128i isnan = _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f));
+    __m256 nanmask = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(isnan));
+    return _mm256_blendv_ps(f, _mm256_set1_ps(NAN), nanmask);
+}
+
+/* 8 weights from element offset `off`; FP8 comes back divided by 256. */
+INLINE __m256 load8(const void *base, dsc_dtype dt, size_t off) {
+    switch (dt) {
+    case DSC_F32: return _mm256_loadu_ps((const float *)base + off);
+    case DSC_BF16: {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + off));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case DSC_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + off)));
+    case DSC_F8_E4M3:
+        return e4m3x8_div256(_mm_loadl_epi64((const __m128i *)((const uint8_t *)base + off)));
+    }
+    return _mm256_setzero_ps();
+}
+
+/* n < 8 weights from `off`, zero-padded to 8 lanes. */
+INLINE __m256 load8_tail(const void *base, dsc_dtype dt, size_t off, int64_t n) {
+    size_t es = dsc_dtype_size(dt);
+    unsigned char buf[32] = {0};
+    memcpy(buf, (const unsigned char *)base + off * es, (size_t)n * es);
+    return load8(buf, dt, 0);
+}
+
+INLINE __m256 loadx_tail(const float *x, int64_t n) {
+    float buf[8] = {0};
+    memcpy(buf, x, (size_t)n * sizeof(float));
+    return _mm256_loadu_ps(buf);
+}
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Rows [r0, r1) of y = x . W^T for M (1..4) vectors; see avx512.c. */
+INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const dsc_dtype dt,
+                        int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    const int64_t cols = w->cols;
+    const int fp8 = dt == DSC_F8_E4M3;
+    const int64_t bw = fp8 ? DSC_FP8_BLOCK : cols;
+    for (int64_t r = r0; r < r1; r++) {
+        const size_t roff = (size_t)r * (size_t)cols;
+        const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
+        __m256 tot[4], a0[4], a1[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < M; i++) tot[i] = _mm256_setzero_ps();
+        for (int64_t c0 = 0, blk = 0; c0 < cols; c0 += bw, blk++) {
+            const int64_t ce = cols - c0 > bw ? c0 + bw : cols;
+#pragma GCC unroll 4
+            for (int i = 0; i < M; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+            int64_t c = c0;
+            for (; c + 16 <= ce; c += 16) {
+                __m256 w0 = load8(w->data, dt, roff + (size_t)c);
+                __m256 w1 = load8(w->data, dt, roff + (size_t)c + 8);
+#pragma GCC unroll 4
+                for (int i = 0; i < M; i++) {
+                    const float *xi = x + (size_t)i * (size_t)cols + (size_t)c;
+                    a0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xi), a0[i]);
+                    a1[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xi + 8), a1[i]);
+                }
+            }
+            for (; c < ce; c += 8) {
+                int64_t n = ce - c;
+                __m256 w0 = n >= 8 ? load8(w->data, dt, roff + (size_t)c)
+                                   : load8_tail(w->data, dt, roff + (size_t)c, n);
+#pragma GCC unroll 4
+                for (int i = 0; i < M; i++) {
+                    const float *xi = x + (size_t)i * (size_t)cols + (size_t)c;
+                    __m256 xv = n >= 8 ? _mm256_loadu_ps(xi) : loadx_tail(xi, n);
+                    a0[i] = _mm256_fmadd_ps(w0, xv, a0[i]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < M; i++) {
+                __m256 s = _mm256_add_ps(a0[i], a1[i]);
+                tot[i] = fp8 ? _mm256_fmadd_ps(s, _mm256_set1_ps(srow[blk]), tot[i])
+                             : _mm256_add_ps(s, tot[i]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < M; i++) {
+            float v = hsum8(tot[i]);
+            y[(size_t)i * (size_t)ldy + (size_t)r] = fp8 ? v * 256.0f : v;
+        }
+    }
+}
+
+#define MATVEC_M(dt)                                                                  \
+    switch (m) {                                                                      \
+    case 1: matvec_rows(w, x, 1, dt, r0, r1, y, ldy); break;                          \
+    case 2: matvec_rows(w, x, 2, dt, r0, r1, y, ldy); break;                          \
+    case 3: matvec_rows(w, x, 3, dt, r0, r1, y, ldy); break;                          \
+    default: matvec_rows(w, x, 4, dt, r0, r1, y, ldy); break;                         \
+    }
+
+static void avx2_matvec(const dsc_wmat *w, const float *x, int64_t m, int64_t r0, int64_t r1,
+                        float *y, int64_t ldy) {
+    switch (w->dtype) {
+    case DSC_F32: MATVEC_M(DSC_F32); break;
+    case DSC_BF16: MATVEC_M(DSC_BF16); break;
+    case DSC_F16: MATVEC_M(DSC_F16); break;
+    case DSC_F8_E4M3: MATVEC_M(DSC_F8_E4M3); break;
+    }
+}
+
+/* FP8: (q * 2^-8) * 256 is exact, so the one rounding is that of q * scale,
+   as in dsc_wmat_row. */
+INLINE void dequant_rows(const dsc_wmat *w, const dsc_dtype dt, int64_t r0, int64_t r1, float *out) {
+    const int64_t cols = w->cols;
+    const int fp8 = dt == DSC_F8_E4M3;
+    const int64_t bw = fp8 ? DSC_FP8_BLOCK : cols;
+    for (int64_t r = r0; r < r1; r++) {
+        const size_t roff = (size_t)r * (size_t)cols;
+        float *o = out + (size_t)(r - r0) * (size_t)cols;
+        const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
+        for (int64_t c0 = 0, blk = 0; c0 < cols; c0 += bw, blk++) {
+            const int64_t ce = cols - c0 > bw ? c0 + bw : cols;
+            const __m256 s = fp8 ? _mm256_set1_ps(srow[blk]) : _mm256_setzero_ps();
+            int64_t c = c0;
+            for (; c + 8 <= ce; c += 8) {
+                __m256 v = load8(w->data, dt, roff + (size_t)c);
+                if (fp8) v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(256.0f)), s);
+                _mm256_storeu_ps(o + c, v);
+            }
+            if (c < ce) {
+                float buf[8];
+                __m256 v = load8_tail(w->data, dt, roff + (size_t)c, ce - c);
+                if (fp8) v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(256.0f)), s);
+                _mm256_storeu_ps(buf, v);
+                memcpy(o + c, buf, (size_t)(ce - c) * sizeof(float));
+            }
+        }
+    }
+}
+
+static void avx2_dequant(const dsc_wmat *w, int64_t r0, int64_t r1, float *out) {
+    switch (w->dtype) {
+    case DSC_F32: dequant_rows(w, DSC_F32, r0, r1, out); break;
+    case DSC_BF16: dequant_rows(w, DSC_BF16, r0, r1, out); break;
+    case DSC_F16: dequant_rows(w, DSC_F16, r0, r1, out); break;
+    case DSC_F8_E4M3: dequant_rows(w, DSC_F8_E4M3, r0, r1, out); break;
+    }
+}
+
+/* 4 x 16 tile: two ymm accumulators per row of A (8 in flight, enough to
+   cover FMA latency); rows past mr repeat the last valid row. */
+#define MR2 4
+
+static void avx2_ukernel(int64_t kc, const float *a, int64_t lda, const float *bp, float *c,
+                         int64_t ldc, int64_t mr, int64_t nr, int load_c) {
+    const float *ar[MR2];
+    __m256 lo[MR2], hi[MR2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR2; i++) {
+        ar[i] = a + (size_t)(i < mr ? i : mr - 1) * (size_t)lda;
+        lo[i] = hi[i] = _mm256_setzero_ps();
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        __m256 b0 = _mm256_loadu_ps(bp + (size_t)p * DSC_GEMM_NR);
+        __m256 b1 = _mm256_loadu_ps(bp + (size_t)p * DSC_GEMM_NR + 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR2; i++) {
+            __m256 av = _mm256_broadcast_ss(ar[i] + p);
+            lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+            hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+        }
+    }
+    for (int64_t i = 0; i < mr; i++) {
+        float t[DSC_GEMM_NR];
+        _mm256_storeu_ps(t, lo[i]);
+        _mm256_storeu_ps(t + 8, hi[i]);
+        float *ci = c + (size_t)i * (size_t)ldc;
+        for (int64_t j = 0; j < nr; j++) ci[j] = load_c ? ci[j] + t[j] : t[j];
+    }
+}
+
+const dsc_simd_ops dsc_simd_avx2 = {
+    .name = "avx2",
+    .matvec = avx2_matvec,
+    .dequant = avx2_dequant,
+    .gemm_ukernel = avx2_ukernel,
+    .gemm_mr = MR2,
+};

@@ -1,0 +1,217 @@
+/*
+ * dispatch.c - the fast kernels the model calls: weight matmul, fp32 GEMMs,
+ * RMSNorm, softmax, SiLU-gate.
+ *
+ * dsc_k_matmul has two paths:
+ *  - m < GEMM_MIN_M (decode): one pass over W computing all m dot products
+ *    per row (the SIMD table's matvec), threads over row ranges. This is
+ *    memory bound; converting on the fly reads each stored byte once.
+ *  - m >= GEMM_MIN_M (prefill): each thread owns a range of W's rows and,
+ *    one panel at a time, dequantizes it to fp32 in its scratch and runs a
+ *    single-threaded sgemm y[:, panel] = x . panel^T (ldc = rows). F32
+ *    weights skip the copy and go straight from the mapped file to sgemm.
+ * All threading is "#pragma omp parallel for" over an explicit part index
+ * t, so part t always uses scratch slot t (no omp_get_thread_num), and
+ * without OpenMP the same loop simply runs the parts in turn.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/kcpu.h"
+
+/* At this many rows of x the dequantize-then-sgemm path wins: below it the
+   weight pass of the matvec is shared by so few rows that converting the
+   panel to fp32 (a write and a re-read) costs more than it saves. */
+#define GEMM_MIN_M 4
+
+/* Row-range boundaries are kept at multiples of this, so threads do not
+   share cache lines of y's columns more than necessary. */
+#define ROW_ALIGN 16
+
+/* matvec kernels take at most this many vectors per weight pass */
+#define MATVEC_MAX_M 4
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void dsc_k_matmul(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t m) {
+    const int64_t rows = w->rows, cols = w->cols;
+    if (m <= 0 || rows <= 0) return;
+    if (cols <= 0) {
+        memset(y, 0, (size_t)m * (size_t)rows * sizeof(float));
+        return;
+    }
+    const dsc_simd_ops *ops = k->ops;
+    const int nt = dsc_kcpu_threads_for(k, (double)m * (double)rows * (double)cols);
+    const int f32 = w->dtype == DSC_F32;
+    /* A weight wider than the context was sized for has no panel scratch;
+       it still gets a correct (slower) answer from the matvec path. */
+    const int have_panel = cols <= k->max_cols && k->panel_rows > 0;
+
+    if (m < GEMM_MIN_M || (!f32 && !have_panel)) {
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+        for (int t = 0; t < nt; t++) {
+            int64_t lo, hi;
+            dsc_kcpu_split(rows, nt, t, ROW_ALIGN, &lo, &hi);
+            if (hi <= lo) continue;
+            for (int64_t i0 = 0; i0 < m; i0 += MATVEC_MAX_M)
+                ops->matvec(w, x + (size_t)i0 * (size_t)cols, min64(MATVEC_MAX_M, m - i0), lo, hi,
+                            y + (size_t)i0 * (size_t)rows, rows);
+        }
+        return;
+    }
+
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        int64_t lo, hi;
+        dsc_kcpu_split(rows, nt, t, ROW_ALIGN, &lo, &hi);
+        if (hi <= lo) continue;
+        if (f32) {
+            dsc_kcpu_sgemm_nt_1t(ops, m, hi - lo, cols, x, cols,
+                                 (const float *)w->data + (size_t)lo * (size_t)cols, cols, y + lo,
+                                 rows, 0);
+            continue;
+        }
+        float *panel = k->scratch + (size_t)t * (size_t)k->panel_floats;
+        for (int64_t p = lo; p < hi; p += k->panel_rows) {
+            int64_t nr = min64(k->panel_rows, hi - p);
+            ops->dequant(w, p, p + nr, panel);
+            dsc_kcpu_sgemm_nt_1t(ops, m, nr, cols, x, cols, panel, cols, y + p, rows, 0);
+        }
+    }
+}
+
+/* Threads split C's larger dimension: columns (rows of B for nt, columns
+   of B for nn) when n >= m, else rows of A. */
+static void sgemm_split(dsc_kctx *k, int trans_b, int64_t m, int64_t n, int64_t kk,
+                        const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                        int64_t ldc, int accumulate) {
+    if (m <= 0 || n <= 0) return;
+    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
+    const int nt = dsc_kcpu_threads_for(k, (double)m * (double)n * (double)kk);
+    const int split_n = n >= m;
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        int64_t lo, hi;
+        dsc_kcpu_split(split_n ? n : m, nt, t, ROW_ALIGN, &lo, &hi);
+        if (hi <= lo) continue;
+        const float *at = a, *bt = b;
+        float *ct = c;
+        int64_t mt = m, ntt = n;
+        if (split_n) {
+            bt = trans_b ? b + (size_t)lo * (size_t)ldb : b + lo;
+            ct = c + lo;
+            ntt = hi - lo;
+        } else {
+            at = a + (size_t)lo * (size_t)lda;
+            ct = c + (size_t)lo * (size_t)ldc;
+            mt = hi - lo;
+        }
+        if (trans_b)
+            dsc_kcpu_sgemm_nt_1t(ops, mt, ntt, kk, at, lda, bt, ldb, ct, ldc, accumulate);
+        else
+            dsc_kcpu_sgemm_nn_1t(ops, mt, ntt, kk, at, lda, bt, ldb, ct, ldc, accumulate);
+    }
+}
+
+void dsc_k_sgemm_nt(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
+                    const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+    sgemm_split(k, 1, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+void dsc_k_sgemm_nn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
+                    const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+    sgemm_split(k, 0, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
+}
+
+/* ---------------- element-wise and row-wise ops ---------------- */
+
+/* Columns of the norm weight converted per step (a stack buffer). */
+#define VEC_CHUNK 256
+
+/* w[i0 .. i0+n) of a norm weight as fp32: flat indexing, valid for both the
+   1 x d and d x 1 shapes (see dsc_ref_rmsnorm). */
+static void vec_chunk(const dsc_wmat *w, int64_t i0, int64_t n, float *out) {
+    switch (w->dtype) {
+    case DSC_F32: memcpy(out, (const float *)w->data + i0, (size_t)n * sizeof(float)); break;
+    case DSC_BF16:
+        for (int64_t i = 0; i < n; i++) out[i] = dsc_bf16_to_f32(((const uint16_t *)w->data)[i0 + i]);
+        break;
+    case DSC_F16:
+        for (int64_t i = 0; i < n; i++) out[i] = dsc_f16_to_f32(((const uint16_t *)w->data)[i0 + i]);
+        break;
+    case DSC_F8_E4M3:
+        for (int64_t i = 0; i < n; i++)
+            out[i] = dsc_e4m3_to_f32(((const uint8_t *)w->data)[i0 + i]) *
+                     w->scale[(i0 + i) / DSC_FP8_BLOCK];
+        break;
+    }
+}
+
+/* One row. The sum of squares runs in 8 independent double lanes: as fast
+   as fp32 here (the loop is bound by the loads) and exact enough that the
+   only visible error is the final fp32 roundings. */
+static void rmsnorm_row(float *y, const float *x, const dsc_wmat *w, int64_t d, float eps) {
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += (double)x[i + j] * (double)x[i + j];
+    for (; i < d; i++) s[0] += (double)x[i] * (double)x[i];
+    double ss = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    const float inv = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+    float wb[VEC_CHUNK];
+    for (int64_t c0 = 0; c0 < d; c0 += VEC_CHUNK) {
+        int64_t n = min64(VEC_CHUNK, d - c0);
+        vec_chunk(w, c0, n, wb);
+        /* element c is read before it is written, so y may alias x */
+        for (int64_t c = 0; c < n; c++) y[c0 + c] = wb[c] * (x[c0 + c] * inv);
+    }
+}
+
+void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t n,
+                   int64_t d, float eps) {
+    const int nt = dsc_kcpu_threads_for(k, (double)n * (double)d);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < n; r++)
+        rmsnorm_row(y + (size_t)r * (size_t)d, x + (size_t)r * (size_t)d, w, d, eps);
+}
+
+/* Rows shorter than this product are not worth a thread fork. */
+#define ROWWISE_PARALLEL_MIN 32768
+
+/* One row: exps of x - max (<= 0, so no overflow), their sum in double so a
+   long attention row (100k+ keys) loses nothing to the order of addition. */
+static void softmax_row(float *x, int64_t d) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < d; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) {
+        /* all -inf (or empty): defined as all zero, not 0/0 */
+        memset(x, 0, (size_t)d * sizeof(float));
+        return;
+    }
+    double sum = 0.0;
+    for (int64_t i = 0; i < d; i++) {
+        float e = expf(x[i] - mx);
+        x[i] = e;
+        sum += e;
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < d; i++) x[i] *= inv;
+}
+
+void dsc_k_softmax(float *x, int64_t n, int64_t d) {
+#pragma omp parallel for schedule(static) if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
+    for (int64_t r = 0; r < n; r++) softmax_row(x + (size_t)r * (size_t)d, d);
+}
+
+/* silu(g) = g * sigmoid(g), with sigmoid from exp(-|g|) so the exponential
+   never overflows: g / (1 + expf(-g)) would give 0 for g < -88.7, where the
+   true value is still a normal float. */
+void dsc_k_silu_mul(float *out, const float *g, const float *u, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= 4 * ROWWISE_PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float gv = g[i];
+        float e = expf(-fabsf(gv));
+        float sig = gv >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+        out[i] = gv * sig * u[i];
+    }
+}
