@@ -5,9 +5,9 @@
  *  - dsc_ref_*  (src/kernels/ref/): plain scalar C, written once, obviously
  *    correct, always compiled. They are the oracle the tests compare against.
  *  - dsc_k_*    (src/kernels/cpu/): the fast versions used by the model
- *    (OpenBLAS sgemm, AVX2/AVX-512 dot products, OpenMP over row ranges). A
- *    dispatch picked once in dsc_kernels_init() decides which SIMD variant
- *    runs; the tests check each against dsc_ref_*.
+ *    (OpenBLAS sgemm, AVX2/AVX-512 dot products and GEMM micro-kernels,
+ *    OpenMP over row ranges). dsc_kctx_new() picks the SIMD variant once and
+ *    keeps it in the context; the tests check each against dsc_ref_*.
  *
  * Weights are never converted wholesale: a dsc_wmat points into the mmapped
  * file in its stored dtype, and kernels dequantize row panels on the fly.
@@ -98,7 +98,8 @@ void dsc_ref_rope(float *x, int64_t d, const float *cos_row, const float *sin_ro
 /*
  * Kernel context: thread count and per-thread scratch for weight panels,
  * created once per inference context. `max_cols` is the widest weight the
- * context will multiply by.
+ * context will multiply by. Like the inference context, one kctx must not
+ * be used from two threads at once (its scratch is shared).
  */
 typedef struct dsc_kctx dsc_kctx;
 dsc_status dsc_kctx_new(int n_threads, int64_t max_cols, dsc_kctx **out, dsc_err *err);

@@ -15,6 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "kernels/cpu/kcpu.h"
 #include "kernels/kernels.h"
 #include "test.h"
@@ -325,33 +329,39 @@ static void test_wmat_row(dsc_t *t) {
     free(row);
 }
 
-/* Each SIMD table's panel dequantization is bit-identical to dsc_wmat_row
-   (the GEMM path depends on it), NaN codes included. */
-static void test_simd_dequant(dsc_t *t) {
+/* Each SIMD table's panel packing holds exactly dsc_wmat_row's values
+   (the GEMM path depends on it), NaN codes included, in the packed layout
+   [16-row group][col][16] with rows past the panel zeroed. */
+static void test_simd_pack(dsc_t *t) {
     const dsc_simd_ops *ops[] = {&dsc_simd_scalar, &dsc_simd_avx2, &dsc_simd_avx512};
     const dsc_dtype dts[] = {DSC_F32, DSC_BF16, DSC_F16, DSC_F8_E4M3};
     const int64_t rows = 260, cols = 301;
-    float *got = malloc((size_t)(rows * cols) * sizeof(float));
+    /* panel starts at a row that is not a multiple of 16 or 128 and ends
+       inside a 16-row group, crossing both FP8 row-block edges */
+    const int64_t r0 = 3, nr = 253, groups = (nr + 15) / 16;
+    float *got = malloc((size_t)(groups * 16 * cols) * sizeof(float));
     float *want = malloc((size_t)cols * sizeof(float));
     for (int d = 0; d < 4; d++) {
         test_w tw;
         tw_make(&tw, dts[d], rows, cols, 200 + (uint64_t)d, dts[d] == DSC_F8_E4M3 ? 53 : 0);
         for (int v = 0; v < N_VARIANTS; v++) {
             if (!dsc_simd_supported(ops[v])) continue;
-            const int64_t r0 = 3, r1 = 259; /* crosses both FP8 row-block edges */
-            ops[v]->dequant(&tw.w, r0, r1, got);
+            for (int64_t i = 0; i < groups * 16 * cols; i++) got[i] = NAN;
+            ops[v]->pack_panel(&tw.w, r0, nr, got);
             int bad = 0;
-            for (int64_t r = r0; r < r1 && !bad; r++) {
-                dsc_wmat_row(&tw.w, r, 0, cols, want);
-                const float *g = got + (size_t)(r - r0) * (size_t)cols;
-                for (int64_t c = 0; c < cols; c++)
-                    if (!(isnan(g[c]) && isnan(want[c])) && bits32(g[c]) != bits32(want[c])) {
-                        T_CHECK(t, 0, "%s %s dequant [%lld][%lld]: %a vs %a", ops[v]->name,
-                                dsc_dtype_name(dts[d]), (long long)r, (long long)c, (double)g[c],
-                                (double)want[c]);
+            for (int64_t j = 0; j < groups * 16 && !bad; j++) {
+                if (j < nr) dsc_wmat_row(&tw.w, r0 + j, 0, cols, want);
+                for (int64_t c = 0; c < cols; c++) {
+                    float g = got[(size_t)(j / 16) * (size_t)cols * 16 + (size_t)c * 16 + (size_t)(j % 16)];
+                    float e = j < nr ? want[c] : 0.0f;
+                    if (!(isnan(g) && isnan(e)) && bits32(g) != bits32(e)) {
+                        T_CHECK(t, 0, "%s %s packed row %lld col %lld: %a vs %a", ops[v]->name,
+                                dsc_dtype_name(dts[d]), (long long)(r0 + j), (long long)c, (double)g,
+                                (double)e);
                         bad = 1;
                         break;
                     }
+                }
             }
         }
         tw_free(&tw);
@@ -400,7 +410,7 @@ static void abs_dots(const float *x, const test_w *tw, int64_t m, double *out) {
 static void test_matmul(dsc_t *t) {
     const dsc_dtype dts[] = {DSC_F32, DSC_BF16, DSC_F16, DSC_F8_E4M3};
     const int64_t shapes[][2] = {{1, 1}, {7, 13}, {33, 129}, {130, 257}, {300, 400}, {17, 128}};
-    const int64_t ms[] = {1, 2, 3, 5, 64, 130};
+    const int64_t ms[] = {1, 2, 3, 5, 16, 21, 64, 130};
     dsc_kctx *k1 = NULL, *k2 = NULL;
     T_CHECK(t, dsc_kctx_new(1, 400, &k1, NULL) == DSC_OK, "kctx 1 thread");
     T_CHECK(t, dsc_kctx_new(2, 400, &k2, NULL) == DSC_OK, "kctx 2 threads");
@@ -471,11 +481,11 @@ static void test_matmul_nan_weight(dsc_t *t) {
     test_w tw;
     tw_make(&tw, DSC_F8_E4M3, 40, 200, 31, 0);
     ((uint8_t *)tw.data)[5 * 200 + 150] = 0xff; /* row 5 */
-    float x[6 * 200], y[6 * 40];
-    for (int i = 0; i < 6 * 200; i++) x[i] = 1.0f;
+    float x[17 * 200], y[17 * 40];
+    for (int i = 0; i < 17 * 200; i++) x[i] = 1.0f;
     for (int v = 0; v < N_VARIANTS; v++) {
         if (dsc_kctx_set_simd(k, k_variants[v]) != DSC_OK) continue;
-        for (int m = 1; m <= 6; m += 5) {
+        for (int m = 1; m <= 17; m += 16) { /* the matvec and the packed-GEMM path */
             dsc_k_matmul(k, y, x, &tw.w, m);
             for (int i = 0; i < m; i++)
                 for (int r = 0; r < 40; r++)
@@ -519,6 +529,11 @@ static void test_sgemm(dsc_t *t) {
     T_CHECK(t, dsc_kctx_new(1, 0, &ks[0], NULL) == DSC_OK && dsc_kctx_new(2, 0, &ks[1], NULL) == DSC_OK,
             "kctx");
     if (!ks[0] || !ks[1]) goto out;
+#ifdef _OPENMP
+    /* the OpenBLAS path lowers the OpenMP thread count of its own parallel
+       region's tasks only; the caller's must not change */
+    const int omp_before = omp_get_max_threads();
+#endif
     t_rng rng = {99};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t m = shapes[s][0], n = shapes[s][1], kk = shapes[s][2];
@@ -581,6 +596,10 @@ static void test_sgemm(dsc_t *t) {
             free(bound);
         }
     }
+#ifdef _OPENMP
+    T_CHECK(t, omp_get_max_threads() == omp_before, "caller's omp_get_max_threads changed: %d -> %d",
+            omp_before, omp_get_max_threads());
+#endif
 out:
     dsc_kctx_free(ks[0]);
     dsc_kctx_free(ks[1]);
@@ -923,7 +942,7 @@ const dsc_test_case dsc_tests_kernels[] = {
     {"f16_all_codes", test_f16_all_codes},
     {"f16_rounding", test_f16_rounding},
     {"wmat_row_ragged", test_wmat_row},
-    {"simd_dequant", test_simd_dequant},
+    {"simd_pack", test_simd_pack},
     {"kctx", test_kctx},
     {"matmul", test_matmul},
     {"matmul_nan_weight", test_matmul_nan_weight},

@@ -15,21 +15,22 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* 8 e4m3 codes (low 8 bytes of b) -> e4m3(code) * 2^-8, exactly; the f16
-   re-biasing trick is explained in avx512.c. */
+/* 8 e4m3 codes (low 8 bytes of b) -> e4m3(code) * 2^-8, exactly, with the
+   NaN codes reading as +-1.875; the f16 re-biasing trick is explained in
+   avx512.c. */
 INLINE __m256 e4m3x8_div256(__m128i b) {
-    __m128i v = _mm_cvtepu8_epi16(b);
-    __m128i mag = _mm_and_si128(v, _mm_set1_epi16(0x7f));
-    __m128i sign = _mm_slli_epi16(_mm_and_si128(v, _mm_set1_epi16(0x80)), 8);
-    __m128i h = _mm_or_si128(sign, _mm_slli_epi16(mag, 7));
-    __m256 f = _mm256_cvtph_ps(h);
-    __m128i isnan = _mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f));
-    __m256 nanmask = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(isnan));
-    return _mm256_blendv_ps(f, _mm256_set1_ps(NAN), nanmask);
+    __m128i h = _mm_slli_epi16(_mm_cvtepi8_epi16(b), 7);
+    return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16((short)0xbf80)));
 }
 
-/* 8 weights from element offset `off`; FP8 comes back divided by 256. */
-INLINE __m256 load8(const void *base, dsc_dtype dt, size_t off) {
+/* 0xff in each of the low 8 bytes of b that holds a NaN code S.1111.111 */
+INLINE __m128i e4m3_nan8(__m128i b) {
+    return _mm_cmpeq_epi8(_mm_or_si128(b, _mm_set1_epi8((char)0x80)), _mm_set1_epi8((char)0xff));
+}
+
+/* 8 weights from element offset `off`. FP8 comes back divided by 256, NaN
+   codes not yet NaN: *nan collects their bytes (see avx512.c). */
+INLINE __m256 load8(const void *base, dsc_dtype dt, size_t off, __m128i *nan) {
     switch (dt) {
     case DSC_F32: return _mm256_loadu_ps((const float *)base + off);
     case DSC_BF16: {
@@ -38,18 +39,21 @@ INLINE __m256 load8(const void *base, dsc_dtype dt, size_t off) {
     }
     case DSC_F16:
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + off)));
-    case DSC_F8_E4M3:
-        return e4m3x8_div256(_mm_loadl_epi64((const __m128i *)((const uint8_t *)base + off)));
+    case DSC_F8_E4M3: {
+        __m128i b = _mm_loadl_epi64((const __m128i *)((const uint8_t *)base + off));
+        *nan = _mm_or_si128(*nan, e4m3_nan8(b));
+        return e4m3x8_div256(b);
+    }
     }
     return _mm256_setzero_ps();
 }
 
 /* n < 8 weights from `off`, zero-padded to 8 lanes. */
-INLINE __m256 load8_tail(const void *base, dsc_dtype dt, size_t off, int64_t n) {
+INLINE __m256 load8_tail(const void *base, dsc_dtype dt, size_t off, int64_t n, __m128i *nan) {
     size_t es = dsc_dtype_size(dt);
     unsigned char buf[32] = {0};
     memcpy(buf, (const unsigned char *)base + off * es, (size_t)n * es);
-    return load8(buf, dt, 0);
+    return load8(buf, dt, 0, nan);
 }
 
 INLINE __m256 loadx_tail(const float *x, int64_t n) {
@@ -75,6 +79,7 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
         const size_t roff = (size_t)r * (size_t)cols;
         const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
         __m256 tot[4], a0[4], a1[4];
+        __m128i nan = _mm_setzero_si128(); /* a NaN weight makes the row's outputs NaN */
 #pragma GCC unroll 4
         for (int i = 0; i < M; i++) tot[i] = _mm256_setzero_ps();
         for (int64_t c0 = 0, blk = 0; c0 < cols; c0 += bw, blk++) {
@@ -83,8 +88,8 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
             for (int i = 0; i < M; i++) a0[i] = a1[i] = _mm256_setzero_ps();
             int64_t c = c0;
             for (; c + 16 <= ce; c += 16) {
-                __m256 w0 = load8(w->data, dt, roff + (size_t)c);
-                __m256 w1 = load8(w->data, dt, roff + (size_t)c + 8);
+                __m256 w0 = load8(w->data, dt, roff + (size_t)c, &nan);
+                __m256 w1 = load8(w->data, dt, roff + (size_t)c + 8, &nan);
 #pragma GCC unroll 4
                 for (int i = 0; i < M; i++) {
                     const float *xi = x + (size_t)i * (size_t)cols + (size_t)c;
@@ -94,8 +99,8 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
             }
             for (; c < ce; c += 8) {
                 int64_t n = ce - c;
-                __m256 w0 = n >= 8 ? load8(w->data, dt, roff + (size_t)c)
-                                   : load8_tail(w->data, dt, roff + (size_t)c, n);
+                __m256 w0 = n >= 8 ? load8(w->data, dt, roff + (size_t)c, &nan)
+                                   : load8_tail(w->data, dt, roff + (size_t)c, n, &nan);
 #pragma GCC unroll 4
                 for (int i = 0; i < M; i++) {
                     const float *xi = x + (size_t)i * (size_t)cols + (size_t)c;
@@ -113,7 +118,8 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
 #pragma GCC unroll 4
         for (int i = 0; i < M; i++) {
             float v = hsum8(tot[i]);
-            y[(size_t)i * (size_t)ldy + (size_t)r] = fp8 ? v * 256.0f : v;
+            y[(size_t)i * (size_t)ldy + (size_t)r] =
+                !fp8 ? v : _mm_movemask_epi8(nan) ? NAN : v * 256.0f;
         }
     }
 }
@@ -136,42 +142,74 @@ static void avx2_matvec(const dsc_wmat *w, const float *x, int64_t m, int64_t r0
     }
 }
 
-/* FP8: (q * 2^-8) * 256 is exact, so the one rounding is that of q * scale,
-   as in dsc_wmat_row. */
-INLINE void dequant_rows(const dsc_wmat *w, const dsc_dtype dt, int64_t r0, int64_t r1, float *out) {
+/* In-register 8 x 8 transpose: on return r[q] holds column q of the 8 rows. */
+INLINE void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        r[q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x20);
+        r[4 + q] = _mm256_permute2f128_ps(u[q], u[4 + q], 0x31);
+    }
+}
+
+/* Packs 8 x 8 tiles: each 16-row group is two 8-row halves, each 8
+   columns wide. FP8: (q * 2^-8) * 256 is exact, so the one rounding is that
+   of q * scale, as in dsc_wmat_row; NaN codes are made NaN per lane. */
+INLINE void pack_rows(const dsc_wmat *w, const dsc_dtype dt, int64_t r0, int64_t nr, float *out) {
     const int64_t cols = w->cols;
     const int fp8 = dt == DSC_F8_E4M3;
-    const int64_t bw = fp8 ? DSC_FP8_BLOCK : cols;
-    for (int64_t r = r0; r < r1; r++) {
-        const size_t roff = (size_t)r * (size_t)cols;
-        float *o = out + (size_t)(r - r0) * (size_t)cols;
-        const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
-        for (int64_t c0 = 0, blk = 0; c0 < cols; c0 += bw, blk++) {
-            const int64_t ce = cols - c0 > bw ? c0 + bw : cols;
-            const __m256 s = fp8 ? _mm256_set1_ps(srow[blk]) : _mm256_setzero_ps();
-            int64_t c = c0;
-            for (; c + 8 <= ce; c += 8) {
-                __m256 v = load8(w->data, dt, roff + (size_t)c);
-                if (fp8) v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(256.0f)), s);
-                _mm256_storeu_ps(o + c, v);
-            }
-            if (c < ce) {
-                float buf[8];
-                __m256 v = load8_tail(w->data, dt, roff + (size_t)c, ce - c);
-                if (fp8) v = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(256.0f)), s);
-                _mm256_storeu_ps(buf, v);
-                memcpy(o + c, buf, (size_t)(ce - c) * sizeof(float));
+    for (int64_t g0 = 0; g0 < nr; g0 += 16) {
+        float *og = out + (size_t)(g0 / 16) * (size_t)cols * 16;
+        for (int h = 0; h < 2; h++) {
+            const int64_t rb = g0 + 8 * h;              /* first row of this half */
+            const int64_t hr = nr - rb < 0 ? 0 : nr - rb < 8 ? nr - rb : 8;
+            const float *srow[8];
+            for (int64_t j = 0; j < hr; j++)
+                srow[j] = fp8 ? w->scale + (size_t)((r0 + rb + j) / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
+            for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+                const int64_t nc = cols - c0 < 8 ? cols - c0 : 8;
+                __m256 v[8];
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) {
+                    if (j >= hr) {
+                        v[j] = _mm256_setzero_ps();
+                        continue;
+                    }
+                    __m128i nan = _mm_setzero_si128();
+                    size_t off = (size_t)(r0 + rb + j) * (size_t)cols + (size_t)c0;
+                    v[j] = nc == 8 ? load8(w->data, dt, off, &nan) : load8_tail(w->data, dt, off, nc, &nan);
+                    if (fp8) {
+                        __m256 isnan = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(nan));
+                        v[j] = _mm256_blendv_ps(v[j], _mm256_set1_ps(NAN), isnan);
+                        v[j] = _mm256_mul_ps(_mm256_mul_ps(v[j], _mm256_set1_ps(256.0f)),
+                                             _mm256_set1_ps(srow[j][c0 / DSC_FP8_BLOCK]));
+                    }
+                }
+                transpose8(v);
+                for (int64_t q = 0; q < nc; q++) _mm256_storeu_ps(og + (size_t)(c0 + q) * 16 + 8 * h, v[q]);
             }
         }
     }
 }
 
-static void avx2_dequant(const dsc_wmat *w, int64_t r0, int64_t r1, float *out) {
+static void avx2_pack_panel(const dsc_wmat *w, int64_t r0, int64_t nr, float *out) {
     switch (w->dtype) {
-    case DSC_F32: dequant_rows(w, DSC_F32, r0, r1, out); break;
-    case DSC_BF16: dequant_rows(w, DSC_BF16, r0, r1, out); break;
-    case DSC_F16: dequant_rows(w, DSC_F16, r0, r1, out); break;
-    case DSC_F8_E4M3: dequant_rows(w, DSC_F8_E4M3, r0, r1, out); break;
+    case DSC_F32: pack_rows(w, DSC_F32, r0, nr, out); break;
+    case DSC_BF16: pack_rows(w, DSC_BF16, r0, nr, out); break;
+    case DSC_F16: pack_rows(w, DSC_F16, r0, nr, out); break;
+    case DSC_F8_E4M3: pack_rows(w, DSC_F8_E4M3, r0, nr, out); break;
     }
 }
 
@@ -210,7 +248,7 @@ static void avx2_ukernel(int64_t kc, const float *a, int64_t lda, const float *b
 const dsc_simd_ops dsc_simd_avx2 = {
     .name = "avx2",
     .matvec = avx2_matvec,
-    .dequant = avx2_dequant,
+    .pack_panel = avx2_pack_panel,
     .gemm_ukernel = avx2_ukernel,
     .gemm_mr = MR2,
 };

@@ -16,28 +16,31 @@
 #define INLINE static inline __attribute__((always_inline))
 
 /*
- * 16 e4m3 codes -> 16 floats equal to e4m3(code) * 2^-8, exactly.
- * Shifting the 7 magnitude bits left by 7 lines e4m3's 4-bit exponent and 3
- * mantissa bits up with f16's low exponent bits and top mantissa bits: the
- * f16 read back is the e4m3 value times 2^(7-15) = 2^-8, subnormals
- * included (f16 subnormals are m10 * 2^-24 = (m/8) * 2^-6 * 2^-8). VCVTPH2PS
- * is exact and gives normal floats, so no denormal operand ever reaches the
- * FMA units. The one NaN magnitude (0x7f) would read as 1.875 and is
- * replaced.
+ * 16 e4m3 codes -> 16 floats equal to e4m3(code) * 2^-8, exactly, except
+ * that the NaN codes read as +-1.875 (see e4m3_nan16).
+ * Sign-extending a code to 16 bits and shifting left by 7 puts the sign in
+ * bits 15 and 14 and lines e4m3's 4 exponent and 3 mantissa bits up with
+ * f16's low exponent bits and top mantissa bits; clearing bit 14 leaves an
+ * f16 whose value is the e4m3 value times 2^(7-15) = 2^-8, subnormals
+ * included (f16 subnormals are m10 * 2^-24 = (m/8) * 2^-6 * 2^-8).
+ * VCVTPH2PS is exact and gives normal floats, so no denormal operand ever
+ * reaches the FMA units.
  */
 INLINE __m512 e4m3x16_div256(__m128i b) {
-    __m256i v = _mm256_cvtepu8_epi16(b);
-    __m256i mag = _mm256_and_si256(v, _mm256_set1_epi16(0x7f));
-    __m256i sign = _mm256_slli_epi16(_mm256_and_si256(v, _mm256_set1_epi16(0x80)), 8);
-    __m256i h = _mm256_or_si256(sign, _mm256_slli_epi16(mag, 7));
-    __m512 f = _mm512_cvtph_ps(h);
-    __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
-    return _mm512_mask_mov_ps(f, nan, _mm512_set1_ps(NAN));
+    __m256i h = _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7);
+    return _mm512_cvtph_ps(_mm256_and_si256(h, _mm256_set1_epi16((short)0xbf80)));
+}
+
+/* Lanes holding one of the NaN codes S.1111.111. */
+INLINE __mmask16 e4m3_nan16(__m128i b) {
+    return _mm_cmpeq_epi8_mask(_mm_or_si128(b, _mm_set1_epi8((char)0x80)), _mm_set1_epi8((char)0xff));
 }
 
 /* 16 weights from element offset `off` (lanes outside mk read as 0). FP8
-   comes back divided by 256 (see above); callers fold the 256 back in. */
-INLINE __m512 load16(const void *base, dsc_dtype dt, size_t off, __mmask16 mk) {
+   comes back divided by 256 (callers fold the 256 back in) and with NaN
+   codes not yet NaN: *nan collects their lanes so the caller can fix them
+   up once (per vector when packing, per row for matvec). */
+INLINE __m512 load16(const void *base, dsc_dtype dt, size_t off, __mmask16 mk, __mmask16 *nan) {
     switch (dt) {
     case DSC_F32: return _mm512_maskz_loadu_ps(mk, (const float *)base + off);
     case DSC_BF16: {
@@ -45,7 +48,11 @@ INLINE __m512 load16(const void *base, dsc_dtype dt, size_t off, __mmask16 mk) {
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
     case DSC_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)base + off));
-    case DSC_F8_E4M3: return e4m3x16_div256(_mm_maskz_loadu_epi8(mk, (const uint8_t *)base + off));
+    case DSC_F8_E4M3: {
+        __m128i b = _mm_maskz_loadu_epi8(mk, (const uint8_t *)base + off);
+        *nan |= e4m3_nan16(b);
+        return e4m3x16_div256(b);
+    }
     }
     return _mm512_setzero_ps();
 }
@@ -69,6 +76,7 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
         const size_t roff = (size_t)r * (size_t)cols;
         const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
         __m512 tot[4], a0[4], a1[4];
+        __mmask16 nan = 0; /* a NaN weight makes the whole row's outputs NaN */
 #pragma GCC unroll 4
         for (int i = 0; i < M; i++) tot[i] = _mm512_setzero_ps();
         for (int64_t c0 = 0, blk = 0; c0 < cols; c0 += bw, blk++) {
@@ -77,8 +85,8 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
             for (int i = 0; i < M; i++) a0[i] = a1[i] = _mm512_setzero_ps();
             int64_t c = c0;
             for (; c + 32 <= ce; c += 32) {
-                __m512 w0 = load16(w->data, dt, roff + (size_t)c, 0xffff);
-                __m512 w1 = load16(w->data, dt, roff + (size_t)c + 16, 0xffff);
+                __m512 w0 = load16(w->data, dt, roff + (size_t)c, 0xffff, &nan);
+                __m512 w1 = load16(w->data, dt, roff + (size_t)c + 16, 0xffff, &nan);
 #pragma GCC unroll 4
                 for (int i = 0; i < M; i++) {
                     const float *xi = x + (size_t)i * (size_t)cols + (size_t)c;
@@ -88,7 +96,7 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
             }
             for (; c < ce; c += 16) {
                 __mmask16 mk = tail_mask(ce - c);
-                __m512 w0 = load16(w->data, dt, roff + (size_t)c, mk);
+                __m512 w0 = load16(w->data, dt, roff + (size_t)c, mk, &nan);
 #pragma GCC unroll 4
                 for (int i = 0; i < M; i++) {
                     const float *xi = x + (size_t)i * (size_t)cols + (size_t)c;
@@ -105,7 +113,7 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
 #pragma GCC unroll 4
         for (int i = 0; i < M; i++) {
             float v = _mm512_reduce_add_ps(tot[i]);
-            y[(size_t)i * (size_t)ldy + (size_t)r] = fp8 ? v * 256.0f : v;
+            y[(size_t)i * (size_t)ldy + (size_t)r] = !fp8 ? v : nan ? NAN : v * 256.0f;
         }
     }
 }
@@ -128,35 +136,84 @@ static void avx512_matvec(const dsc_wmat *w, const float *x, int64_t m, int64_t 
     }
 }
 
-/* FP8: (q * 2^-8) * 256 is exact, so the one rounding is that of q * scale,
-   the same as dsc_wmat_row's. */
-INLINE void dequant_rows(const dsc_wmat *w, const dsc_dtype dt, int64_t r0, int64_t r1, float *out) {
+/* In-register transpose: on return r[q] holds what was column q of the 16
+   rows r[0..15]. Three rounds of shuffles: pairs of floats, pairs of
+   doubles (r[4i+q] then holds, in 128-bit lane L, column 4L+q of rows
+   4i..4i+3), then 128-bit lanes. */
+INLINE void transpose16(__m512 r[16]) {
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        __m512 t0 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
+        __m512 t1 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xdd);
+        __m512 t2 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+        __m512 t3 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xdd);
+        t[q] = _mm512_shuffle_f32x4(t0, t2, 0x88);
+        t[8 + q] = _mm512_shuffle_f32x4(t0, t2, 0xdd);
+        t[4 + q] = _mm512_shuffle_f32x4(t1, t3, 0x88);
+        t[12 + q] = _mm512_shuffle_f32x4(t1, t3, 0xdd);
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; q++) r[q] = t[q];
+}
+
+/* One 16 x 16 tile at a time: load and convert 16 columns of each of the
+   16 rows, transpose, store 16 columns of the packed panel. FP8: (q * 2^-8)
+   * 256 is exact, so the one rounding is that of q * scale, the same as
+   dsc_wmat_row's; NaN codes are made NaN per lane. */
+INLINE void pack_rows(const dsc_wmat *w, const dsc_dtype dt, int64_t r0, int64_t nr, float *out) {
     const int64_t cols = w->cols;
     const int fp8 = dt == DSC_F8_E4M3;
-    const int64_t bw = fp8 ? DSC_FP8_BLOCK : cols;
-    for (int64_t r = r0; r < r1; r++) {
-        const size_t roff = (size_t)r * (size_t)cols;
-        float *o = out + (size_t)(r - r0) * (size_t)cols;
-        const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
-        for (int64_t c0 = 0, blk = 0; c0 < cols; c0 += bw, blk++) {
-            const int64_t ce = cols - c0 > bw ? c0 + bw : cols;
-            const __m512 s = fp8 ? _mm512_set1_ps(srow[blk]) : _mm512_setzero_ps();
-            for (int64_t c = c0; c < ce; c += 16) {
-                __mmask16 mk = tail_mask(ce - c);
-                __m512 v = load16(w->data, dt, roff + (size_t)c, mk);
-                if (fp8) v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(256.0f)), s);
-                _mm512_mask_storeu_ps(o + c, mk, v);
+    for (int64_t g0 = 0; g0 < nr; g0 += 16) {
+        const int64_t gr = nr - g0 < 16 ? nr - g0 : 16;
+        float *og = out + (size_t)(g0 / 16) * (size_t)cols * 16;
+        const float *srow[16];
+        for (int64_t j = 0; j < gr; j++)
+            srow[j] = fp8 ? w->scale + (size_t)((r0 + g0 + j) / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            const __mmask16 mk = tail_mask(cols - c0);
+            __m512 v[16];
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                if (j >= gr) {
+                    v[j] = _mm512_setzero_ps();
+                    continue;
+                }
+                __mmask16 nan = 0;
+                v[j] = load16(w->data, dt, (size_t)(r0 + g0 + j) * (size_t)cols + (size_t)c0, mk, &nan);
+                if (fp8) {
+                    v[j] = _mm512_mask_mov_ps(v[j], nan, _mm512_set1_ps(NAN));
+                    v[j] = _mm512_mul_ps(_mm512_mul_ps(v[j], _mm512_set1_ps(256.0f)),
+                                         _mm512_set1_ps(srow[j][c0 / DSC_FP8_BLOCK]));
+                }
             }
+            transpose16(v);
+            const int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
+            for (int64_t q = 0; q < nc; q++) _mm512_storeu_ps(og + (size_t)(c0 + q) * 16, v[q]);
         }
     }
 }
 
-static void avx512_dequant(const dsc_wmat *w, int64_t r0, int64_t r1, float *out) {
+static void avx512_pack_panel(const dsc_wmat *w, int64_t r0, int64_t nr, float *out) {
     switch (w->dtype) {
-    case DSC_F32: dequant_rows(w, DSC_F32, r0, r1, out); break;
-    case DSC_BF16: dequant_rows(w, DSC_BF16, r0, r1, out); break;
-    case DSC_F16: dequant_rows(w, DSC_F16, r0, r1, out); break;
-    case DSC_F8_E4M3: dequant_rows(w, DSC_F8_E4M3, r0, r1, out); break;
+    case DSC_F32: pack_rows(w, DSC_F32, r0, nr, out); break;
+    case DSC_BF16: pack_rows(w, DSC_BF16, r0, nr, out); break;
+    case DSC_F16: pack_rows(w, DSC_F16, r0, nr, out); break;
+    case DSC_F8_E4M3: pack_rows(w, DSC_F8_E4M3, r0, nr, out); break;
     }
 }
 
@@ -189,7 +246,7 @@ static void avx512_ukernel(int64_t kc, const float *a, int64_t lda, const float 
 const dsc_simd_ops dsc_simd_avx512 = {
     .name = "avx512",
     .matvec = avx512_matvec,
-    .dequant = avx512_dequant,
+    .pack_panel = avx512_pack_panel,
     .gemm_ukernel = avx512_ukernel,
     .gemm_mr = MR512,
 };

@@ -23,9 +23,11 @@ typedef struct {
        1 <= m <= 4. Sums in fp32 (FP8: per 128-column block, then scaled). */
     void (*matvec)(const dsc_wmat *w, const float *x, int64_t m, int64_t r0, int64_t r1,
                    float *y, int64_t ldy);
-    /* out[(r-r0)*cols + c] = W[r][c] for r in [r0, r1): bit-identical to
+    /* Dequantize rows [r0, r0+nr) of W into the micro-kernel's packed B
+       layout: out[g][c][j] = W[r0 + 16g + j][c] for g < ceil(nr/16),
+       c < cols, j < 16, with rows past nr as 0. Values are bit-identical to
        dsc_wmat_row. */
-    void (*dequant)(const dsc_wmat *w, int64_t r0, int64_t r1, float *out);
+    void (*pack_panel)(const dsc_wmat *w, int64_t r0, int64_t nr, float *out);
     /* GEMM micro-kernel (used by the built-in GEMM):
        C[i][j] (=, or += when load_c) sum_p A[i][p] * bp[p*NR + j]
        for i < mr <= gemm_mr, j < nr <= NR, p < kc. */

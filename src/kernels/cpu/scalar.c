@@ -30,9 +30,22 @@ static void scalar_matvec(const dsc_wmat *w, const float *x, int64_t m, int64_t 
     }
 }
 
-static void scalar_dequant(const dsc_wmat *w, int64_t r0, int64_t r1, float *out) {
-    for (int64_t r = r0; r < r1; r++)
-        dsc_wmat_row(w, r, 0, w->cols, out + (size_t)(r - r0) * (size_t)w->cols);
+static void scalar_pack_panel(const dsc_wmat *w, int64_t r0, int64_t nr, float *out) {
+    const int64_t cols = w->cols;
+    float buf[CHUNK];
+    for (int64_t g0 = 0; g0 < nr; g0 += DSC_GEMM_NR) {
+        float *og = out + (size_t)(g0 / DSC_GEMM_NR) * (size_t)cols * DSC_GEMM_NR;
+        for (int64_t j = 0; j < DSC_GEMM_NR; j++) {
+            for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
+                int64_t n = cols - c0 < CHUNK ? cols - c0 : CHUNK;
+                if (g0 + j < nr)
+                    dsc_wmat_row(w, r0 + g0 + j, c0, n, buf);
+                else
+                    memset(buf, 0, sizeof buf);
+                for (int64_t c = 0; c < n; c++) og[(size_t)(c0 + c) * DSC_GEMM_NR + (size_t)j] = buf[c];
+            }
+        }
+    }
 }
 
 /* 4 x 16 tile kept in a local array; the j loops have a constant trip count
@@ -57,7 +70,7 @@ static void scalar_ukernel(int64_t kc, const float *a, int64_t lda, const float 
 const dsc_simd_ops dsc_simd_scalar = {
     .name = "scalar",
     .matvec = scalar_matvec,
-    .dequant = scalar_dequant,
+    .pack_panel = scalar_pack_panel,
     .gemm_ukernel = scalar_ukernel,
     .gemm_mr = 4,
 };
