@@ -40,6 +40,14 @@ $(info [dsc] jansson    : $(shell pkg-config --modversion jansson))
 CFLAGS += $(JANSSON_CFLAGS)
 LDLIBS += $(JANSSON_LIBS)
 
+PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null)
+ifeq ($(PCRE2_LIBS),)
+  $(error [dsc] PCRE2 not found: run scripts/install-deps.sh)
+endif
+$(info [dsc] PCRE2      : $(shell pkg-config --modversion libpcre2-8))
+CFLAGS += $(shell pkg-config --cflags libpcre2-8)
+LDLIBS += $(PCRE2_LIBS)
+
 BLAS_SRC := src/kernels/cpu/gemm_builtin.c
 ifneq ($(NO_BLAS),1)
   BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null)
@@ -57,10 +65,13 @@ endif
 $(info [dsc] sanitizers : $(if $(filter 1,$(SAN)),ASan+UBSan,off))
 
 # ---- sources ----
-LIB_SRC := $(wildcard src/util/*.c src/io/*.c src/model/*.c src/kernels/ref/*.c) \
+LIB_SRC := $(wildcard src/util/*.c src/io/*.c src/model/*.c src/kernels/ref/*.c \
+                      src/tokenizer/*.c src/gen/*.c) \
            $(filter-out src/kernels/cpu/gemm_%.c,$(wildcard src/kernels/cpu/*.c)) $(BLAS_SRC)
 TEST_SRC := $(wildcard tests/*.c tests/unit/*.c tests/kernels/*.c tests/e2e/*.c)
-BENCH_SRC := $(wildcard bench/*.c)
+BENCH_SRC := $(wildcard bench/bench_*.c)
+BENCH_COMMON := $(filter-out $(BENCH_SRC),$(wildcard bench/*.c))
+BENCH_COMMON_OBJ := $(BENCH_COMMON:%.c=$(BUILD)/%.o)
 
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ  := $(TEST_SRC:%.c=$(BUILD)/%.o)
@@ -91,13 +102,16 @@ $(BUILD)/%.o: %.c | settings
 $(BUILD)/libdsc.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/dsc: $(BUILD)/cli/main.o $(BUILD)/libdsc.a
+CLI_SRC := $(wildcard cli/*.c)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+
+$(BUILD)/dsc: $(CLI_OBJ) $(BUILD)/libdsc.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/dsc_tests: $(TEST_OBJ) $(BUILD)/libdsc.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libdsc.a
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_COMMON_OBJ) $(BUILD)/libdsc.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 bench: $(BENCH_BIN)
@@ -111,4 +125,4 @@ demo: $(BUILD)/dsc
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/cli/main.d
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

@@ -1,59 +1,65 @@
 /*
- * main.c - the dsc command-line tool. The only place in dsc that calls exit().
+ * main.c - the dsc command-line tool: argument parsing, `info`, `logits`, and
+ * the command table. `run`/`chat` live in run.c, `tokenize`/`detokenize` in
+ * tok.c. Only the CLI calls exit().
  *
- *   dsc info   -m DIR                         architecture, parameters, cache sizes
- *   dsc logits -m DIR --ids 5,17,42 -o FILE   float32 LE logits [n][vocab]
- *
- * Common options: -t THREADS, -c CTX, --attn absorbed|naive.
- * Exit status: 0 on success, 1 on a library error (message on stderr), 2 on
- * bad usage.
+ * Exit status: 0 on success, 1 on an error (message on stderr), 2 on bad usage.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "dsc.h"
-
-typedef struct {
-    const char *model_dir;
-    const char *ids;
-    const char *out;
-    int threads;
-    int64_t n_ctx;
-    dsc_attn_mode attn;
-} cli_opts;
+#include "cli.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: dsc <command> [options]\n"
             "\n"
             "commands:\n"
-            "  info   -m DIR                        print architecture, parameter counts\n"
-            "                                       and KV-cache bytes per token\n"
-            "  logits -m DIR --ids 5,17,42 -o FILE  one forward pass over the ids at\n"
-            "                                       positions 0..n-1; writes float32\n"
-            "                                       little-endian logits [n][vocab_size]\n"
+            "  info       -m DIR                      architecture, parameter counts, cache sizes\n"
+            "  logits     -m DIR --ids 5,17,42 -o FILE  one forward pass over the ids at\n"
+            "                                         positions 0..n-1; float32 LE [n][vocab]\n"
+            "  run        -m DIR -p TEXT | --ids LIST  generate text (or ids) after a prompt\n"
+            "  chat       -m DIR                      interactive chat (DeepSeek-V3 format)\n"
+            "  tokenize   -m DIR [--no-bos]           ids of the UTF-8 text on stdin\n"
+            "  detokenize -m DIR --ids LIST           text of the ids\n"
             "\n"
             "options:\n"
-            "  -m, --model DIR     Hugging Face checkpoint directory (config.json +\n"
-            "                      model.safetensors or model.safetensors.index.json)\n"
-            "  --ids LIST          comma-separated token ids\n"
-            "  -o, --output FILE   output file\n"
-            "  -t, --threads N     threads (default: OpenMP's default)\n"
-            "  -c, --ctx N         context size for the latent cache (default: number of ids)\n"
-            "  --attn MODE         absorbed (default) or naive MLA\n"
-            "  -h, --help          this help\n");
+            "  -m, --model DIR        Hugging Face checkpoint directory (config.json +\n"
+            "                         model.safetensors or an index + shards; tokenizer.json\n"
+            "                         + tokenizer_config.json for text)\n"
+            "  --ids LIST             comma-separated token ids\n"
+            "  -o, --output FILE      output file (logits)\n"
+            "  -p, --prompt TEXT      prompt text          -f, --file FILE   prompt from a file\n"
+            "  -n, --predict N        tokens to generate (default -1: until EOS or a full context)\n"
+            "  -c, --ctx-size N       context positions (default 4096, at most the model's)\n"
+            "  -b, --batch-size N     most prompt tokens per forward pass (default 512)\n"
+            "  -t, --threads N        threads (default: OpenMP's default)\n"
+            "  --temp T               temperature (default 0.8; 0 = greedy)\n"
+            "  --top-k K              keep the K most likely (default 40; 0 = off)\n"
+            "  --top-p P              nucleus mass (default 0.95; 1 = off)\n"
+            "  --min-p P              drop below P x the best (default 0.05; 0 = off)\n"
+            "  --repeat-penalty R     penalise the last 64 ids (default 1.0 = off)\n"
+            "  --seed S               sampling seed (default: random, printed)\n"
+            "  --ignore-eos           never stop at EOS (its logit is set to -inf)\n"
+            "  --print-ids            run: print generated ids, not text\n"
+            "  --system TEXT          chat: system prompt\n"
+            "  --no-bos               tokenize: do not add BOS\n"
+            "  --attn MODE            absorbed (default) or naive MLA\n"
+            "  -q, --quiet            no progress or timings on stderr\n"
+            "  -h, --help             this help\n");
 }
 
-static _Noreturn void die_usage(const char *msg, const char *arg) {
+_Noreturn void cli_die_usage(const char *msg, const char *arg) {
     fprintf(stderr, "dsc: %s%s%s\n\n", msg, arg ? ": " : "", arg ? arg : "");
     usage(stderr);
     exit(2);
 }
 
-static _Noreturn void die(const dsc_err *e) {
+_Noreturn void cli_die(const dsc_err *e) {
     fprintf(stderr, "dsc: error (%s): %s\n", dsc_status_str(e->code), e->msg);
     exit(1);
 }
@@ -62,56 +68,101 @@ static int64_t parse_int(const char *s, const char *what) {
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) die_usage("expected an integer for", what);
+    if (errno || end == s || *end) cli_die_usage("expected an integer for", what);
     return v;
 }
 
-static void parse_args(int argc, char **argv, cli_opts *o) {
+static float parse_float(const char *s, const char *what) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || v != v) cli_die_usage("expected a number for", what);
+    return v;
+}
+
+void cli_parse(int argc, char **argv, cli_opts *o) {
     memset(o, 0, sizeof *o);
     o->attn = DSC_ATTN_ABSORBED;
+    o->n_predict = -1;
+    o->sp = dsc_sampler_default_params();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define NEED_VALUE()                                                           \
-    do {                                                                       \
-        if (!v) die_usage("missing value for", a);                            \
-        i++;                                                                   \
-    } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+#define IS(s1, s2) (!strcmp(a, s1) || !strcmp(a, s2))
+#define VALUE() (v ? (i++, v) : (cli_die_usage("missing value for", a), v))
+        if (IS("-h", "--help")) {
             usage(stdout);
             exit(0);
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            NEED_VALUE();
-            o->model_dir = v;
-        } else if (!strcmp(a, "--ids")) {
-            NEED_VALUE();
-            o->ids = v;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            NEED_VALUE();
-            o->out = v;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            NEED_VALUE();
-            o->threads = (int)parse_int(v, a);
-            if (o->threads < 1 || o->threads > 4096) die_usage("threads out of range", v);
-        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
-            NEED_VALUE();
-            o->n_ctx = parse_int(v, a);
-            if (o->n_ctx < 1) die_usage("context must be >= 1", v);
-        } else if (!strcmp(a, "--attn")) {
-            NEED_VALUE();
-            if (!strcmp(v, "absorbed")) o->attn = DSC_ATTN_ABSORBED;
-            else if (!strcmp(v, "naive")) o->attn = DSC_ATTN_NAIVE;
-            else die_usage("--attn must be absorbed or naive", v);
+        } else if (IS("-m", "--model")) {
+            o->model_dir = VALUE();
+        } else if (IS("--ids", "--ids")) {
+            o->ids = VALUE();
+        } else if (IS("-o", "--output")) {
+            o->out = VALUE();
+        } else if (IS("-p", "--prompt")) {
+            o->prompt = VALUE();
+        } else if (IS("-f", "--file")) {
+            o->prompt_file = VALUE();
+        } else if (IS("--system", "--system")) {
+            o->system = VALUE();
+        } else if (IS("-t", "--threads")) {
+            int64_t t = parse_int(VALUE(), a);
+            if (t < 1 || t > 4096) cli_die_usage("threads out of range", v);
+            o->threads = (int)t;
+        } else if (IS("-c", "--ctx-size") || IS("--ctx", "--ctx")) {
+            o->n_ctx = parse_int(VALUE(), a);
+            if (o->n_ctx < 1) cli_die_usage("context must be >= 1", v);
+        } else if (IS("-b", "--batch-size")) {
+            o->n_batch = parse_int(VALUE(), a);
+            if (o->n_batch < 1) cli_die_usage("batch size must be >= 1", v);
+        } else if (IS("-n", "--predict")) {
+            o->n_predict = parse_int(VALUE(), a);
+            if (o->n_predict < -1) cli_die_usage("-n must be >= -1", v);
+        } else if (IS("--temp", "--temp")) {
+            o->sp.temp = parse_float(VALUE(), a);
+        } else if (IS("--top-k", "--top-k")) {
+            int64_t k = parse_int(VALUE(), a);
+            if (k < 0 || k > INT32_MAX) cli_die_usage("--top-k out of range", v);
+            o->sp.top_k = (int32_t)k;
+        } else if (IS("--top-p", "--top-p")) {
+            o->sp.top_p = parse_float(VALUE(), a);
+            if (o->sp.top_p <= 0 || o->sp.top_p > 1) cli_die_usage("--top-p must be in (0, 1]", v);
+        } else if (IS("--min-p", "--min-p")) {
+            o->sp.min_p = parse_float(VALUE(), a);
+            if (o->sp.min_p < 0 || o->sp.min_p > 1) cli_die_usage("--min-p must be in [0, 1]", v);
+        } else if (IS("--repeat-penalty", "--repeat-penalty")) {
+            o->sp.repeat_penalty = parse_float(VALUE(), a);
+            if (!(o->sp.repeat_penalty > 0)) cli_die_usage("--repeat-penalty must be > 0", v);
+        } else if (IS("--seed", "-s")) {
+            char *end;
+            errno = 0;
+            unsigned long long sd = strtoull(VALUE(), &end, 10);
+            if (errno || end == v || *end) cli_die_usage("expected an integer for", a);
+            o->sp.seed = sd;
+            o->seed_set = 1;
+        } else if (IS("--ignore-eos", "--ignore-eos")) {
+            o->sp.ignore_eos = 1;
+        } else if (IS("--print-ids", "--print-ids")) {
+            o->print_ids = 1;
+        } else if (IS("--no-bos", "--no-bos")) {
+            o->no_bos = 1;
+        } else if (IS("-q", "--quiet")) {
+            o->quiet = 1;
+        } else if (IS("--attn", "--attn")) {
+            const char *m = VALUE();
+            if (!strcmp(m, "absorbed")) o->attn = DSC_ATTN_ABSORBED;
+            else if (!strcmp(m, "naive")) o->attn = DSC_ATTN_NAIVE;
+            else cli_die_usage("--attn must be absorbed or naive", m);
         } else {
-            die_usage("unknown option", a);
+            cli_die_usage("unknown option", a);
         }
-#undef NEED_VALUE
+#undef IS
+#undef VALUE
     }
-    if (!o->model_dir) die_usage("missing -m DIR", NULL);
+    if (!o->model_dir) cli_die_usage("missing -m DIR", NULL);
 }
 
-/* "5,17,42" -> malloc'd int32 array. Range is checked by the library. */
-static int32_t *parse_ids(const char *s, int64_t *n) {
+int32_t *cli_parse_ids(const char *s, int64_t *n) {
     int64_t cap = 1;
     for (const char *p = s; *p; p++) cap += *p == ',';
     int32_t *ids = malloc((size_t)cap * sizeof *ids);
@@ -126,39 +177,66 @@ static int32_t *parse_ids(const char *s, int64_t *n) {
         errno = 0;
         long long v = strtoll(p, &end, 10);
         if (errno || end == p || (*end && *end != ',') || v < INT32_MIN || v > INT32_MAX)
-            die_usage("bad token id list", s);
+            cli_die_usage("bad token id list", s);
         ids[k++] = (int32_t)v;
         p = *end ? end + 1 : end;
-        if (*end == ',' && !*p) die_usage("bad token id list", s);
+        if (*end == ',' && !*p) cli_die_usage("bad token id list", s);
     }
-    if (k == 0) die_usage("empty token id list", s);
+    if (k == 0) cli_die_usage("empty token id list", s);
     *n = k;
     return ids;
 }
 
-static double now_s(void) {
+double cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void human(char *buf, size_t n, double v, const char *unit) {
-    const char *pre[] = {"", "K", "M", "G", "T"};
+void cli_bytes(char *buf, size_t n, double v) {
+    const char *pre[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int i = 0;
-    double step = !strcmp(unit, "B") ? 1024.0 : 1000.0;
-    while (v >= step && i < 4) {
-        v /= step;
+    while (v >= 1024.0 && i < 4) {
+        v /= 1024.0;
         i++;
     }
-    snprintf(buf, n, "%.2f %s%s%s", v, pre[i], !strcmp(unit, "B") && i ? "i" : "", unit);
+    snprintf(buf, n, i ? "%.2f %s" : "%.0f %s", v, pre[i]);
 }
 
-static int cmd_info(const cli_opts *o) {
+static int load_progress(void *user, double done) {
+    int *last = user;
+    int pct = (int)(done * 100.0);
+    if (pct != *last) {
+        fprintf(stderr, "\rdsc: loading weights %3d%%", pct);
+        *last = pct;
+    }
+    return 0;
+}
+
+dsc_model_t *cli_load_model(const cli_opts *o, double *load_s) {
+    double t0 = cli_now();
     dsc_err e = {0};
+    dsc_model_t *m = NULL;
+    if (dsc_model_load(o->model_dir, &m, &e) != DSC_OK) cli_die(&e);
+    /* Fault the weights in up front (with a progress line for large models)
+       when they fit in memory; otherwise mmap pages them in on demand. */
+    dsc_model_info in;
+    dsc_model_get_info(m, &in);
+    double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if ((double)in.file_bytes < 0.8 * ram) {
+        int last = -1;
+        int show = !o->quiet && in.file_bytes > (256 << 20);
+        dsc_model_prefetch(m, show ? load_progress : NULL, &last);
+        if (show) fprintf(stderr, "\n");
+    }
+    if (load_s) *load_s = cli_now() - t0;
+    return m;
+}
+
+int cmd_info(const cli_opts *o) {
     dsc_model_t *m;
-    double t0 = now_s();
-    if (dsc_model_load(o->model_dir, &m, &e) != DSC_OK) die(&e);
-    double t_load = now_s() - t0;
+    double t_load = 0;
+    m = cli_load_model(o, &t_load);
     const dsc_config *c = dsc_model_config(m);
     dsc_model_info in;
     dsc_model_get_info(m, &in);
@@ -204,38 +282,37 @@ static int cmd_info(const cli_opts *o) {
     printf("params       : %lld total, %lld active per token (%.1f%%)\n",
            (long long)in.n_params, (long long)in.n_params_active,
            in.n_params ? 100.0 * (double)in.n_params_active / (double)in.n_params : 0.0);
-    human(b1, sizeof b1, (double)in.weight_bytes, "B");
-    human(b2, sizeof b2, (double)in.file_bytes, "B");
+    cli_bytes(b1, sizeof b1, (double)in.weight_bytes);
+    cli_bytes(b2, sizeof b2, (double)in.file_bytes);
     printf("weights      : %s resident, mmapped in stored dtype (files %s);", b1, b2);
     for (int t = 0; t < 4; t++)
         if (in.dtype_bytes[t]) {
-            human(b3, sizeof b3, (double)in.dtype_bytes[t], "B");
+            cli_bytes(b3, sizeof b3, (double)in.dtype_bytes[t]);
             printf(" %s %s", dsc_dtype_name((dsc_dtype)t), b3);
         }
     printf("\n");
     int64_t lat = in.latent_cache_values_per_token, mha = in.mha_cache_values_per_token;
-    human(b1, sizeof b1, (double)lat * 4, "B");
-    human(b2, sizeof b2, (double)mha * 4, "B");
+    cli_bytes(b1, sizeof b1, (double)lat * 4);
+    cli_bytes(b2, sizeof b2, (double)mha * 4);
     printf("kv cache     : latent %lld values/token (%lld per layer) = %s/token fp32; "
            "standard MHA %lld values/token = %s/token fp32 (%.1fx larger)\n",
            (long long)lat, (long long)(c->kv_lora_rank + c->qk_rope_head_dim), b1,
            (long long)mha, b2, lat ? (double)mha / (double)lat : 0.0);
-    human(b1, sizeof b1, (double)lat * 2, "B");
-    human(b2, sizeof b2, (double)mha * 2, "B");
+    cli_bytes(b1, sizeof b1, (double)lat * 2);
+    cli_bytes(b2, sizeof b2, (double)mha * 2);
     printf("               in bf16: latent %s/token vs MHA %s/token\n", b1, b2);
     printf("load time    : %.1f ms\n", t_load * 1e3);
     dsc_model_free(m);
     return 0;
 }
 
-static int cmd_logits(const cli_opts *o) {
-    if (!o->ids) die_usage("logits needs --ids", NULL);
-    if (!o->out) die_usage("logits needs -o FILE", NULL);
+int cmd_logits(const cli_opts *o) {
+    if (!o->ids) cli_die_usage("logits needs --ids", NULL);
+    if (!o->out) cli_die_usage("logits needs -o FILE", NULL);
     int64_t n;
-    int32_t *ids = parse_ids(o->ids, &n);
+    int32_t *ids = cli_parse_ids(o->ids, &n);
     dsc_err e = {0};
-    dsc_model_t *m;
-    if (dsc_model_load(o->model_dir, &m, &e) != DSC_OK) die(&e);
+    dsc_model_t *m = cli_load_model(o, NULL);
     const dsc_config *c = dsc_model_config(m);
     dsc_ctx_params p = dsc_ctx_default_params();
     p.n_ctx = o->n_ctx > 0 ? o->n_ctx : n;
@@ -243,16 +320,16 @@ static int cmd_logits(const cli_opts *o) {
     p.n_threads = o->threads;
     p.attn = o->attn;
     dsc_ctx_t *ctx;
-    if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) die(&e);
+    if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);
     size_t count = (size_t)n * (size_t)c->vocab_size;
     float *logits = malloc(count * sizeof *logits);
     if (!logits) {
         fprintf(stderr, "dsc: cannot allocate %zu logits\n", count);
         exit(1);
     }
-    double t0 = now_s();
-    if (dsc_forward(ctx, ids, n, 0, logits, &e) != DSC_OK) die(&e);
-    double dt = now_s() - t0;
+    double t0 = cli_now();
+    if (dsc_forward(ctx, ids, n, 0, logits, &e) != DSC_OK) cli_die(&e);
+    double dt = cli_now() - t0;
     FILE *f = fopen(o->out, "wb");
     if (!f || fwrite(logits, sizeof *logits, count, f) != count || fclose(f) != 0) {
         fprintf(stderr, "dsc: cannot write %s: %s\n", o->out, strerror(errno));
@@ -269,6 +346,13 @@ static int cmd_logits(const cli_opts *o) {
 }
 
 int main(int argc, char **argv) {
+    static const struct {
+        const char *name;
+        int (*fn)(const cli_opts *);
+    } cmds[] = {
+        {"info", cmd_info},         {"logits", cmd_logits},     {"run", cmd_run},
+        {"chat", cmd_chat},         {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
+    };
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -282,14 +366,11 @@ int main(int argc, char **argv) {
         printf("dsc %d.%d\n", DSC_VERSION_MAJOR, DSC_VERSION_MINOR);
         return 0;
     }
-    cli_opts o;
-    if (!strcmp(cmd, "info")) {
-        parse_args(argc, argv, &o);
-        return cmd_info(&o);
-    }
-    if (!strcmp(cmd, "logits")) {
-        parse_args(argc, argv, &o);
-        return cmd_logits(&o);
-    }
-    die_usage("unknown command", cmd);
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i].name)) {
+            cli_opts o;
+            cli_parse(argc, argv, &o);
+            return cmds[i].fn(&o);
+        }
+    cli_die_usage("unknown command", cmd);
 }

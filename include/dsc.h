@@ -180,6 +180,150 @@ int64_t dsc_ctx_work_bytes(const dsc_ctx_t *c);
 dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
                        float *logits, dsc_err *err);
 
+/*
+ * Like dsc_forward, but computes logits only for the last of the n tokens:
+ * logits receives float32 [vocab_size] (prefill of a prompt needs no more,
+ * and the lm_head is a third of prefill time). logits may be NULL.
+ */
+dsc_status dsc_forward_last(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                            float *logits, dsc_err *err);
+
+/* Positions the context holds (its n_ctx) and the most tokens per call. */
+int64_t dsc_ctx_size(const dsc_ctx_t *c);
+int64_t dsc_ctx_batch(const dsc_ctx_t *c);
+
+/* Tokens in the cache: positions 0..n_past-1 hold the ids of the last
+   forward calls (a forward at pos0 sets n_past = pos0 + n). The pointer is
+   valid until the next call on the context. */
+int64_t dsc_ctx_n_past(const dsc_ctx_t *c);
+const int32_t *dsc_ctx_tokens(const dsc_ctx_t *c);
+/* Forget every cached token (n_past = 0). */
+void dsc_ctx_reset(dsc_ctx_t *c);
+
+/*
+ * Touch every page of the weight files so that they are resident before the
+ * first token (mmap loads lazily). progress (may be NULL) is called with the
+ * fraction done, at most ~100 times; returning nonzero stops early.
+ */
+void dsc_model_prefetch(const dsc_model_t *m, int (*progress)(void *user, double done),
+                        void *user);
+
+/* ------------------------------------------------------------------------
+ * Tokenizer: Hugging Face tokenizer.json (byte-level BPE with merges, the
+ * pre-tokenizer's regex splits via PCRE2, added/special tokens matched before
+ * BPE) + tokenizer_config.json (add_bos_token, bos/eos tokens).
+ * ------------------------------------------------------------------------ */
+typedef struct dsc_tokenizer dsc_tokenizer_t;
+
+/* Load dir/tokenizer.json and dir/tokenizer_config.json (the latter may be
+   absent: then no BOS is added). Unsupported model or pre-tokenizer types
+   are DSC_ERR_UNSUPPORTED naming the field. */
+dsc_status dsc_tokenizer_load(const char *dir, dsc_tokenizer_t **out, dsc_err *err);
+void dsc_tokenizer_free(dsc_tokenizer_t *t);
+
+/* Number of ids (highest id + 1, added tokens included). */
+int64_t dsc_tokenizer_vocab(const dsc_tokenizer_t *t);
+/* BOS / EOS ids from tokenizer_config.json (-1 when none). */
+int32_t dsc_tokenizer_bos(const dsc_tokenizer_t *t);
+int32_t dsc_tokenizer_eos(const dsc_tokenizer_t *t);
+/* Whether encoding adds BOS by default (tokenizer_config add_bos_token). */
+int dsc_tokenizer_adds_bos(const dsc_tokenizer_t *t);
+/* Id of a token given by its exact string (e.g. "<｜User｜>"); -1 if none. */
+int32_t dsc_tokenizer_find(const dsc_tokenizer_t *t, const char *token);
+
+/*
+ * Encode len bytes of UTF-8 text. add_bos: -1 as the config says, 0 never,
+ * 1 always. Added/special tokens appearing in the text are matched as such.
+ * Writes at most cap ids; *n_out is the number the text needs (call again
+ * with a larger buffer when *n_out > cap; nothing else is an error then).
+ * Invalid UTF-8 is DSC_ERR_ARG naming the byte offset.
+ */
+dsc_status dsc_tokenize(const dsc_tokenizer_t *t, const char *text, size_t len, int add_bos,
+                        int32_t *ids, int64_t cap, int64_t *n_out, dsc_err *err);
+
+/*
+ * Streaming decode: the bytes of token id, appended to what st holds back.
+ * Complete UTF-8 characters are written to out (at most cap bytes; 64 is
+ * always enough for one token plus a held-back partial character) and their
+ * count returned; an incomplete trailing character is held in st until the
+ * next call. Special tokens decode to their text unless skip_special.
+ * Returns -1 for an id out of range. dsc_detok_flush emits what is held
+ * (invalid leftovers as U+FFFD).
+ */
+typedef struct {
+    unsigned char pend[8];
+    int n_pend;
+} dsc_detok_state;
+int64_t dsc_detokenize_piece(const dsc_tokenizer_t *t, int32_t id, int skip_special,
+                             dsc_detok_state *st, char *out, int64_t cap);
+int64_t dsc_detok_flush(dsc_detok_state *st, char *out, int64_t cap);
+
+/* Bytes of one token as stored (byte-level decoded, may be part of a UTF-8
+   character); *len receives the count. NULL for an id out of range. */
+const char *dsc_token_bytes(const dsc_tokenizer_t *t, int32_t id, size_t *len);
+
+/* ------------------------------------------------------------------------
+ * Sampling.
+ * ------------------------------------------------------------------------ */
+typedef struct {
+    float temp;             /* <= 0: greedy (argmax, lowest id on ties)           */
+    int32_t top_k;          /* <= 0: off                                          */
+    float top_p;            /* >= 1: off                                          */
+    float min_p;            /* <= 0: off                                          */
+    float repeat_penalty;   /* 1: off; applied to ids in the last repeat_last_n   */
+    int32_t repeat_last_n;  /* how many recent ids the penalty looks at           */
+    uint64_t seed;
+    int ignore_eos;         /* EOS logit set to -inf                               */
+    int32_t eos_id;         /* -1: none                                           */
+} dsc_sampler_params;
+
+dsc_sampler_params dsc_sampler_default_params(void);
+
+typedef struct dsc_sampler dsc_sampler_t;
+/* Scratch for a vocabulary of n_vocab ids, allocated once here. */
+dsc_status dsc_sampler_new(const dsc_sampler_params *p, int64_t n_vocab, dsc_sampler_t **out,
+                           dsc_err *err);
+void dsc_sampler_free(dsc_sampler_t *s);
+/* Choose the next id from logits [n_vocab] (modified in place). history is
+   the ids so far (prompt and generated), for the repetition penalty. */
+int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *history,
+                           int64_t n_history);
+
+/* ------------------------------------------------------------------------
+ * Generation: prefill + sample loop over a context.
+ * ------------------------------------------------------------------------ */
+typedef enum {
+    DSC_STOP_EOS = 0,    /* the EOS id was sampled (and reported)                */
+    DSC_STOP_LENGTH,     /* n_predict tokens were sampled                        */
+    DSC_STOP_CONTEXT,    /* the context is full                                   */
+    DSC_STOP_CALLBACK,   /* on_token asked to stop                                */
+} dsc_stop_reason;
+
+typedef struct {
+    int64_t n_prompt;    /* tokens prefilled by the call (a pending one included) */
+    int64_t n_gen;       /* tokens sampled by the call                            */
+    double prompt_s;     /* seconds of prefill                                    */
+    double gen_s;        /* seconds of the sample/decode loop                     */
+    dsc_stop_reason stop;
+} dsc_gen_stats;
+
+/* Called for each sampled id (EOS included); return nonzero to stop. */
+typedef int (*dsc_token_cb)(void *user, int32_t id);
+
+/*
+ * Append prompt (may be empty when the context already holds tokens) at the
+ * context's end, prefilling in n_batch chunks, then sample up to n_predict
+ * ids (< 0: until EOS or a full context). Each sampled id is reported before
+ * it is fed to the model; the last one is kept pending and is fed at the
+ * start of the next dsc_generate call, so a chat can continue the cache
+ * without re-prefilling earlier turns. eos_id < 0: no EOS stop.
+ * Errors: the prompt does not fit the context (DSC_ERR_ARG, nothing is fed),
+ * or any dsc_forward error.
+ */
+dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
+                        int64_t n_prompt, int64_t n_predict, int32_t eos_id, dsc_token_cb on_token,
+                        void *user, dsc_gen_stats *stats, dsc_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,7 +2,7 @@
 # Install every Debian package dsc needs to build and test. Idempotent: a
 # package already installed is left alone. Needs root (or sudo).
 set -eu
-PKGS="build-essential pkg-config libjansson-dev libopenblas-openmp-dev python3"
+PKGS="build-essential pkg-config libjansson-dev libopenblas-openmp-dev libpcre2-dev xz-utils python3"
 missing=""
 for p in $PKGS; do
     if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

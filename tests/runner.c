@@ -17,6 +17,9 @@ extern const dsc_test_case dsc_tests_kernels[];
 extern const dsc_test_case dsc_tests_safetensors[];
 extern const dsc_test_case dsc_tests_config[];
 extern const dsc_test_case dsc_tests_model[];
+extern const dsc_test_case dsc_tests_tokenizer[];
+extern const dsc_test_case dsc_tests_sampler[];
+extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_cli[];
 
 static const struct {
@@ -27,6 +30,9 @@ static const struct {
     {"safetensors", dsc_tests_safetensors},
     {"config", dsc_tests_config},
     {"model", dsc_tests_model},
+    {"tokenizer", dsc_tests_tokenizer},
+    {"sampler", dsc_tests_sampler},
+    {"generate", dsc_tests_generate},
     {"cli", dsc_tests_cli},
 };
 

@@ -899,3 +899,11 @@ dsc_status dsc_st_write(const char *path, const dsc_st_write_entry *entries, int
     free(tmp);
     return st;
 }
+
+void dsc_st_file_map(const dsc_st_set *s, int i, const void **base, size_t *len) {
+    *base = NULL;
+    *len = 0;
+    if (!s || i < 0 || i >= s->n_files) return;
+    *base = s->files[i].map;
+    *len = s->files[i].size;
+}

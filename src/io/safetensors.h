@@ -60,6 +60,8 @@ dsc_st_tensor *dsc_st_find(dsc_st_set *s, const char *name);
 int64_t dsc_st_file_bytes(const dsc_st_set *s);
 /* Number of files in the set. */
 int dsc_st_file_count(const dsc_st_set *s);
+/* The read-only mapping of file i (whole file); NULL/0 when out of range. */
+void dsc_st_file_map(const dsc_st_set *s, int i, const void **base, size_t *len);
 /* Path of file i of the set (for messages). */
 const char *dsc_st_file_path(const dsc_st_set *s, int i);
 

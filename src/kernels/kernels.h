@@ -124,6 +124,17 @@ void dsc_k_sgemm_nt(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
 void dsc_k_sgemm_nn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
+/*
+ * Single-threaded row-range products, for callers that parallelise on their
+ * own (MLA decode runs one head per thread and applies that head's slice of
+ * kv_b_proj straight from its stored dtype):
+ *   matvec_rows: y[i*ldy + (r - r0)] = x[i] . W[r]       r in [r0, r1), x rows of w->cols
+ *   matvec_t   : y[i*ldy + c] = sum_{r < nr} x[i*ldx + r] * W[r0 + r][c]   c < w->cols
+ */
+void dsc_k_matvec_rows(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t r1,
+                       const float *x, int64_t m, float *y, int64_t ldy);
+void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr,
+                    const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy);
 void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t n,
                    int64_t d, float eps);
 void dsc_k_softmax(float *x, int64_t n, int64_t d);

@@ -28,8 +28,8 @@ dsc_ctx_params dsc_ctx_default_params(void) {
 
 /* Arena plan: a list of (pointer slot, bytes) carved from one block. */
 typedef struct {
-    void **slot[40];
-    size_t bytes[40];
+    void **slot[48];
+    size_t bytes[48];
     int n;
     size_t total;
     int overflow;
@@ -42,7 +42,7 @@ static void plan_add(plan *p, void **slot, int64_t count, size_t elem) {
         return;
     }
     b = (b + ALIGN - 1) / ALIGN * ALIGN;
-    DSC_CHECK(p->n < 40);
+    DSC_CHECK(p->n < 48);
     p->slot[p->n] = slot;
     p->bytes[p->n] = b;
     p->n++;
@@ -114,6 +114,8 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     plan_add(&pl, (void **)&w->rope_cos, p.n_ctx * (dr / 2), 4);
     plan_add(&pl, (void **)&w->rope_sin, p.n_ctx * (dr / 2), 4);
     plan_add(&pl, (void **)&w->head_ws, (int64_t)c->n_threads * w->head_ws_floats, 4);
+    plan_add(&pl, (void **)&w->logits, cf->vocab_size, 4);
+    plan_add(&pl, (void **)&w->tokens, p.n_ctx, 4);
 
     size_t cache_n = 0, cache_b = 0;
     int ok = !pl.overflow &&
@@ -149,6 +151,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     rp.original_max_pos = cf->yarn_original_max_pos;
     rp.attention_factor = cf->yarn_attention_factor;
     dsc_rope_tables(&rp, p.n_ctx, w->rope_cos, w->rope_sin);
+    c->pending = -1;
     *out = c;
     return DSC_OK;
 }
@@ -168,12 +171,14 @@ static void add_rows(float *x, const float *y, int64_t count) {
     for (int64_t i = 0; i < count; i++) x[i] += y[i];
 }
 
-dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
-                       float *logits, dsc_err *err) {
+/* Validate a call, then run every layer over the n tokens; leaves the
+   final hidden states (before the final norm) in w->x. */
+static dsc_status run_layers(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                             dsc_err *err) {
     const dsc_model_t *m = c->m;
     const dsc_config *cf = &m->cfg;
     int64_t d = cf->hidden_size;
-    if (n < 1 || n > c->p.n_batch)
+    if (!ids || n < 1 || n > c->p.n_batch)
         return dsc_err_set(err, DSC_ERR_ARG, "%lld tokens in one call; expected 1..%lld "
                            "(n_batch)", (long long)n, (long long)c->p.n_batch);
     if (pos0 < 0 || pos0 + n > c->p.n_ctx)
@@ -191,6 +196,9 @@ dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0
     /* h = Emb(ids)                                                 (n, d) */
     for (int64_t t = 0; t < n; t++) dsc_wmat_row(&m->embed, ids[t], 0, d, w->x + t * d);
 
+    memcpy(w->tokens + pos0, ids, (size_t)n * sizeof *ids);
+    c->n_past = pos0 + n;
+    c->pending = -1;
     for (int64_t l = 0; l < cf->num_hidden_layers; l++) {
         const dsc_layer *ly = &m->layers[l];
         dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->attn_norm, n, d, eps);
@@ -200,9 +208,41 @@ dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0
         dsc_ffn_forward(c, ly, n);
         add_rows(w->x, w->y, n * d);
     }
+    return DSC_OK;
+}
+
+dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                       float *logits, dsc_err *err) {
+    DSC_TRY(run_layers(c, ids, n, pos0, err));
     if (logits) {
-        dsc_k_rmsnorm(c->k, w->xn, w->x, &m->final_norm, n, d, eps);
-        dsc_k_matmul(c->k, logits, w->xn, &m->lm_head, n);
+        /* logits = lm_head(RMSNorm_final(h))                      (n, V) */
+        const dsc_model_t *m = c->m;
+        int64_t d = m->cfg.hidden_size;
+        dsc_k_rmsnorm(c->k, c->w.xn, c->w.x, &m->final_norm, n, d, (float)m->cfg.rms_norm_eps);
+        dsc_k_matmul(c->k, logits, c->w.xn, &m->lm_head, n);
     }
     return DSC_OK;
 }
+
+dsc_status dsc_forward_last(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                            float *logits, dsc_err *err) {
+    DSC_TRY(run_layers(c, ids, n, pos0, err));
+    if (logits) {
+        /* only the last row: logits = lm_head(RMSNorm_final(h[n-1]))   (V) */
+        const dsc_model_t *m = c->m;
+        int64_t d = m->cfg.hidden_size;
+        const float *last = c->w.x + (n - 1) * d;
+        dsc_k_rmsnorm(c->k, c->w.xn, last, &m->final_norm, 1, d, (float)m->cfg.rms_norm_eps);
+        dsc_k_matmul(c->k, logits, c->w.xn, &m->lm_head, 1);
+    }
+    return DSC_OK;
+}
+
+int64_t dsc_ctx_size(const dsc_ctx_t *c) { return c->p.n_ctx; }
+int64_t dsc_ctx_n_past(const dsc_ctx_t *c) { return c->n_past; }
+const int32_t *dsc_ctx_tokens(const dsc_ctx_t *c) { return c->w.tokens; }
+void dsc_ctx_reset(dsc_ctx_t *c) {
+    c->n_past = 0;
+    c->pending = -1;
+}
+int64_t dsc_ctx_batch(const dsc_ctx_t *c) { return c->p.n_batch; }

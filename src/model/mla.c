@@ -26,6 +26,11 @@
    (transformers hard-codes it; the official demo uses 1e-6 everywhere). */
 #define DSC_LATENT_NORM_EPS 1e-6f
 
+/* Up to this many queries per call (decode, short drafts), absorbed
+   attention applies W^UK / W^UV from kv_b_proj's stored dtype row by row
+   instead of dequantising the whole matrix first. */
+#define DSC_MLA_STREAM_ROWS 4
+
 int64_t dsc_mla_head_ws_floats(const dsc_config *c, int64_t n_ctx, int64_t n_batch) {
     int64_t qb = n_batch < QB ? n_batch : QB;
     int64_t dc = c->kv_lora_rank;
@@ -46,9 +51,12 @@ static void scale_mask_softmax(float *s, int64_t rows, int64_t lk, int64_t p0, f
 }
 
 /* Attention of head i for queries [0, n) at positions pos0.. over the cache.
-   Writes attn[t][i*dv .. (i+1)*dv). */
-static void attend_head(dsc_ctx_t *c, const float *cache_l, const float *kvb, int64_t i,
-                        int64_t n, int64_t pos0, float *ws) {
+   Writes attn[t][i*dv .. (i+1)*dv). kvb is kv_b_proj as fp32, or NULL to
+   apply the head's rows of kv_b_w straight from their stored dtype (decode:
+   a few queries, where dequantising the whole matrix would cost more than
+   the attention itself). */
+static void attend_head(dsc_ctx_t *c, const float *cache_l, const float *kvb,
+                        const dsc_wmat *kv_b_w, int64_t i, int64_t n, int64_t pos0, float *ws) {
     const dsc_config *cf = &c->m->cfg;
     dsc_kctx *k = c->k;
     int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
@@ -56,8 +64,9 @@ static void attend_head(dsc_ctx_t *c, const float *cache_l, const float *kvb, in
     int64_t ldq = H * dqk, ldkv = dc + dr, ldo = H * dv;
     int64_t qb = n < QB ? n : QB;
     int64_t n_ctx = c->p.n_ctx;
-    const float *w_uk = kvb + i * (dn + dv) * dc; /* (dn, dc) */
-    const float *w_uv = w_uk + dn * dc;           /* (dv, dc) */
+    const float *w_uk = kvb ? kvb + i * (dn + dv) * dc : NULL; /* (dn, dc) */
+    const float *w_uv = kvb ? w_uk + dn * dc : NULL;           /* (dv, dc) */
+    int64_t uk_row = i * (dn + dv), uv_row = uk_row + dn;      /* in kv_b_w   */
     float scale = (float)cf->softmax_scale;
 
     float *S = ws;                    /* (qb, n_ctx) scores               */
@@ -87,13 +96,19 @@ static void attend_head(dsc_ctx_t *c, const float *cache_l, const float *kvb, in
             dsc_k_sgemm_nn(k, rows, dv, lk, S, lk, V, dv, out, ldo, 0);
         } else {
             /* q_lat = q_nope W^UK_i ; S = q_lat C^T + q_pe Kpe^T */
-            dsc_k_sgemm_nn(k, rows, dc, dn, q_nope, ldq, w_uk, dc, qlat, dc, 0);
+            if (w_uk)
+                dsc_k_sgemm_nn(k, rows, dc, dn, q_nope, ldq, w_uk, dc, qlat, dc, 0);
+            else
+                dsc_k_matvec_t(k, kv_b_w, uk_row, dn, q_nope, ldq, rows, qlat, dc);
             dsc_k_sgemm_nt(k, rows, lk, dc, qlat, dc, cache_l, ldkv, S, lk, 0);
             dsc_k_sgemm_nt(k, rows, lk, dr, q_pe, ldq, cache_l + dc, ldkv, S, lk, 1);
             scale_mask_softmax(S, rows, lk, pos0 + t0, scale);
             /* o_lat = P C ; o_i = o_lat W^UV_i^T */
             dsc_k_sgemm_nn(k, rows, dc, lk, S, lk, cache_l, ldkv, olat, dc, 0);
-            dsc_k_sgemm_nt(k, rows, dv, dc, olat, dc, w_uv, dc, out, ldo, 0);
+            if (w_uv)
+                dsc_k_sgemm_nt(k, rows, dv, dc, olat, dc, w_uv, dc, out, ldo, 0);
+            else
+                dsc_k_matvec_rows(k, kv_b_w, uv_row, uv_row + dv, olat, rows, out, ldo);
         }
     }
 }
@@ -146,11 +161,14 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
         dsc_ref_rmsnorm(row, row, &ly->kv_a_norm, 1, dc, DSC_LATENT_NORM_EPS);
     }
 
-    const float *kvb = kv_b_f32(c, &ly->kv_b);
+    /* Few queries in absorbed mode: use kv_b's rows in place (stored dtype). */
+    int stream = c->p.attn == DSC_ATTN_ABSORBED && n <= DSC_MLA_STREAM_ROWS &&
+                 ly->kv_b.dtype != DSC_F32;
+    const float *kvb = stream ? NULL : kv_b_f32(c, &ly->kv_b);
 #pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
     for (int64_t i = 0; i < H; i++) {
         float *ws = w->head_ws + (int64_t)dsc_thread_id() * w->head_ws_floats;
-        attend_head(c, cache_l, kvb, i, n, pos0, ws);
+        attend_head(c, cache_l, kvb, &ly->kv_b, i, n, pos0, ws);
     }
     /* out = W^O concat_i(o_i)                                      (n, d) */
     dsc_k_matmul(k, w->y, w->attn, &ly->o, n);

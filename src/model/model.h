@@ -88,6 +88,8 @@ typedef struct {
     float *head_ws;  /* per thread: attention scratch, head_ws_floats each */
     int64_t head_ws_floats;
     float *group_ws; /* (B, n_group) group scores                  */
+    float *logits;   /* (V) last-token logits for dsc_generate      */
+    int32_t *tokens; /* (n_ctx) ids at each cached position         */
 } dsc_work;
 
 struct dsc_ctx {
@@ -100,6 +102,8 @@ struct dsc_ctx {
     void *work_mem;
     int64_t work_bytes;
     dsc_work w;
+    int64_t n_past;  /* positions 0..n_past-1 are in the cache     */
+    int32_t pending; /* sampled but not yet fed (-1: none)         */
 };
 
 /* mla.c: attention block for tokens pos0..pos0+n-1; reads w->xn, writes w->y. */

@@ -108,8 +108,11 @@ static void test_parity(dsc_t *t) {
 /* Prefill a prefix in one call, a chunk of several tokens at pos0 > 0, then
    one token at a time: every row must equal the full-sequence logits. */
 static void test_incremental(dsc_t *t) {
-    const char *names[] = {"v2_lite", "v3"};
-    for (int f = 0; f < 2; f++) {
+    /* v3_bf16 / v3_fp8 also take the decode path that applies kv_b_proj
+       from its stored dtype (SIMD view for BF16; FP8 heads off a 128-row
+       block boundary, the reference fallback) */
+    const char *names[] = {"v2_lite", "v3", "v3_bf16", "v3_fp8"};
+    for (int f = 0; f < 4; f++) {
         dsc_model_t *m = load_fixture(t, names[f]);
         if (!m) continue;
         ref_data r;

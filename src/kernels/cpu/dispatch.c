@@ -261,3 +261,58 @@ void dsc_k_silu_mul(float *out, const float *g, const float *u, int64_t n) {
         out[i] = gv * sig * u[i];
     }
 }
+
+/* ---- row-range products for a caller's own parallel loop (MLA decode) ---- */
+
+void dsc_k_matvec_rows(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t r1,
+                       const float *x, int64_t m, float *y, int64_t ldy) {
+    const int64_t cols = w->cols;
+    const int fp8 = w->dtype == DSC_F8_E4M3;
+    if (r1 <= r0 || m <= 0) return;
+    if (!fp8 || r0 % DSC_FP8_BLOCK == 0) {
+        /* a view starting at row r0: the SIMD matvec indexes y by row, and
+           an FP8 view must start on a scale-block boundary */
+        dsc_wmat sub = *w;
+        sub.data = (const char *)w->data + (size_t)r0 * (size_t)cols * dsc_dtype_size(w->dtype);
+        sub.rows = r1 - r0;
+        if (fp8) sub.scale = w->scale + (size_t)(r0 / DSC_FP8_BLOCK) * (size_t)w->scale_cols;
+        for (int64_t i0 = 0; i0 < m; i0 += MATVEC_MAX_M)
+            k->ops->matvec(&sub, x + (size_t)i0 * (size_t)cols, min64(MATVEC_MAX_M, m - i0), 0,
+                           r1 - r0, y + (size_t)i0 * (size_t)ldy, ldy);
+        return;
+    }
+    /* FP8 rows off a block boundary: through the exact reference dequant */
+    float buf[256];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t i = 0; i < m; i++) {
+            const float *xi = x + (size_t)i * (size_t)cols;
+            float acc = 0.0f;
+            for (int64_t c0 = 0; c0 < cols; c0 += 256) {
+                int64_t n = min64(256, cols - c0);
+                dsc_wmat_row(w, r, c0, n, buf);
+                for (int64_t c = 0; c < n; c++) acc += xi[c0 + c] * buf[c];
+            }
+            y[(size_t)i * (size_t)ldy + (size_t)(r - r0)] = acc;
+        }
+}
+
+/* One axpy of a dequantised chunk into a query's output; restrict lets the
+   compiler vectorize it. */
+static void axpy(float *restrict y, const float *restrict v, float a, int64_t n) {
+    for (int64_t c = 0; c < n; c++) y[c] += a * v[c];
+}
+
+void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr,
+                    const float *x, int64_t ldx, int64_t m, float *y, int64_t ldy) {
+    (void)k;
+    const int64_t cols = w->cols;
+    for (int64_t i = 0; i < m; i++) memset(y + (size_t)i * (size_t)ldy, 0, (size_t)cols * sizeof *y);
+    float buf[256];
+    for (int64_t r = 0; r < nr; r++)
+        for (int64_t c0 = 0; c0 < cols; c0 += 256) {
+            int64_t n = min64(256, cols - c0);
+            dsc_wmat_row(w, r0 + r, c0, n, buf);
+            for (int64_t i = 0; i < m; i++)
+                axpy(y + (size_t)i * (size_t)ldy + (size_t)c0, buf, x[(size_t)i * (size_t)ldx + (size_t)r], n);
+        }
+}

@@ -1,0 +1,52 @@
+/*
+ * cli.h - shared by the files of the dsc command-line tool: the parsed
+ * options and the helpers every subcommand uses. The CLI is the only part of
+ * dsc that prints to the terminal on its own or calls exit().
+ */
+#ifndef DSC_CLI_H
+#define DSC_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "dsc.h"
+
+typedef struct {
+    const char *model_dir;
+    const char *ids;          /* --ids "5,17,42"                          */
+    const char *out;          /* -o FILE                                  */
+    const char *prompt;       /* -p TEXT                                  */
+    const char *prompt_file;  /* -f FILE                                  */
+    const char *system;       /* --system TEXT (chat)                     */
+    int threads;              /* -t; 0 = OpenMP default                    */
+    int64_t n_ctx;            /* -c; 0 = command default                   */
+    int64_t n_batch;          /* -b; 0 = 512                               */
+    int64_t n_predict;        /* -n; -1 = until EOS or full context        */
+    dsc_attn_mode attn;
+    dsc_sampler_params sp;
+    int seed_set;
+    int print_ids;            /* --print-ids                              */
+    int no_bos;               /* --no-bos                                 */
+    int quiet;                /* -q                                       */
+} cli_opts;
+
+/* Parse argv[2..] into o (argv[1] is the command); exits 2 on bad usage. */
+void cli_parse(int argc, char **argv, cli_opts *o);
+_Noreturn void cli_die_usage(const char *msg, const char *arg);
+_Noreturn void cli_die(const dsc_err *e);
+/* "5,17,42" -> malloc'd ids (exits 2 on a malformed list). */
+int32_t *cli_parse_ids(const char *s, int64_t *n);
+double cli_now(void);
+/* Load the model (with a progress line on stderr unless quiet); exits on error. */
+dsc_model_t *cli_load_model(const cli_opts *o, double *load_s);
+/* Human-readable bytes, e.g. "1.25 GiB". */
+void cli_bytes(char *buf, size_t n, double v);
+
+int cmd_info(const cli_opts *o);
+int cmd_logits(const cli_opts *o);
+int cmd_run(const cli_opts *o);
+int cmd_chat(const cli_opts *o);
+int cmd_tokenize(const cli_opts *o);
+int cmd_detokenize(const cli_opts *o);
+
+#endif
