@@ -10,12 +10,21 @@ model classes and writes, per fixture directory tests/fixtures/<name>/:
                                    (one tensor per routed expert, FP8 + _scale_inv, ...)
   ref_ids.i32                      input token ids, int32 little-endian
   ref_logits.f64                   expected logits [n_ids][vocab_size], float64 LE
+  gen_prompt.i32, gen_ids.i32      (fixtures with a Gen spec) a prompt and the ids that
+                                   transformers' greedy generate() appends to it, EOS masked
+  tokenizer.json, tokenizer_config.json, gen_prompt.txt, gen_text.txt
+                                   (fixtures with a tokenizer) copied tokenizer, the text prompt
+                                   and the decoded generated ids
+
+Each fixture is a declarative `Fixture` spec (FIXTURES below: config values + storage and
+reference options) run through the same pipeline (make_fixture).
 
 The expected logits come from one forward pass (positions 0..n-1, no cache) of the
 transformers model whose weights were read back *from the written files* (bf16
 upcast exactly, fp8 dequantised exactly in float64), run entirely in float64
 (see Float64Mode below: transformers keeps some float32 "islands" even after
 model.double(); the mode upgrades them so no float32 arithmetic remains).
+The generation references come from model.generate() (default KV cache) under the same mode.
 
 Checks done for every fixture (the script aborts if one fails):
   * the files round-trip: tensors read back == tensors written (exactly);
@@ -27,10 +36,13 @@ Checks done for every fixture (the script aborts if one fails):
   * an independent float64 numpy forward written from the spec (official DeepSeek
     semantics: complex/interleaved RoPE, -inf group masking, demo router) matches
     the reference logits;
-  * router decisions have a safe margin (so float32 engines pick the same experts).
+  * router decisions have a safe margin (so float32 engines pick the same experts);
+  * generation: generate()'s ids == a no-cache argmax loop == the numpy forward's argmaxes
+    == transformers' float32 generate(); top-1/top-2 margins >= 1e-3 at every step.
 
 Usage:  python3 tests/reference/make_fixtures.py [--out tests/fixtures] [--only NAME ...]
-Requires: torch, transformers (5.24 used), safetensors, numpy.
+Requires: torch, transformers (5.24 used), tokenizers, safetensors, numpy.
+The v3_tok fixture needs tests/fixtures/tokenizer_brown/ (tokenizer.json, tokenizer_config.json).
 """
 
 import argparse
@@ -39,11 +51,12 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
+import tokenizers
 import torch
 from torch.overrides import TorchFunctionMode
 from safetensors.torch import save_file, load_file
@@ -64,9 +77,10 @@ COMMAND = "python3 tests/reference/make_fixtures.py"
 MIN_ROUTER_MARGIN = 1e-3
 
 # ----------------------------------------------------------------------------
-# Fixture definitions
+# Fixture definitions: one small declarative spec per fixture
 # ----------------------------------------------------------------------------
 
+# Keys every config.json starts with (after architectures / model_type).
 COMMON = {
     "attention_bias": False,
     "attention_dropout": 0.0,
@@ -82,316 +96,156 @@ COMMON = {
     "moe_layer_freq": 1,
 }
 
+# Model dimensions and router choices, in config.json order. A spec's `dims` gives the
+# sizes (and the V2 router choices); num_key_value_heads always equals num_attention_heads.
+MODEL_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
+    "first_k_dense_replace", "num_attention_heads", "num_key_value_heads", "q_lora_rank", "kv_lora_rank",
+    "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_routed_experts", "n_shared_experts",
+    "num_experts_per_tok", "n_group", "topk_group", "topk_method", "scoring_func", "norm_topk_prob",
+    "routed_scaling_factor",
+)
 
-def v2_lite_config():
-    c = {
-        "architectures": ["DeepseekV2ForCausalLM"],
-        "model_type": "deepseek_v2",
-        **COMMON,
-        "vocab_size": 112,
-        "hidden_size": 96,
-        "intermediate_size": 128,
-        "moe_intermediate_size": 24,
-        "num_hidden_layers": 3,
-        "first_k_dense_replace": 1,
-        "num_attention_heads": 3,
-        "num_key_value_heads": 3,
-        "q_lora_rank": None,
-        "kv_lora_rank": 32,
-        "qk_nope_head_dim": 16,
-        "qk_rope_head_dim": 8,
-        "v_head_dim": 12,
-        "n_routed_experts": 8,
-        "n_shared_experts": 2,
-        "num_experts_per_tok": 3,
-        "n_group": 1,
-        "topk_group": 1,
-        "topk_method": "greedy",
-        "scoring_func": "softmax",
-        "norm_topk_prob": False,
-        "routed_scaling_factor": 1.0,
-        "max_position_embeddings": 64,
-        # Hub form (as in deepseek-ai/DeepSeek-V2-Lite/config.json). rope_theta is
-        # small so that the 4 rope pairs of an 8-dim rope really blend (ramp 0, .5, 1, 1).
-        "rope_theta": 10.0,
-        "rope_scaling": {
-            "type": "yarn",
-            "factor": 4.0,
-            "original_max_position_embeddings": 16,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 0.707,
-            "mscale_all_dim": 0.707,
-        },
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "transformers_version": "4.33.1",
-    }
+ARCHS = {
+    "v2": dict(cls="DeepseekV2ForCausalLM", model_type="deepseek_v2",
+               router=dict(scoring_func="softmax", norm_topk_prob=False)),
+    "v3": dict(cls="DeepseekV3ForCausalLM", model_type="deepseek_v3",
+               router=dict(topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True,
+                           routed_scaling_factor=2.5)),
+}
+
+FP8_QUANT_CONFIG = {
+    "activation_scheme": "dynamic",
+    "fmt": "e4m3",
+    "quant_method": "fp8",
+    "weight_block_size": [128, 128],
+}
+
+
+@dataclass(frozen=True)
+class Gen:
+    """Greedy-generation reference: `n_new` ids after a prompt, EOS masked throughout
+    (generate(..., min_new_tokens=n_new, max_new_tokens=n_new, do_sample=False)).
+    Prompts are random ids (`prompt_len`, fixed seed sequence) or, for a fixture with a
+    tokenizer, the candidate `texts` in order; the first one whose greedy path is safe
+    (top-1/top-2 and router margins) is kept."""
+    n_new: int = 24
+    prompt_len: int = 8
+    texts: tuple = ()
+
+
+@dataclass(frozen=True)
+class Fixture:
+    name: str
+    covers: str
+    arch: str                   # "v2" | "v3"
+    form: str                   # config layout: "hub" (rope_scaling + rope_theta, torch_dtype,
+                                #   ep_size for V3, as the released config.json files) or
+                                #   "tf5" (transformers-5 rope_parameters, dtype)
+    dims: dict                  # MODEL_KEYS values (vocab_size may come from `tokenizer`)
+    yarn: tuple                 # (rope_theta, factor, original_max_position_embeddings, mscale = mscale_all_dim)
+    max_pos: int                # max_position_embeddings
+    seed: int                   # weights; ids are drawn with seed*1000 + attempt
+    n_ids: int                  # length of ref_ids.i32
+    storage: str = "f32"        # "f32" | "bf16" | "fp8"
+    shards: int = 1
+    mtp: bool = False           # one MTP module (layer num_hidden_layers) in the files
+    rope_interleave: bool | None = None  # None: no rope_interleave key
+    tie: bool = False           # tie_word_embeddings
+    gen: Gen | None = None      # greedy-generation reference (gen_*.i32)
+    tokenizer: str | None = None  # directory under the output root whose tokenizer files are copied
+
+
+def make_config(fx, tok=None):
+    """config.json dict for a spec; `tok` (from tokenizer_info) sets vocab_size and bos/eos ids."""
+    a = ARCHS[fx.arch]
+    hub = fx.form == "hub"
+    dims = {**a["router"], **fx.dims, "num_key_value_heads": fx.dims["num_attention_heads"]}
+    c = {"architectures": [a["cls"]], "model_type": a["model_type"], **COMMON}
+    if tok is not None:
+        dims["vocab_size"] = tok["vocab_size"]
+        c.update(bos_token_id=tok["bos_token_id"], eos_token_id=tok["eos_token_id"])
+    assert set(dims) == set(MODEL_KEYS) and dims["vocab_size"] is not None, sorted(set(dims) ^ set(MODEL_KEYS))
+    if fx.arch == "v3" and hub:
+        c["ep_size"] = 1
+    c.update((k, dims[k]) for k in MODEL_KEYS)
+    if fx.arch == "v3":
+        c["num_nextn_predict_layers"] = int(fx.mtp)
+    c["max_position_embeddings"] = fx.max_pos
+    theta, factor, l0, mscale = fx.yarn
+    yarn = {"factor": factor, "original_max_position_embeddings": l0, "beta_fast": 32, "beta_slow": 1,
+            "mscale": mscale, "mscale_all_dim": mscale}
+    if hub:
+        c["rope_theta"] = theta
+        c["rope_scaling"] = {"type": "yarn", **yarn}
+    else:
+        c["rope_parameters"] = {"rope_type": "yarn", "rope_theta": theta, **yarn}
+    if fx.rope_interleave is not None:
+        c["rope_interleave"] = fx.rope_interleave
+    if fx.storage == "fp8":
+        c["quantization_config"] = dict(FP8_QUANT_CONFIG)
+    c["tie_word_embeddings"] = fx.tie
+    c["torch_dtype" if hub else "dtype"] = "float32" if fx.storage == "f32" else "bfloat16"
+    c["transformers_version"] = "4.33.1" if hub else transformers.__version__
     return c
 
 
-def v2_config():
-    c = {
-        "architectures": ["DeepseekV2ForCausalLM"],
-        "model_type": "deepseek_v2",
-        **COMMON,
-        "vocab_size": 144,
-        "hidden_size": 80,
-        "intermediate_size": 144,
-        "moe_intermediate_size": 24,
-        "num_hidden_layers": 3,
-        "first_k_dense_replace": 1,
-        "num_attention_heads": 5,
-        "num_key_value_heads": 5,
-        "q_lora_rank": 40,
-        "kv_lora_rank": 48,
-        "qk_nope_head_dim": 16,
-        "qk_rope_head_dim": 32,
-        "v_head_dim": 20,
-        "n_routed_experts": 8,
-        "n_shared_experts": 2,
-        "num_experts_per_tok": 3,
-        "n_group": 4,
-        "topk_group": 2,
-        "topk_method": "group_limited_greedy",
-        "scoring_func": "softmax",
-        "norm_topk_prob": False,
-        "routed_scaling_factor": 16.0,
-        "max_position_embeddings": 160,
-        # transformers-5 form: no rope_scaling / rope_theta keys at top level.
-        "rope_parameters": {
-            "rope_type": "yarn",
-            "rope_theta": 10000.0,
-            "factor": 8.0,
-            "original_max_position_embeddings": 20,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 0.707,
-            "mscale_all_dim": 0.707,
-        },
-        "tie_word_embeddings": False,
-        "dtype": "float32",
-        "transformers_version": transformers.__version__,
-    }
-    return c
-
-
-def v3_config():
-    c = {
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "model_type": "deepseek_v3",
-        **COMMON,
-        "ep_size": 1,
-        "vocab_size": 128,
-        "hidden_size": 72,
-        "intermediate_size": 112,
-        "moe_intermediate_size": 16,
-        "num_hidden_layers": 3,
-        "first_k_dense_replace": 1,
-        "num_attention_heads": 3,
-        "num_key_value_heads": 3,
-        "q_lora_rank": 40,
-        "kv_lora_rank": 32,
-        "qk_nope_head_dim": 16,
-        "qk_rope_head_dim": 64,
-        "v_head_dim": 24,
-        "n_routed_experts": 12,
-        "n_shared_experts": 1,
-        "num_experts_per_tok": 4,
-        "n_group": 4,
-        "topk_group": 2,
-        "topk_method": "noaux_tc",
-        "scoring_func": "sigmoid",
-        "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
-        "num_nextn_predict_layers": 1,
-        "max_position_embeddings": 640,
-        "rope_theta": 10000,
-        "rope_scaling": {
-            "type": "yarn",
-            "factor": 40,
-            "original_max_position_embeddings": 16,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
-        },
-        "rope_interleave": True,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float32",
-        "transformers_version": "4.33.1",
-    }
-    return c
-
-
-def v3_nointerleave_config():
-    c = {
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "model_type": "deepseek_v3",
-        **COMMON,
-        "vocab_size": 136,
-        "hidden_size": 56,
-        "intermediate_size": 96,
-        "moe_intermediate_size": 16,
-        "num_hidden_layers": 2,
-        "first_k_dense_replace": 1,
-        "num_attention_heads": 7,
-        "num_key_value_heads": 7,
-        "q_lora_rank": 24,
-        "kv_lora_rank": 40,
-        "qk_nope_head_dim": 8,
-        "qk_rope_head_dim": 32,
-        "v_head_dim": 12,
-        "n_routed_experts": 8,
-        "n_shared_experts": 1,
-        "num_experts_per_tok": 2,
-        "n_group": 2,
-        "topk_group": 1,
-        "topk_method": "noaux_tc",
-        "scoring_func": "sigmoid",
-        "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
-        "num_nextn_predict_layers": 0,
-        "max_position_embeddings": 64,
-        "rope_parameters": {
-            "rope_type": "yarn",
-            "rope_theta": 10000.0,
-            "factor": 4.0,
-            "original_max_position_embeddings": 16,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 0.707,
-            "mscale_all_dim": 0.707,
-        },
-        "rope_interleave": False,
-        "tie_word_embeddings": True,
-        "dtype": "float32",
-        "transformers_version": transformers.__version__,
-    }
-    return c
-
-
-def v3_bf16_config():
-    c = {
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "model_type": "deepseek_v3",
-        **COMMON,
-        "ep_size": 1,
-        "vocab_size": 160,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "moe_intermediate_size": 24,
-        "num_hidden_layers": 3,
-        "first_k_dense_replace": 2,
-        "num_attention_heads": 5,
-        "num_key_value_heads": 5,
-        "q_lora_rank": 48,
-        "kv_lora_rank": 32,
-        "qk_nope_head_dim": 12,
-        "qk_rope_head_dim": 32,
-        "v_head_dim": 20,
-        "n_routed_experts": 8,
-        "n_shared_experts": 1,
-        "num_experts_per_tok": 2,
-        "n_group": 4,
-        "topk_group": 2,
-        "topk_method": "noaux_tc",
-        "scoring_func": "sigmoid",
-        "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
-        "num_nextn_predict_layers": 0,
-        "max_position_embeddings": 640,
-        # Hub form, and NO rope_interleave key (real V3 configs lack it; HF default True).
-        "rope_theta": 10000,
-        "rope_scaling": {
-            "type": "yarn",
-            "factor": 40,
-            "original_max_position_embeddings": 16,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
-        },
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.33.1",
-    }
-    return c
-
-
-def v3_fp8_config():
-    c = {
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "model_type": "deepseek_v3",
-        **COMMON,
-        "ep_size": 1,
-        "vocab_size": 168,
-        "hidden_size": 160,
-        "intermediate_size": 200,
-        "moe_intermediate_size": 144,
-        "num_hidden_layers": 2,
-        "first_k_dense_replace": 1,
-        "num_attention_heads": 3,
-        "num_key_value_heads": 3,
-        "q_lora_rank": 136,
-        "kv_lora_rank": 144,
-        "qk_nope_head_dim": 32,
-        "qk_rope_head_dim": 64,
-        "v_head_dim": 40,
-        "n_routed_experts": 8,
-        "n_shared_experts": 1,
-        "num_experts_per_tok": 3,
-        "n_group": 4,
-        "topk_group": 2,
-        "topk_method": "noaux_tc",
-        "scoring_func": "sigmoid",
-        "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
-        "num_nextn_predict_layers": 0,
-        "max_position_embeddings": 640,
-        "rope_theta": 10000,
-        "rope_scaling": {
-            "type": "yarn",
-            "factor": 40,
-            "original_max_position_embeddings": 16,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
-        },
-        "quantization_config": {
-            "activation_scheme": "dynamic",
-            "fmt": "e4m3",
-            "quant_method": "fp8",
-            "weight_block_size": [128, 128],
-        },
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.33.1",
-    }
-    return c
+def dims(vocab, hidden, inter, moe_inter, layers, dense, heads, q_lora, kv_lora, nope, rope, v,
+         experts, shared, top_k, n_group, topk_group, **router):
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, moe_intermediate_size=moe_inter,
+                num_hidden_layers=layers, first_k_dense_replace=dense, num_attention_heads=heads,
+                q_lora_rank=q_lora, kv_lora_rank=kv_lora, qk_nope_head_dim=nope, qk_rope_head_dim=rope,
+                v_head_dim=v, n_routed_experts=experts, n_shared_experts=shared, num_experts_per_tok=top_k,
+                n_group=n_group, topk_group=topk_group, **router)
 
 
 FIXTURES = [
-    dict(name="v2_lite", config=v2_lite_config, storage="f32", n_ids=24, seed=1001,
-         covers="V2-Lite shape: q_proj (no q_lora), greedy softmax top-k, no norm, scale 1.0, "
-                "2 shared experts, rope 8 (complex/interleaved), Hub `rope_scaling` form"),
-    dict(name="v2", config=v2_config, storage="f32", n_ids=28, seed=1002,
-         covers="V2 shape: q_lora, group_limited_greedy (group max), routed_scaling 16, rope 32, "
-                "transformers-5 `rope_parameters` form"),
-    dict(name="v3", config=v3_config, storage="f32", n_ids=26, seed=1003, shards=2, mtp=True,
-         covers="V3: noaux_tc sigmoid + nonzero e_score_correction_bias, group limiting drops groups, "
-                "norm_topk_prob, x2.5, rope 64 interleaved, mscale 1.0; 2 shards + index; MTP layer 3 in files"),
-    dict(name="v3_nointerleave", config=v3_nointerleave_config, storage="f32", n_ids=22, seed=1004,
-         covers="V3 with rope_interleave=false (rotate-half pairs), tie_word_embeddings=true "
-                "(no lm_head.weight in file), 7 heads, transformers-5 `rope_parameters` form"),
-    dict(name="v3_bf16", config=v3_bf16_config, storage="bf16", n_ids=20, seed=1005,
-         covers="V3, every tensor BF16 except e_score_correction_bias F32; first_k_dense_replace=2; "
-                "no rope_interleave key (default true)"),
-    dict(name="v3_fp8", config=v3_fp8_config, storage="fp8", n_ids=24, seed=1006,
-         covers="V3 FP8 e4m3 block-128 weights + F32 _scale_inv with ragged edges in both dims; "
-                "embed/lm_head/norms/gate BF16, bias F32; quantization_config"),
+    # V2-Lite (deepseek-ai/DeepSeek-V2-Lite/config.json form). rope_theta is small so that
+    # the 4 rope pairs of an 8-dim rope really blend (ramp 0, .5, 1, 1).
+    Fixture("v2_lite", arch="v2", form="hub", seed=1001, n_ids=24, gen=Gen(),
+            dims=dims(112, 96, 128, 24, 3, 1, 3, None, 32, 16, 8, 12, 8, 2, 3, 1, 1,
+                      topk_method="greedy", routed_scaling_factor=1.0),
+            yarn=(10.0, 4.0, 16, 0.707), max_pos=64,
+            covers="V2-Lite shape: q_proj (no q_lora), greedy softmax top-k, no norm, scale 1.0, "
+                   "2 shared experts, rope 8 (complex/interleaved), Hub `rope_scaling` form"),
+    Fixture("v2", arch="v2", form="tf5", seed=1002, n_ids=28,
+            dims=dims(144, 80, 144, 24, 3, 1, 5, 40, 48, 16, 32, 20, 8, 2, 3, 4, 2,
+                      topk_method="group_limited_greedy", routed_scaling_factor=16.0),
+            yarn=(10000.0, 8.0, 20, 0.707), max_pos=160,
+            covers="V2 shape: q_lora, group_limited_greedy (group max), routed_scaling 16, rope 32, "
+                   "transformers-5 `rope_parameters` form"),
+    Fixture("v3", arch="v3", form="hub", seed=1003, n_ids=26, shards=2, mtp=True, rope_interleave=True, gen=Gen(),
+            dims=dims(128, 72, 112, 16, 3, 1, 3, 40, 32, 16, 64, 24, 12, 1, 4, 4, 2),
+            yarn=(10000, 40, 16, 1.0), max_pos=640,
+            covers="V3: noaux_tc sigmoid + nonzero e_score_correction_bias, group limiting drops groups, "
+                   "norm_topk_prob, x2.5, rope 64 interleaved, mscale 1.0; 2 shards + index; MTP layer 3 in files"),
+    Fixture("v3_nointerleave", arch="v3", form="tf5", seed=1004, n_ids=22, rope_interleave=False, tie=True,
+            dims=dims(136, 56, 96, 16, 2, 1, 7, 24, 40, 8, 32, 12, 8, 1, 2, 2, 1),
+            yarn=(10000.0, 4.0, 16, 0.707), max_pos=64,
+            covers="V3 with rope_interleave=false (rotate-half pairs), tie_word_embeddings=true "
+                   "(no lm_head.weight in file), 7 heads, transformers-5 `rope_parameters` form"),
+    # Hub form and NO rope_interleave key (real V3 configs lack it; HF default True).
+    Fixture("v3_bf16", arch="v3", form="hub", storage="bf16", seed=1005, n_ids=20,
+            dims=dims(160, 64, 96, 24, 3, 2, 5, 48, 32, 12, 32, 20, 8, 1, 2, 4, 2),
+            yarn=(10000, 40, 16, 1.0), max_pos=640,
+            covers="V3, every tensor BF16 except e_score_correction_bias F32; first_k_dense_replace=2; "
+                   "no rope_interleave key (default true)"),
+    Fixture("v3_fp8", arch="v3", form="hub", storage="fp8", seed=1006, n_ids=24, gen=Gen(),
+            dims=dims(168, 160, 200, 144, 2, 1, 3, 136, 144, 32, 64, 40, 8, 1, 3, 4, 2),
+            yarn=(10000, 40, 16, 1.0), max_pos=640,
+            covers="V3 FP8 e4m3 block-128 weights + F32 _scale_inv with ragged edges in both dims; "
+                   "embed/lm_head/norms/gate BF16, bias F32; quantization_config"),
+    # vocab_size and bos/eos ids come from the brown-corpus tokenizer; hidden 48 (not 64) and
+    # 9 ref ids keep the directory under 1.5 MB with a 4096-token vocabulary.
+    Fixture("v3_tok", arch="v3", form="hub", storage="bf16", seed=1007, n_ids=9, tokenizer="tokenizer_brown",
+            gen=Gen(texts=("The jury said", "The jury further said", "It was a quiet day in the city",
+                           "He said that the", "The committee")),
+            dims=dims(None, 48, 64, 16, 2, 1, 4, 32, 32, 12, 16, 16, 8, 1, 2, 4, 2),
+            yarn=(10000, 40, 8, 1.0), max_pos=640,
+            covers="V3 BF16 with a real byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json "
+                   "copied from tokenizer_brown); vocab_size and bos/eos ids from it; text prompt generation"),
 ]
+
 
 # ----------------------------------------------------------------------------
 # float64 everywhere
@@ -943,26 +797,43 @@ def sha(path):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def make_fixture(fx, out_root):
-    name = fx["name"]
-    d = os.path.join(out_root, name)
-    if os.path.isdir(d):
-        shutil.rmtree(d)
-    os.makedirs(d)
-    c = fx["config"]()
-    print(f"\n=== {name} ===")
-    cpath = os.path.join(d, "config.json")
-    with open(cpath, "w") as f:
-        json.dump(c, f, indent=2)
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
         f.write("\n")
+    return path
 
-    # 1. transformers model from the written config, with our random weights
+
+def write_i32(path, ids):
+    np.asarray(ids, dtype="<i4").tofile(path)
+    return path
+
+
+def first_safe(candidates, evaluate, what):
+    """evaluate(candidate) -> (ok, result) for each candidate in turn; the first ok result wins."""
+    for attempt, cand in enumerate(candidates):
+        ok, res = evaluate(cand)
+        if ok:
+            return attempt, res
+    raise RuntimeError(f"no {what} with safe margins")
+
+
+def random_ids(seed, n, vocab, exclude=()):
+    """n ids drawn uniformly from range(vocab) minus `exclude` (torch generator `seed`)."""
+    g = torch.Generator().manual_seed(seed)
+    if not exclude:
+        return torch.randint(0, vocab, (n,), generator=g).tolist()
+    allowed = [i for i in range(vocab) if i not in exclude]
+    return [allowed[i] for i in torch.randint(0, len(allowed), (n,), generator=g).tolist()]
+
+
+def random_checkpoint(fx, c, d):
+    """Random float32 weights: HF state dict (fused experts) and checkpoint dict (+ MTP)."""
     cfg = load_hf_config(d)
-    cls = CLASSES[cfg.architectures[0]]
     assert cfg.model_type == c["model_type"]
     torch.manual_seed(0)
-    model = cls(cfg).eval()
-    gen = torch.Generator().manual_seed(fx["seed"])
+    model = CLASSES[cfg.architectures[0]](cfg).eval()
+    gen = torch.Generator().manual_seed(fx.seed)
     sd = {}
     for n, t in sorted(model.state_dict().items()):
         if n == "lm_head.weight" and c.get("tie_word_embeddings"):
@@ -970,16 +841,17 @@ def make_fixture(fx, out_root):
         sd[n] = fill_value(n, tuple(t.shape), gen).float()
     if c.get("tie_word_embeddings"):
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-
-    # 2. checkpoint names, MTP extras, storage dtype, files
     ck = hf_to_checkpoint(sd, c)
-    if fx.get("mtp"):
+    if fx.mtp:
         assert c.get("num_nextn_predict_layers", 0) == 1
         ck.update(make_mtp_tensors(c, gen))
-    stored = encode(ck, fx["storage"])
-    written = write_weights(d, stored, fx.get("shards", 1))
+    return sd, ck
 
-    # 3. read back and check the round trip (exact)
+
+def store_and_read_back(fx, c, d, sd, ck):
+    """Writes the weight files, reads them back (bit-exact check) and decodes them to float64."""
+    stored = encode(ck, fx.storage)
+    written = write_weights(d, stored, fx.shards)
     back = read_weights(d)
     assert set(back) == set(stored)
     for n in stored:
@@ -990,75 +862,293 @@ def make_fixture(fx, out_root):
     assert set(hf64) == set(sd), set(hf64) ^ set(sd)
     worst_q = 0.0
     for n in sd:
-        if fx["storage"] == "f32":
+        if fx.storage == "f32":
             assert torch.equal(hf64[n], sd[n].double()), n
-        elif fx["storage"] == "bf16" and not n.endswith("e_score_correction_bias"):
+        elif fx.storage == "bf16" and not n.endswith("e_score_correction_bias"):
             assert torch.equal(hf64[n], sd[n].bfloat16().double()), n
-        else:
+        else:  # fp8 (and the F32 bias of bf16: exact, rel = 0)
             rel = ((hf64[n] - sd[n].double()).abs().max() / sd[n].double().abs().max()).item()
             worst_q = max(worst_q, rel)
-    if fx["storage"] == "fp8":
+    if fx.storage == "fp8":
         print(f"  fp8 quantisation: worst max|dW|/max|W| over tensors = {worst_q:.3g}")
         assert worst_q < 0.07
+    return written, back, ck64, hf64, len(stored)
 
-    # 4. reference: transformers, float64 throughout, weights from the files
+
+def reference_model(d, c, hf64):
+    """The transformers model in true float64 (Float64Mode) with the weights from the files."""
     mode = Float64Mode()
-    ref_model = build_model(d, hf64, f64_mode=mode)
-    inv = ref_model.model.rotary_emb.inv_freq
+    m = build_model(d, hf64, f64_mode=mode)
+    inv = m.model.rotary_emb.inv_freq
     assert inv.dtype == torch.float64
     np_inv, ramp = yarn_inv_freq(c)
     assert np.allclose(inv.numpy(), np_inv, rtol=1e-14, atol=0), (inv, np_inv)
-    assert ref_model.model.rotary_emb.attention_scaling == 1.0
-    assert abs(ref_model.model.layers[0].self_attn.scaling - softmax_scale(c)) < 1e-15
+    assert m.model.rotary_emb.attention_scaling == 1.0
+    assert abs(m.model.layers[0].self_attn.scaling - softmax_scale(c)) < 1e-15
+    return m, mode, ramp
+
+
+def router_margin(st):
+    return min(st["expert_margin"], st["group_margin"])
+
+
+def check_hf_loader(fx, c, d, hf64, back, ids, plain):
+    """transformers' own from_pretrained must load our files to the same weights, and its
+    save_pretrained must write our names and values."""
+    cls = CLASSES[c["architectures"][0]]
+    m2, info = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
+                                   experts_implementation="eager", output_loading_info=True)
+    L = c["num_hidden_layers"]
+    unexpected = [k for k in info["unexpected_keys"] if not k.startswith(f"model.layers.{L}.")]
+    assert not unexpected and not info["missing_keys"] and not info["mismatched_keys"], info
+    if fx.mtp:
+        print(f"  HF from_pretrained ignored {len(info['unexpected_keys'])} MTP tensors (model.layers.{L}.*)")
+    for n, t in m2.state_dict().items():
+        assert torch.equal(t, hf64[n].float()), n
+    d_hf_load = (forward(m2, ids) - forward(plain, ids)).abs().max().item()
+    assert d_hf_load == 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        m2.save_pretrained(tmp)
+        theirs = read_weights(tmp)
+    ours = {n: t for n, t in back.items() if not n.startswith(f"model.layers.{L}.")}
+    assert set(theirs) == set(ours), sorted(set(theirs) ^ set(ours))[:10]
+    for n in ours:
+        assert torch.equal(theirs[n].float(), ours[n].float()), n
+    return d_hf_load
+
+
+# ----------------------------------------------------------------------------
+# Tokenizer (fixtures with `tokenizer`)
+# ----------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+BOS_TEXT = "<｜begin▁of▁sentence｜>"
+EOS_TEXT = "<｜end▁of▁sentence｜>"
+
+
+def _token_text(t):
+    return t["content"] if isinstance(t, dict) else t
+
+
+def copy_tokenizer(src, d):
+    for fn in TOKENIZER_FILES:
+        p = os.path.join(src, fn)
+        if not os.path.exists(p):
+            raise SystemExit(f"{os.path.relpath(p, ROOT)} is missing: the tokenizer must exist before this fixture")
+        shutil.copyfile(p, os.path.join(d, fn))
+    return [os.path.join(d, fn) for fn in TOKENIZER_FILES]
+
+
+def tokenizer_info(d):
+    """vocab_size, bos/eos ids and a text -> ids function with tokenizer_config.json's add_bos/add_eos.
+
+    transformers 5.24's AutoTokenizer drops add_bos_token/add_eos_token from tokenizer_config.json
+    whenever a tokenizer.json exists (tokenization_utils_base.py), so the ids would depend only on
+    tokenizer.json's post_processor. PreTrainedTokenizerFast is therefore built with those flags
+    passed explicitly (the transformers 4.x LlamaTokenizerFast behaviour); the result is checked
+    against AutoTokenizer and the raw `tokenizers` encoding, which differ only by the added tokens."""
+    with open(os.path.join(d, "tokenizer_config.json")) as f:
+        tc = json.load(f)
+    bos, eos = _token_text(tc["bos_token"]), _token_text(tc["eos_token"])
+    assert (bos, eos) == (BOS_TEXT, EOS_TEXT), (bos, eos)
+    add_bos, add_eos = bool(tc.get("add_bos_token", False)), bool(tc.get("add_eos_token", False))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(d, "tokenizer.json"), bos_token=bos,
+                                               eos_token=eos, add_bos_token=add_bos, add_eos_token=add_eos)
+    raw = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    auto = transformers.AutoTokenizer.from_pretrained(d)
+    vocab = raw.get_vocab_size(with_added_tokens=True)
+    assert vocab == len(tok) == max(raw.get_vocab(with_added_tokens=True).values()) + 1
+    bos_id, eos_id = raw.token_to_id(bos), raw.token_to_id(eos)
+    assert (bos_id, eos_id) == (tok.bos_token_id, tok.eos_token_id) == (auto.bos_token_id, auto.eos_token_id)
+
+    def encode_text(text):
+        ids = tok(text)["input_ids"]
+        plain = raw.encode(text, add_special_tokens=False).ids
+        assert ids == [bos_id] * add_bos + plain + [eos_id] * add_eos, (ids, plain)
+        auto_ids = auto(text)["input_ids"]
+        assert auto_ids in (ids, plain), auto_ids
+        return ids, auto_ids == ids
+
+    return dict(vocab_size=vocab, bos_token_id=bos_id, eos_token_id=eos_id, add_bos=add_bos, add_eos=add_eos,
+                encode=encode_text, decode=lambda ids, skip=False: tok.decode(ids, skip_special_tokens=skip))
+
+
+# ----------------------------------------------------------------------------
+# Greedy generation reference
+# ----------------------------------------------------------------------------
+
+# A greedy step whose best and second-best logits (after EOS masking) are closer than this
+# is rejected: the prompt is re-drawn.
+MIN_LOGIT_MARGIN = 1e-3
+
+
+def top2_margin(scores):
+    top = torch.topk(scores, 2).values
+    return (top[0] - top[1]).item()
+
+
+def hf_generate(m, prompt, n_new, eos, f64_mode=None):
+    """transformers generate(), greedy, EOS masked for all n_new steps, default (dynamic) KV cache.
+    Returns (new ids, processed scores per step, raw logits per step, forward input lengths)."""
+    x = torch.tensor([prompt], dtype=torch.long)
+    lengths = []
+    hook = m.model.register_forward_pre_hook(
+        lambda mod, args, kw: lengths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    kwargs = dict(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n_new, min_new_tokens=n_new,
+                  do_sample=False, eos_token_id=eos, pad_token_id=eos, return_dict_in_generate=True,
+                  output_scores=True, output_logits=True)
+    try:
+        with torch.no_grad():
+            if f64_mode is None:
+                out = m.generate(**kwargs)
+            else:
+                f64_mode.low.clear()
+                with f64_mode:
+                    out = m.generate(**kwargs)
+    finally:
+        hook.remove()
+    seq = out.sequences[0].tolist()
+    assert seq[:len(prompt)] == prompt and len(seq) == len(prompt) + n_new
+    return seq[len(prompt):], [s[0] for s in out.scores], [lg[0] for lg in out.logits], lengths
+
+
+def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
+    """Runs the checks of one candidate prompt; ok when the greedy path is safe."""
+    n_new, eos = fx.gen.n_new, c["eos_token_id"]
+    gen, scores, logits, lengths = hf_generate(ref_model, prompt, n_new, eos, mode)
+    assert not mode.low, f"float32 ops left in float64 generate: {mode.low}"
+    assert all(s.dtype == torch.float64 for s in scores + logits)
+    # one prefill over the prompt, then one token per step against the cache
+    assert lengths == [(1, len(prompt))] + [(1, 1)] * (n_new - 1), lengths
+    eos_picked = 0
+    for s, lg in zip(scores, logits):
+        keep = torch.arange(lg.numel()) != eos
+        assert torch.equal(s[keep], lg[keep]) and s[eos].item() == -math.inf  # only EOS is touched
+        eos_picked += int(torch.argmax(lg).item() == eos)
+    margins = [top2_margin(s) for s in scores]
+    # sanity: a plain argmax loop over the full sequence, no cache
+    seq, d_cache, nocache_margin = list(prompt), 0.0, math.inf
+    for t in range(n_new):
+        lg = forward(ref_model, seq, mode)[-1]
+        d_cache = max(d_cache, (lg - logits[t]).abs().max().item())
+        lg = lg.clone()
+        lg[eos] = -math.inf
+        nocache_margin = min(nocache_margin, top2_margin(lg))
+        seq.append(int(torch.argmax(lg)))
+    assert seq[len(prompt):] == gen, (seq[len(prompt):], gen)
+    # independent numpy forward over everything the engine evaluates (prompt + gen[:-1])
+    full = prompt + gen[:-1]
+    spec_logits, st = spec_forward(c, W, full)
+    spec_tail = spec_logits[len(prompt) - 1:].copy()
+    spec_tail[:, eos] = -np.inf
+    assert spec_tail.argmax(-1).tolist() == gen
+    ref_full = forward(ref_model, full, mode).numpy()
+    d_spec = np.abs(ref_full - spec_logits).max()
+    assert d_spec < 1e-10, d_spec
+    # what a float32 evaluation (HF float32, with cache) picks
+    f32_gen = hf_generate(plain, prompt, n_new, eos)[0]
+    res = dict(prompt=prompt, gen=gen, min_margin=min(margins), nocache_margin=nocache_margin,
+               eos_picked=eos_picked, d_cache=d_cache, d_spec=d_spec, router_margin=router_margin(st),
+               f32_agrees=f32_gen == gen)
+    ok = (min(margins) >= MIN_LOGIT_MARGIN and nocache_margin >= MIN_LOGIT_MARGIN
+          and res["router_margin"] >= MIN_ROUTER_MARGIN and res["f32_agrees"])
+    return ok, res
+
+
+def make_generation(fx, c, d, W, ref_model, mode, plain, tok):
+    V = c["vocab_size"]
+    specials = (c["bos_token_id"], c["eos_token_id"])
+    if fx.gen.texts:
+        cands = fx.gen.texts
+        to_ids = lambda text: tok["encode"](text)[0]
+    else:
+        # random prompts without BOS/EOS, fixed seed sequence
+        cands = (fx.seed * 1000 + 500 + a for a in range(200))
+        to_ids = lambda s: random_ids(s, fx.gen.prompt_len, V, specials)
+
+    def evaluate(cand):
+        prompt = to_ids(cand)
+        ok, g = greedy_reference(fx, c, W, ref_model, mode, plain, prompt)
+        if ok and fx.gen.texts:
+            # the continuation must decode to valid UTF-8 (no partial byte sequence) and
+            # prompt text + continuation text must be the decoding of the whole sequence
+            g["gen_text"] = tok["decode"](g["gen"])
+            ok = "\ufffd" not in g["gen_text"] and tok["decode"](prompt + g["gen"], True) == cand + g["gen_text"]
+        if not ok:
+            print(f"  prompt candidate {cand!r} rejected: margin {min(g['min_margin'], g['nocache_margin']):.3g}, "
+                  f"router margin {g['router_margin']:.3g}, float32 agrees {g['f32_agrees']}"
+                  + (f", text {g.get('gen_text')!r}" if fx.gen.texts else ""))
+        return ok, g
+
+    attempt, g = first_safe(cands, evaluate, "generation prompt")
+    files = []
+    if fx.gen.texts:
+        g["text"] = fx.gen.texts[attempt]
+        g["auto_same"] = tok["encode"](g["text"])[1]
+        for fn, s in (("gen_prompt.txt", g["text"]), ("gen_text.txt", g["gen_text"])):
+            with open(os.path.join(d, fn), "w", encoding="utf-8", newline="") as f:
+                f.write(s)
+            files.append(os.path.join(d, fn))
+    files.append(write_i32(os.path.join(d, "gen_prompt.i32"), g["prompt"]))
+    files.append(write_i32(os.path.join(d, "gen_ids.i32"), g["gen"]))
+    g["attempt"] = attempt
+    print(f"  generation: prompt {g['prompt']}" + (f" = {g['text']!r}" if fx.gen.texts else "")
+          + f" (candidate {attempt})")
+    print(f"    greedy {len(g['gen'])} ids {g['gen']}" + (f" = {g['gen_text']!r}" if fx.gen.texts else ""))
+    print(f"    min top-1/top-2 margin {g['min_margin']:.3g} (no-cache loop {g['nocache_margin']:.3g}), "
+          f"EOS was the raw argmax at {g['eos_picked']} steps, router margin {g['router_margin']:.3g}")
+    print(f"    max|cache - no-cache logits| = {g['d_cache']:.3g}, max|ref - numpy spec| = {g['d_spec']:.3g}, "
+          f"HF float32 generate agrees: {g['f32_agrees']}")
+    return files, g
+
+
+# ----------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------
+
+
+def make_fixture(fx, out_root):
+    d = os.path.join(out_root, fx.name)
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.makedirs(d)
+    print(f"\n=== {fx.name} ===")
+    files, tok = [], None
+    if fx.tokenizer:
+        files += copy_tokenizer(os.path.join(out_root, fx.tokenizer), d)
+        tok = tokenizer_info(d)
+    c = make_config(fx, tok)
+    cpath = write_json(os.path.join(d, "config.json"), c)
+
+    # 1-3. random weights -> files -> read back (exact) -> float64
+    sd, ck = random_checkpoint(fx, c, d)
+    written, back, ck64, hf64, n_tensors = store_and_read_back(fx, c, d, sd, ck)
+
+    # 4. reference: transformers, float64 throughout, weights from the files
+    ref_model, mode, ramp = reference_model(d, c, hf64)
 
     # 5. ids: re-draw until every router decision has a safe margin
     W = {n: t.numpy() for n, t in ck64.items()}
-    for attempt in range(200):
-        g = torch.Generator().manual_seed(fx["seed"] * 1000 + attempt)
-        ids = torch.randint(0, c["vocab_size"], (fx["n_ids"],), generator=g).tolist()
+
+    def try_ids(seed):
+        ids = random_ids(seed, fx.n_ids, c["vocab_size"])
         spec_logits, st = spec_forward(c, W, ids)
-        margin = min(st["expert_margin"], st["group_margin"])
-        if margin >= MIN_ROUTER_MARGIN:
-            break
-    else:
-        raise RuntimeError("no id sequence with a safe router margin")
+        return router_margin(st) >= MIN_ROUTER_MARGIN, (ids, spec_logits, st)
+
+    _, (ids, spec_logits, st) = first_safe((fx.seed * 1000 + a for a in range(200)), try_ids, "id sequence")
     ref = forward(ref_model, ids, mode)
     d_spec = np.abs(ref.numpy() - spec_logits).max()
 
     # 6. cross-checks against plain transformers
     plain = build_model(d, hf64)                            # float32 weights, HF dtype islands
     d_plain32 = (forward(plain, ids).double() - ref).abs().max().item()
-    plain64 = build_model(d, hf64)
-    plain64 = plain64.double()
+    plain64 = build_model(d, hf64).double()
     plain64.load_state_dict({k: v for k, v in hf64.items()}, strict=False)
     d_plain64 = (forward(plain64, ids) - ref).abs().max().item()
-
-    d_hf_load = None
-    if fx["storage"] != "fp8":
-        # transformers' own loader must accept our files and produce the same weights
-        m2, info = cls.from_pretrained(d, dtype=torch.float32, attn_implementation="eager",
-                                       experts_implementation="eager", output_loading_info=True)
-        L = c["num_hidden_layers"]
-        unexpected = [k for k in info["unexpected_keys"] if not k.startswith(f"model.layers.{L}.")]
-        assert not unexpected and not info["missing_keys"] and not info["mismatched_keys"], info
-        if fx.get("mtp"):
-            print(f"  HF from_pretrained ignored {len(info['unexpected_keys'])} MTP tensors (model.layers.{L}.*)")
-        for n, t in m2.state_dict().items():
-            assert torch.equal(t, hf64[n].float()), n
-        d_hf_load = (forward(m2, ids) - forward(plain, ids)).abs().max().item()
-        assert d_hf_load == 0.0
-        # and its writer must produce our names (and values)
-        with tempfile.TemporaryDirectory() as tmp:
-            m2.save_pretrained(tmp)
-            theirs = read_weights(tmp)
-        ours = {n: t for n, t in back.items() if not n.startswith(f"model.layers.{L}.")}
-        assert set(theirs) == set(ours), sorted(set(theirs) ^ set(ours))[:10]
-        for n in ours:
-            assert torch.equal(theirs[n].float(), ours[n].float()), n
+    d_hf_load = None if fx.storage == "fp8" else check_hf_loader(fx, c, d, hf64, back, ids, plain)
 
     # 7. outputs
-    ids_path = os.path.join(d, "ref_ids.i32")
-    np.asarray(ids, dtype="<i4").tofile(ids_path)
+    ids_path = write_i32(os.path.join(d, "ref_ids.i32"), ids)
     log_path = os.path.join(d, "ref_logits.f64")
     r = np.ascontiguousarray(ref.numpy().astype("<f8"))
     assert r.shape == (len(ids), c["vocab_size"])
@@ -1080,13 +1170,19 @@ def make_fixture(fx, out_root):
     assert d_spec < 1e-10, d_spec
     assert d_plain64 < 1e-4, d_plain64
 
-    files = [cpath] + written + [ids_path, log_path]
+    # 8. greedy generation reference
+    g = None
+    files += [cpath] + written + [ids_path, log_path]
+    if fx.gen is not None:
+        gen_files, g = make_generation(fx, c, d, W, ref_model, mode, plain, tok)
+        files += gen_files
     for p in files:
         print(f"  wrote {os.path.relpath(p, ROOT)}  ({os.path.getsize(p)} bytes, sha256 {sha(p)})")
+    assert sorted(os.listdir(d)) == sorted(os.path.basename(p) for p in files)
     size = sum(os.path.getsize(p) for p in files)
     print(f"  total {size} bytes")
     return dict(fx=fx, c=c, ids=ids, size=size, st=st, d_spec=d_spec, d_plain64=d_plain64,
-                d_plain32=d_plain32, ramp=ramp, n_tensors=len(stored),
+                d_plain32=d_plain32, ramp=ramp, n_tensors=n_tensors, gen=g, tok=tok,
                 files=[os.path.basename(p) for p in files])
 
 
@@ -1095,7 +1191,17 @@ def make_fixture(fx, out_root):
 # ----------------------------------------------------------------------------
 
 
+def _ids(ids):
+    return ", ".join(str(i) for i in ids)
+
+
+def _names(results):
+    return ", ".join("`" + r["fx"].name + "`" for r in results)
+
+
 def write_readme(out_root, results):
+    gens = [r for r in results if r["gen"] is not None]
+    toks = [r for r in results if r["tok"] is not None]
     lines = [
         "# Reference fixtures",
         "",
@@ -1111,6 +1217,8 @@ def write_readme(out_root, results):
         "(BF16 upcast exactly; FP8 dequantised exactly as `e4m3 * scale_inv[r//128][c//128]` in float64,",
         "weights only: no activation quantisation). Every sequence is longer than",
         "`original_max_position_embeddings` and every YaRN factor is > 1 (softmax scale includes m^2).",
+        f"{_names(gens)} also hold a greedy-generation reference (`gen_prompt.i32`, `gen_ids.i32`;",
+        f"see below), and {_names(toks)} a tokenizer and a text prompt.",
         "",
         "| fixture | class | covers | layers (dense) | hidden / heads | q_lora / kv_lora | nope / rope / v | "
         "experts (top-k, groups) / shared | vocab | ids | storage | size |",
@@ -1120,12 +1228,12 @@ def write_readme(out_root, results):
         c, fx = r["c"], r["fx"]
         grp = f"{c['n_group']}/{c['topk_group']}"
         lines.append(
-            f"| `{fx['name']}` | {c['architectures'][0]} | {fx['covers']} | {c['num_hidden_layers']} "
+            f"| `{fx.name}` | {c['architectures'][0]} | {fx.covers} | {c['num_hidden_layers']} "
             f"({c['first_k_dense_replace']}) | {c['hidden_size']} / {c['num_attention_heads']} | "
             f"{'null' if c['q_lora_rank'] is None else c['q_lora_rank']} / {c['kv_lora_rank']} | {c['qk_nope_head_dim']} / {c['qk_rope_head_dim']} / "
             f"{c['v_head_dim']} | {c['n_routed_experts']} (top {c['num_experts_per_tok']}, {grp}) / "
-            f"{c['n_shared_experts']} | {c['vocab_size']} | {len(r['ids'])} | {fx['storage'].upper()}"
-            f"{', 2 shards' if fx.get('shards', 1) > 1 else ''} | {r['size'] / 1024:.0f} KiB |"
+            f"{c['n_shared_experts']} | {c['vocab_size']} | {len(r['ids'])} | {fx.storage.upper()}"
+            f"{', 2 shards' if fx.shards > 1 else ''} | {r['size'] / 1024:.0f} KiB |"
         )
     lines += [
         "",
@@ -1142,10 +1250,9 @@ def write_readme(out_root, results):
     ]
     for r in results:
         st = r["st"]
-        gm = st["group_margin"]
         lines.append(
-            f"| `{r['fx']['name']}` | {r['d_spec']:.1e} | {r['d_plain64']:.1e} | {r['d_plain32']:.1e} | "
-            f"{min(st['expert_margin'], gm):.2e} | {st['group_changed']}/{st['tokens']} | "
+            f"| `{r['fx'].name}` | {r['d_spec']:.1e} | {r['d_plain64']:.1e} | {r['d_plain32']:.1e} | "
+            f"{router_margin(st):.2e} | {st['group_changed']}/{st['tokens']} | "
             f"{', '.join(f'{x:.3g}' for x in r['ramp'][:6])}{' ...' if len(r['ramp']) > 6 else ''} |"
         )
     lines += [
@@ -1155,11 +1262,76 @@ def write_readme(out_root, results):
         "gives |logits| up to ~41: use ~1e-5 relative to max|logit| there). The 'vs HF float32' column",
         "shows what a float32 evaluation of the same model gives.",
         "",
+        "## Greedy generation",
+        "",
+        "`gen_prompt.i32` holds the prompt ids and `gen_ids.i32` the ids generated after it (both int32 LE).",
+        "They are what transformers' `model.generate(prompt, max_new_tokens=N, min_new_tokens=N, do_sample=False)`",
+        f"returns (N = {'/'.join(sorted({str(len(r['gen']['gen'])) for r in gens}))}), run in float64 on the "
+        "weights read back from the files, with generate's default",
+        "KV cache (one forward over the whole prompt, then one forward per new token). `min_new_tokens = N`",
+        "sets the EOS logit to -inf at every step, so EOS is never picked: an engine matches this by",
+        "masking EOS before the argmax (dsc `--ignore-eos`). No other logits processor is active (checked:",
+        "the processed scores equal the raw logits except at EOS). The prompt is fed verbatim (no BOS is",
+        "added to it); random prompts contain neither BOS nor EOS. Prompt + N exceeds",
+        "`original_max_position_embeddings`.",
+        "",
+        "Checks: the ids equal a plain argmax loop (EOS masked) over the full sequence without a cache; the",
+        "numpy spec forward over prompt + ids[:-1] gives the same argmaxes and logits; transformers in",
+        f"float32 generates the same ids; at every step the top-1 / top-2 margin is >= {MIN_LOGIT_MARGIN:g} (cache and",
+        f"no-cache logits) and every router decision on the path has a margin >= {MIN_ROUTER_MARGIN:g}. A prompt failing",
+        "any of these is re-drawn (random prompts: generator seeds seed*1000+500, +501, ...; text prompts:",
+        "the next candidate text in the script).",
+        "",
+        "| fixture | prompt ids | generated ids | min top-1/top-2 margin | steps where EOS was the raw argmax | "
+        "min router margin on the path | max abs diff cache vs no-cache logits |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in gens:
+        g = r["gen"]
+        lines.append(
+            f"| `{r['fx'].name}` | {_ids(g['prompt'])} | {_ids(g['gen'])} | "
+            f"{min(g['min_margin'], g['nocache_margin']):.2e} | {g['eos_picked']} | {g['router_margin']:.2e} | "
+            f"{g['d_cache']:.1e} |"
+        )
+    lines += [
+        "",
+        "Minimum top-1/top-2 margin over all generation references: "
+        f"{min(min(r['gen']['min_margin'], r['gen']['nocache_margin']) for r in gens):.2e}.",
+        "",
+    ]
+    for r in toks:
+        t, g, name = r["tok"], r["gen"], r["fx"].name
+        lines += [
+            f"## Tokenizer fixture `{name}`",
+            "",
+            f"`tokenizer.json` and `tokenizer_config.json` are byte copies of `tests/fixtures/{r['fx'].tokenizer}/`",
+            f"(byte-level BPE, {t['vocab_size']} ids including the added tokens). `config.json` takes `vocab_size`",
+            f"= {t['vocab_size']}, `bos_token_id` = {t['bos_token_id']} (`{BOS_TEXT}`) and `eos_token_id` = "
+            f"{t['eos_token_id']} (`{EOS_TEXT}`) from it.",
+            "",
+            f"- `gen_prompt.txt`: the prompt `{g['text']}` (UTF-8, no trailing newline).",
+            "- `gen_prompt.i32`: its ids from `transformers.PreTrainedTokenizerFast(tokenizer_file=tokenizer.json,",
+            f"  bos_token, eos_token, add_bos_token={str(t['add_bos']).lower()}, "
+            f"add_eos_token={str(t['add_eos']).lower()})`, the flags taken from",
+            f"  `tokenizer_config.json`: {_ids(g['prompt'])}"
+            + (f" (BOS {t['bos_token_id']} first)." if t["add_bos"] else "."),
+            f"  `AutoTokenizer.from_pretrained(dir)` in transformers {transformers.__version__} gives "
+            + ("the same ids." if g["auto_same"] else
+               "the same ids without\n  the leading BOS: it drops `add_bos_token` / `add_eos_token` from "
+               "`tokenizer_config.json` whenever a\n  `tokenizer.json` exists, and this `tokenizer.json` has a "
+               "plain ByteLevel post-processor (FINDINGS.md section 10)."),
+            "- `gen_ids.i32`: the greedy ids after that prompt, as above.",
+            "- `gen_text.txt`: `decode(gen_ids)` with the same tokenizer (UTF-8, no trailing newline, special",
+            "  tokens kept, no clean-up of spaces): "
+            f"`{g['gen_text']}`.",
+            "",
+        ]
+    lines += [
         "Notes:",
         "- `v3` also contains `model.layers.3.*` (an MTP module: embed_tokens copy, enorm, hnorm, eh_proj,",
         "  a full MoE decoder block, shared_head.norm, shared_head.head) that the forward must ignore.",
         "- `v3_nointerleave` has `tie_word_embeddings: true`; its files contain no `lm_head.weight`.",
-        "- `v3_bf16` and `v3_fp8` have no `rope_interleave` key (default true), like the real V3 config.",
+        "- `v3_bf16`, `v3_fp8` and `v3_tok` have no `rope_interleave` key (default true), like the real V3 config.",
         "- `v2` and `v3_nointerleave` use the transformers-5 `rope_parameters` form (with `rope_theta`",
         "  inside); the others use the Hub form (`rope_scaling` with `type`, top-level `rope_theta`).",
         "",
@@ -1176,11 +1348,10 @@ def main():
     a = ap.parse_args()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}")
     os.makedirs(a.out, exist_ok=True)
-    results = []
-    for fx in FIXTURES:
-        if a.only and fx["name"] not in a.only:
-            continue
-        results.append(make_fixture(fx, a.out))
+    unknown = set(a.only or ()) - {fx.name for fx in FIXTURES}
+    if unknown:
+        ap.error(f"unknown fixture(s): {', '.join(sorted(unknown))}")
+    results = [make_fixture(fx, a.out) for fx in FIXTURES if not a.only or fx.name in a.only]
     if not a.only:
         write_readme(a.out, results)
 
