@@ -39,6 +39,8 @@ int32_t *cli_parse_ids(const char *s, int64_t *n);
 double cli_now(void);
 /* Load the model (with a progress line on stderr unless quiet); exits on error. */
 dsc_model_t *cli_load_model(const cli_opts *o, double *load_s);
+/* Bytes that always hold one streamed token piece (dsc_detokenize_piece). */
+size_t cli_piece_cap(const dsc_tokenizer_t *t);
 /* Human-readable bytes, e.g. "1.25 GiB". */
 void cli_bytes(char *buf, size_t n, double v);
 

@@ -203,6 +203,15 @@ void cli_bytes(char *buf, size_t n, double v) {
     snprintf(buf, n, i ? "%.2f %s" : "%.0f %s", v, pre[i]);
 }
 
+size_t cli_piece_cap(const dsc_tokenizer_t *t) {
+    size_t longest = 0;
+    for (int64_t i = 0; t && i < dsc_tokenizer_vocab(t); i++) {
+        size_t len = 0;
+        if (dsc_token_bytes(t, (int32_t)i, &len) && len > longest) longest = len;
+    }
+    return 4 + 3 * longest;
+}
+
 static int load_progress(void *user, double done) {
     int *last = user;
     int pct = (int)(done * 100.0);

@@ -32,28 +32,44 @@ typedef struct {
     int check_interrupt;
     int64_t n_ids;
     dsc_detok_state ds;
+    char *buf;       /* cli_piece_cap bytes */
+    size_t cap;
 } sink;
+
+static void sink_init(sink *s, const dsc_tokenizer_t *tok, int print_ids, int check_interrupt) {
+    memset(s, 0, sizeof *s);
+    s->tok = tok;
+    s->print_ids = print_ids || !tok;
+    s->check_interrupt = check_interrupt;
+    s->cap = cli_piece_cap(tok);
+    s->buf = malloc(s->cap);
+    if (!s->buf) {
+        fprintf(stderr, "dsc: out of memory\n");
+        exit(1);
+    }
+}
 
 static int on_token(void *user, int32_t id) {
     sink *s = user;
     if (s->print_ids || !s->tok) {
         printf("%s%d", s->n_ids++ ? " " : "", id);
     } else {
-        char buf[64];
-        int64_t k = dsc_detokenize_piece(s->tok, id, 1, &s->ds, buf, sizeof buf);
-        if (k > 0) fwrite(buf, 1, (size_t)k, stdout);
+        int64_t k = dsc_detokenize_piece(s->tok, id, 1, &s->ds, s->buf, (int64_t)s->cap);
+        if (k > 0) fwrite(s->buf, 1, (size_t)k, stdout);
     }
     fflush(stdout);
     return s->check_interrupt && interrupted;
 }
 
+/* Emit what the decoder holds back and release the buffer. */
 static void sink_flush(sink *s) {
     if (s->tok && !s->print_ids) {
-        char buf[64];
-        int64_t k = dsc_detok_flush(&s->ds, buf, sizeof buf);
-        if (k > 0) fwrite(buf, 1, (size_t)k, stdout);
+        int64_t k = dsc_detok_flush(&s->ds, s->buf, (int64_t)s->cap);
+        if (k > 0) fwrite(s->buf, 1, (size_t)k, stdout);
     }
     fflush(stdout);
+    free(s->buf);
+    s->buf = NULL;
 }
 
 /* The tokenizer in the model directory: required for text, optional for ids. */
@@ -209,9 +225,8 @@ int cmd_run(const cli_opts *o) {
 
     dsc_ctx_t *ctx = make_ctx(o, m);
     dsc_sampler_t *smp = make_sampler(o, m, tok);
-    sink out = {0};
-    out.tok = tok;
-    out.print_ids = o->print_ids || !tok;
+    sink out;
+    sink_init(&out, tok, o->print_ids, 0);
     dsc_gen_stats st = {0};
     dsc_err e = {0};
     const dsc_config *c = dsc_model_config(m);
@@ -319,9 +334,8 @@ int cmd_chat(const cli_opts *o) {
         push_text(tok, line, 0, &prompt, &n, &cap);
         push_text(tok, asst_tag, 0, &prompt, &n, &cap);
 
-        sink out = {0};
-        out.tok = tok;
-        out.check_interrupt = 1;
+        sink out;
+        sink_init(&out, tok, 0, 1);
         dsc_gen_stats st = {0};
         dsc_err e = {0};
         dsc_status s = dsc_generate(ctx, smp, prompt, n, o->n_predict, eos, on_token, &out, &st,

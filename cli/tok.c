@@ -60,9 +60,14 @@ int cmd_detokenize(const cli_opts *o) {
     int64_t n = 0;
     int32_t *ids = cli_parse_ids(o->ids, &n);
     dsc_detok_state st = {0};
-    char buf[64];
+    size_t cap = cli_piece_cap(t);
+    char *buf = malloc(cap);
+    if (!buf) {
+        fprintf(stderr, "dsc: out of memory\n");
+        return 1;
+    }
     for (int64_t i = 0; i < n; i++) {
-        int64_t k = dsc_detokenize_piece(t, ids[i], 0, &st, buf, sizeof buf);
+        int64_t k = dsc_detokenize_piece(t, ids[i], 0, &st, buf, (int64_t)cap);
         if (k < 0) {
             fflush(stdout);
             fprintf(stderr, "dsc: error: token id %d is out of range [0, %lld)\n", ids[i],
@@ -71,8 +76,9 @@ int cmd_detokenize(const cli_opts *o) {
         }
         fwrite(buf, 1, (size_t)k, stdout);
     }
-    int64_t k = dsc_detok_flush(&st, buf, sizeof buf);
+    int64_t k = dsc_detok_flush(&st, buf, (int64_t)cap);
     if (k > 0) fwrite(buf, 1, (size_t)k, stdout);
+    free(buf);
     free(ids);
     dsc_tokenizer_free(t);
     return 0;

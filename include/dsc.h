@@ -217,7 +217,8 @@ typedef struct dsc_tokenizer dsc_tokenizer_t;
 
 /* Load dir/tokenizer.json and dir/tokenizer_config.json (the latter may be
    absent: then no BOS is added). Unsupported model or pre-tokenizer types
-   are DSC_ERR_UNSUPPORTED naming the field. */
+   (and add_eos_token: true) are DSC_ERR_UNSUPPORTED naming the field; a
+   missing tokenizer.json is DSC_ERR_IO; malformed JSON is DSC_ERR_FORMAT. */
 dsc_status dsc_tokenizer_load(const char *dir, dsc_tokenizer_t **out, dsc_err *err);
 void dsc_tokenizer_free(dsc_tokenizer_t *t);
 
@@ -228,7 +229,8 @@ int32_t dsc_tokenizer_bos(const dsc_tokenizer_t *t);
 int32_t dsc_tokenizer_eos(const dsc_tokenizer_t *t);
 /* Whether encoding adds BOS by default (tokenizer_config add_bos_token). */
 int dsc_tokenizer_adds_bos(const dsc_tokenizer_t *t);
-/* Id of a token given by its exact string (e.g. "<｜User｜>"); -1 if none. */
+/* Id of a token given by its string as spelled in tokenizer.json (e.g.
+   "<｜User｜>", or "Ġthe" for " the"); -1 if none. */
 int32_t dsc_tokenizer_find(const dsc_tokenizer_t *t, const char *token);
 
 /*
@@ -236,19 +238,23 @@ int32_t dsc_tokenizer_find(const dsc_tokenizer_t *t, const char *token);
  * 1 always. Added/special tokens appearing in the text are matched as such.
  * Writes at most cap ids; *n_out is the number the text needs (call again
  * with a larger buffer when *n_out > cap; nothing else is an error then).
- * Invalid UTF-8 is DSC_ERR_ARG naming the byte offset.
+ * Invalid UTF-8 is DSC_ERR_ARG naming the byte offset; add_bos = 1 on a
+ * tokenizer without a BOS token is DSC_ERR_ARG.
  */
 dsc_status dsc_tokenize(const dsc_tokenizer_t *t, const char *text, size_t len, int add_bos,
                         int32_t *ids, int64_t cap, int64_t *n_out, dsc_err *err);
 
 /*
  * Streaming decode: the bytes of token id, appended to what st holds back.
- * Complete UTF-8 characters are written to out (at most cap bytes; 64 is
- * always enough for one token plus a held-back partial character) and their
+ * Complete UTF-8 characters are written to out (at most cap bytes) and their
  * count returned; an incomplete trailing character is held in st until the
- * next call. Special tokens decode to their text unless skip_special.
- * Returns -1 for an id out of range. dsc_detok_flush emits what is held
- * (invalid leftovers as U+FFFD).
+ * next call (a sequence that can no longer complete becomes U+FFFD, as the
+ * tokenizers package decodes). 4 + 3 x the longest token's bytes always
+ * suffice (388 for DeepSeek-V3, whose longest tokens are 128 bytes). Special
+ * tokens decode to their text unless skip_special. Returns -1 for an id out
+ * of range or a cap too small for this token (st unchanged then).
+ * dsc_detok_flush emits what is held (invalid leftovers as U+FFFD).
+ * A dsc_detok_state must start zeroed.
  */
 typedef struct {
     unsigned char pend[8];
