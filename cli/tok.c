@@ -25,7 +25,7 @@ int cmd_tokenize(const cli_opts *o) {
     for (;;) {
         if (!text) {
             fprintf(stderr, "dsc: out of memory\n");
-            return 1;
+            exit(1);
         }
         len += fread(text + len, 1, cap - len, stdin);
         if (len < cap) break;
@@ -34,7 +34,7 @@ int cmd_tokenize(const cli_opts *o) {
     }
     if (ferror(stdin)) {
         fprintf(stderr, "dsc: cannot read stdin: %s\n", strerror(errno));
-        return 1;
+        exit(1);
     }
     dsc_err e = {0};
     int64_t need = 0, n = 0;
@@ -43,7 +43,7 @@ int cmd_tokenize(const cli_opts *o) {
     int32_t *ids = malloc((size_t)(need > 0 ? need : 1) * sizeof *ids);
     if (!ids) {
         fprintf(stderr, "dsc: out of memory\n");
-        return 1;
+        exit(1);
     }
     if (dsc_tokenize(t, text, len, add_bos, ids, need, &n, &e) != DSC_OK) cli_die(&e);
     for (int64_t i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
@@ -72,6 +72,9 @@ int cmd_detokenize(const cli_opts *o) {
             fflush(stdout);
             fprintf(stderr, "dsc: error: token id %d is out of range [0, %lld)\n", ids[i],
                     (long long)dsc_tokenizer_vocab(t));
+            free(buf);
+            free(ids);
+            dsc_tokenizer_free(t);
             return 1;
         }
         fwrite(buf, 1, (size_t)k, stdout);
