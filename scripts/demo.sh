@@ -24,3 +24,9 @@ for t in range(n):
     k = max(range(vocab), key=row.__getitem__)
     print("%8d  %6d  %.4f" % (t, k, row[k]))
 PY
+echo
+echo "\$ dsc run -m tests/fixtures/v3_tok -p \"The jury further said\" -n 24 --seed 42"
+echo "(a tiny random-weight model with the bundled brown-corpus tokenizer: the text is noise;"
+echo " what it shows is the pipeline: tokenizer, prefill, absorbed-MLA decode, sampling, timings)"
+"$DSC" run -m tests/fixtures/v3_tok -p "The jury further said" -n 24 --seed 42
+echo
