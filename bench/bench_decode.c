@@ -18,7 +18,8 @@
  *     router and shared experts, the routed experts the routing actually
  *     chose (read back after each MoE layer), the final norm and lm_head;
  *     plus the latent cache rows attention reads, and the fp32 copy of kv_b
- *     that mla.c writes per layer per call when kv_b is not stored in F32.
+ *     that mla.c writes per layer per call when it does not apply kv_b in
+ *     place (detected in the run; decode applies it in place since 045911c).
  *  3. Per dtype, thread count and context P: the cache rows 0..P-1 of every
  *     layer are filled with N(0,1) values (see fill_cache: a shortcut, not a
  *     prefill), then one token at a time from position P: 2 warm-up steps,
@@ -298,7 +299,7 @@ static void fill_cache(dsc_ctx_t *c, int64_t P) {
     const dsc_config *cf = &c->m->cfg;
     int64_t row = cf->kv_lora_rank + cf->qk_rope_head_dim;
     for (int64_t l = 0; l < cf->num_hidden_layers; l++)
-        bench_fill_normal(c->cache + l * c->p.n_ctx * row, P * row, 1.0f,
+        bench_fill_normal(c->cache + l * dsc_ctx_size(c) * row, P * row, 1.0f,
                           BENCH_SEED + 10 + (uint64_t)l);
 }
 

@@ -73,7 +73,7 @@ typedef enum { DSC_SCORE_SOFTMAX = 0, DSC_SCORE_SIGMOID } dsc_scoring;
 
 /* The model configuration as read from config.json (read-only view). */
 typedef struct {
-    char model_type[32];          /* "deepseek_v2" / "deepseek_v3"                 */
+    char model_type[32];          /* "deepseek_v2" / "deepseek_v3" / "deepseek_v32" */
     int64_t vocab_size;
     int64_t hidden_size;          /* d                                             */
     int64_t intermediate_size;    /* dense FFN width                               */
@@ -109,6 +109,10 @@ typedef struct {
     int64_t yarn_original_max_pos;
     double yarn_attention_factor; /* multiplies cos/sin (1.0 for DeepSeek configs) */
     double softmax_scale;         /* d_qk^-1/2 * m^2, precomputed                  */
+    /* DeepSeek Sparse Attention (deepseek_v32); index_topk == 0: dense MLA. */
+    int64_t index_n_heads;        /* H_I                                           */
+    int64_t index_head_dim;       /* D_I; its first qk_rope_head_dim dims carry RoPE */
+    int64_t index_topk;           /* k: keys each query attends to                 */
 } dsc_config;
 
 typedef struct dsc_model dsc_model_t;
@@ -136,6 +140,7 @@ typedef struct {
     int64_t file_bytes;           /* bytes of all safetensors files                */
     int64_t n_moe_layers, n_dense_layers;
     int64_t latent_cache_values_per_token;  /* (kv_lora_rank + rope) * layers      */
+    int64_t index_cache_values_per_token;   /* index_head_dim * layers (DSA), else 0 */
     int64_t mha_cache_values_per_token;     /* H*(d_qk + d_v) * layers             */
     dsc_dtype dominant_dtype;     /* dtype holding most weight bytes               */
     int64_t dtype_bytes[4];       /* bound weight bytes per dsc_dtype              */
@@ -149,11 +154,20 @@ typedef enum {
     DSC_ATTN_NAIVE,        /* per-head K/V decompressed from the cached latents  */
 } dsc_attn_mode;
 
+/* Storage of the DSA indexer's key cache (one index_head_dim key per token). */
+typedef enum {
+    DSC_INDEX_CACHE_F32 = 0,
+    DSC_INDEX_CACHE_BF16,
+    DSC_INDEX_CACHE_FP8,   /* e4m3 + one fp32 scale per token (the official layout) */
+} dsc_index_cache_type;
+
 typedef struct {
     int64_t n_ctx;        /* positions the latent cache holds (>= 1)                */
     int64_t n_batch;      /* most tokens one dsc_forward call may take (>= 1)       */
     int n_threads;        /* 0 = OpenMP default                                     */
     dsc_attn_mode attn;
+    int dense;            /* DSA models: 1 = ignore the indexer, attend densely     */
+    dsc_index_cache_type index_cache;
 } dsc_ctx_params;
 
 dsc_ctx_params dsc_ctx_default_params(void);
@@ -167,7 +181,8 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *p,
                        dsc_ctx_t **out, dsc_err *err);
 void dsc_ctx_free(dsc_ctx_t *c);
 
-/* Bytes held by the context: the latent cache, and the rest (activations). */
+/* Bytes held by the context: the latent cache (with the DSA indexer's key
+   cache), and the rest (activations). */
 int64_t dsc_ctx_cache_bytes(const dsc_ctx_t *c);
 int64_t dsc_ctx_work_bytes(const dsc_ctx_t *c);
 

@@ -229,16 +229,13 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
     if (!mt)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"model_type\" is missing",
                            cx->path);
-    if (!strcmp(mt, "deepseek_v32"))
-        return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
-                           "%s: model_type \"deepseek_v32\" (DeepSeek Sparse Attention) is "
-                           "not supported yet", cx->path);
-    if (strcmp(mt, "deepseek_v2") != 0 && strcmp(mt, "deepseek_v3") != 0)
+    int is_v32 = !strcmp(mt, "deepseek_v32");
+    if (strcmp(mt, "deepseek_v2") != 0 && strcmp(mt, "deepseek_v3") != 0 && !is_v32)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG,
-                           "%s: model_type \"%s\" is not supported (deepseek_v2, deepseek_v3)",
-                           cx->path, mt);
+                           "%s: model_type \"%s\" is not supported (deepseek_v2, deepseek_v3, "
+                           "deepseek_v32)", cx->path, mt);
     snprintf(c->model_type, sizeof c->model_type, "%s", mt);
-    int is_v3 = !strcmp(mt, "deepseek_v3");
+    int is_v3 = !strcmp(mt, "deepseek_v3") || is_v32;
 
     DSC_TRY(get_int(cx, root, "vocab_size", 1, 0, 1, &c->vocab_size));
     DSC_TRY(get_int(cx, root, "hidden_size", 1, 0, 1, &c->hidden_size));
@@ -276,6 +273,21 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
                            "are bias-free)", cx->path);
 
     DSC_TRY(parse_moe(cx, root, c, is_v3));
+    if (is_v32) {
+        DSC_TRY(get_int(cx, root, "index_n_heads", 1, 0, 1, &c->index_n_heads));
+        DSC_TRY(get_int(cx, root, "index_head_dim", 1, 0, 1, &c->index_head_dim));
+        DSC_TRY(get_int(cx, root, "index_topk", 1, 0, 1, &c->index_topk));
+        if (c->index_head_dim < c->qk_rope_head_dim)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                               "%s: index_head_dim = %lld is smaller than qk_rope_head_dim = "
+                               "%lld (the indexer ropes its first qk_rope_head_dim dims)",
+                               cx->path, (long long)c->index_head_dim,
+                               (long long)c->qk_rope_head_dim);
+        if (c->q_lora_rank <= 0)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                               "%s: deepseek_v32 needs q_lora_rank > 0 (the indexer query is "
+                               "projected from the q latent)", cx->path);
+    }
     int64_t n_dense = 0;
     for (int64_t l = 0; l < c->num_hidden_layers; l++)
         n_dense += !dsc_config_layer_is_moe(c, l);

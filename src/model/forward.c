@@ -62,6 +62,8 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
     if (p.attn != DSC_ATTN_ABSORBED && p.attn != DSC_ATTN_NAIVE)
         return dsc_err_set(err, DSC_ERR_ARG, "unknown attention mode %d", (int)p.attn);
+    if ((unsigned)p.index_cache > DSC_INDEX_CACHE_FP8)
+        return dsc_err_set(err, DSC_ERR_ARG, "unknown index cache type %d", (int)p.index_cache);
 
     dsc_ctx_t *c = calloc(1, sizeof *c);
     if (!c) return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the context");
@@ -115,6 +117,22 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     plan_add(&pl, (void **)&w->rope_sin, p.n_ctx * (dr / 2), 4);
     plan_add(&pl, (void **)&w->head_ws, (int64_t)c->n_threads * w->head_ws_floats, 4);
     plan_add(&pl, (void **)&w->logits, cf->vocab_size, 4);
+    if (cf->index_topk > 0) {
+        int64_t HI = cf->index_n_heads, DI = cf->index_head_dim, KI = cf->index_topk;
+        int64_t QB = DSC_DSA_QB;
+        w->dsa_ws_floats = dsc_dsa_ws_floats(cf, p.n_ctx);
+        plan_add(&pl, (void **)&w->idx_q, B * HI * DI, 4);
+        plan_add(&pl, (void **)&w->idx_k, B * DI, 4);
+        plan_add(&pl, (void **)&w->idx_w, B * HI, 4);
+        plan_add(&pl, (void **)&w->sel, QB * KI, 4);
+        plan_add(&pl, (void **)&w->n_sel, QB, 8);
+        plan_add(&pl, (void **)&w->qfull, QB * H * (dc + dr), 4);
+        plan_add(&pl, (void **)&w->olat, QB * H * dc, 4);
+        plan_add(&pl, (void **)&w->gather, max64(KI * (dc + dr), 2 * DI), 4);
+        plan_add(&pl, (void **)&w->sscore, H * KI, 4);
+        plan_add(&pl, (void **)&w->iscore, QB * p.n_ctx, 4);
+        plan_add(&pl, (void **)&w->dsa_ws, (int64_t)c->n_threads * w->dsa_ws_floats, 4);
+    }
     plan_add(&pl, (void **)&w->tokens, p.n_ctx, 4);
 
     size_t cache_n = 0, cache_b = 0;
@@ -122,11 +140,16 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
              dsc_mul_ok((size_t)cf->num_hidden_layers, (size_t)p.n_ctx, &cache_n) &&
              dsc_mul_ok(cache_n, (size_t)(dc + dr), &cache_n) &&
              dsc_mul_ok(cache_n, sizeof(float), &cache_b);
+    size_t index_b = 0;
+    if (ok && cf->index_topk > 0)
+        ok = dsc_mul_ok((size_t)cf->num_hidden_layers * (size_t)p.n_ctx,
+                        (size_t)dsc_dsa_key_bytes(cf, p.index_cache), &index_b);
     if (ok) {
         c->work_mem = aligned_alloc(ALIGN, pl.total ? pl.total : ALIGN);
         c->cache = aligned_alloc(ALIGN, (cache_b + ALIGN - 1) / ALIGN * ALIGN);
+        if (index_b) c->index_cache = aligned_alloc(ALIGN, (index_b + ALIGN - 1) / ALIGN * ALIGN);
     }
-    if (!ok || !c->work_mem || !c->cache) {
+    if (!ok || !c->work_mem || !c->cache || (index_b && !c->index_cache)) {
         dsc_ctx_free(c);
         return dsc_err_set(err, DSC_ERR_OOM,
                            "cannot allocate the context: %zu bytes of work buffers + %zu "
@@ -134,7 +157,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
                            pl.total, cache_b, (long long)p.n_ctx, (long long)p.n_batch);
     }
     c->work_bytes = (int64_t)pl.total + dsc_kctx_bytes(c->k);
-    c->cache_bytes = (int64_t)cache_b;
+    c->cache_bytes = (int64_t)(cache_b + index_b);
     char *at = c->work_mem;
     for (int i = 0; i < pl.n; i++) {
         *pl.slot[i] = pl.bytes[i] ? at : NULL;
@@ -161,6 +184,7 @@ void dsc_ctx_free(dsc_ctx_t *c) {
     dsc_kctx_free(c->k);
     free(c->work_mem);
     free(c->cache);
+    free(c->index_cache);
     free(c);
 }
 

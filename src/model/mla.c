@@ -161,10 +161,21 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
         dsc_ref_rmsnorm(row, row, &ly->kv_a_norm, 1, dc, DSC_LATENT_NORM_EPS);
     }
 
+    /* DSA: every new token's indexer key is cached; the sparse path runs
+       when some query sees more keys than index_topk. */
+    int dsa = cf->index_topk > 0 && !c->p.dense;
+    if (dsa) dsc_dsa_keys(c, ly, l, n, pos0);
+    int sparse = dsa && dsc_dsa_sparse(c, n, pos0);
+
     /* Few queries in absorbed mode: use kv_b's rows in place (stored dtype). */
-    int stream = c->p.attn == DSC_ATTN_ABSORBED && n <= DSC_MLA_STREAM_ROWS &&
+    int stream = (c->p.attn == DSC_ATTN_ABSORBED || sparse) && n <= DSC_MLA_STREAM_ROWS &&
                  ly->kv_b.dtype != DSC_F32;
     const float *kvb = stream ? NULL : kv_b_f32(c, &ly->kv_b);
+    if (sparse) {
+        dsc_dsa_attend(c, ly, l, n, pos0, kvb);
+        dsc_k_matmul(k, w->y, w->attn, &ly->o, n);
+        return;
+    }
 #pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
     for (int64_t i = 0; i < H; i++) {
         float *ws = w->head_ws + (int64_t)dsc_thread_id() * w->head_ws_floats;

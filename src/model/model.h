@@ -39,6 +39,12 @@ typedef struct {
     dsc_wmat kv_a_norm;        /* (dc)                                         */
     dsc_wmat kv_b;             /* (H*(dn+dv), dc) per head: [W^UK (dn) ; W^UV (dv)] */
     dsc_wmat o;                /* (d, H*dv)                                    */
+    /* DSA lightning indexer (deepseek_v32 only) */
+    dsc_wmat idx_wq_b;         /* (H_I*D_I, dq)  from the normed q latent      */
+    dsc_wmat idx_wk;           /* (D_I, d)       from x                        */
+    dsc_wmat idx_k_norm_w;     /* (D_I) LayerNorm weight                        */
+    dsc_wmat idx_k_norm_b;     /* (D_I) LayerNorm bias                          */
+    dsc_wmat idx_weights;      /* (H_I, d)       per-head weights from x        */
     /* FFN */
     int is_moe;
     dsc_mlp dense;             /* dense FFN (ff = intermediate_size)           */
@@ -89,6 +95,19 @@ typedef struct {
     int64_t head_ws_floats;
     float *group_ws; /* (B, n_group) group scores                  */
     float *logits;   /* (V) last-token logits for dsc_generate      */
+    /* DSA */
+    float *idx_q;    /* (B, H_I*D_I) indexer queries (roped)        */
+    float *idx_k;    /* (B, D_I) new indexer keys before caching    */
+    float *idx_w;    /* (B, H_I) per-head weights, scaled            */
+    int32_t *sel;    /* (B, topk) selected key positions per query  */
+    int64_t *n_sel;  /* (B) how many of sel are used                */
+    float *qfull;    /* (QB, H, dc+dr) absorbed queries [q_lat ; q_pe] */
+    float *olat;     /* (QB, H, dc) latent attention outputs        */
+    float *gather;   /* (topk, dc+dr) selected cache rows           */
+    float *sscore;   /* (H, topk) sparse attention scores           */
+    float *iscore;   /* (QB, n_ctx) indexer scores I(t, s)          */
+    float *dsa_ws;   /* per thread: dsa_ws_floats                   */
+    int64_t dsa_ws_floats;
     int32_t *tokens; /* (n_ctx) ids at each cached position         */
 } dsc_work;
 
@@ -98,11 +117,13 @@ struct dsc_ctx {
     int n_threads;
     dsc_kctx *k;
     float *cache;    /* (L, n_ctx, dc + dr) normed latent ; rotated k_pe */
+    void *index_cache; /* DSA: (L, n_ctx) keys of D_I in p.index_cache's format */
     int64_t cache_bytes;
     void *work_mem;
     int64_t work_bytes;
     dsc_work w;
     int64_t n_past;  /* positions 0..n_past-1 are in the cache     */
+    int force_sparse;/* tests: DSA path even when it keeps every key */
     int32_t pending; /* sampled but not yet fed (-1: none)         */
 };
 
@@ -110,6 +131,25 @@ struct dsc_ctx {
 void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
 /* Scratch floats one attention thread needs (for dsc_work.head_ws). */
 int64_t dsc_mla_head_ws_floats(const dsc_config *cfg, int64_t n_ctx, int64_t n_batch);
+
+/* dsa.c: DeepSeek Sparse Attention. dsc_dsa_attend replaces the dense head
+   loop: indexer queries, scores, top-k, then sparse absorbed attention over
+   the selected latent rows into w->attn.
+   kvb: kv_b_proj as fp32, or NULL to stream it from its stored dtype. */
+/* Whether some query of this call sees more than index_topk keys (else the
+   selection keeps everything and dense attention is used, identically). */
+int dsc_dsa_sparse(const dsc_ctx_t *c, int64_t n, int64_t pos0);
+/* Indexer keys of the n new tokens into the layer's key cache (always, for
+   DSA models, so that later calls can select among them). */
+void dsc_dsa_keys(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
+/* Per-thread scratch floats of the indexer (dsc_work.dsa_ws). */
+int64_t dsc_dsa_ws_floats(const dsc_config *cf, int64_t n_ctx);
+void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0,
+                    const float *kvb);
+/* Bytes of one cached indexer key in the context's format. */
+int64_t dsc_dsa_key_bytes(const dsc_config *cf, dsc_index_cache_type t);
+/* Query rows per sparse-attention block (sizes qfull/olat). */
+#define DSC_DSA_QB 16
 
 /* moe.c: FFN block (dense or MoE); reads w->xn, writes w->y. */
 void dsc_ffn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t n);

@@ -128,6 +128,15 @@ static dsc_status bind_layer(binder *b, int64_t l, dsc_layer *ly) {
     DSC_TRY(bind(b, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
              H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank));
     DSC_TRY(bind(b, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim));
+    if (c->index_topk > 0) {
+        int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+        DSC_TRY(bind(b, &ly->idx_wq_b, NAME("self_attn.indexer.wq_b.weight"), HI * DI,
+                     c->q_lora_rank));
+        DSC_TRY(bind(b, &ly->idx_wk, NAME("self_attn.indexer.wk.weight"), DI, d));
+        DSC_TRY(bind(b, &ly->idx_k_norm_w, NAME("self_attn.indexer.k_norm.weight"), DI, 0));
+        DSC_TRY(bind(b, &ly->idx_k_norm_b, NAME("self_attn.indexer.k_norm.bias"), DI, 0));
+        DSC_TRY(bind(b, &ly->idx_weights, NAME("self_attn.indexer.weights_proj.weight"), HI, d));
+    }
 
     ly->is_moe = dsc_config_layer_is_moe(c, l);
     if (!ly->is_moe) {
@@ -227,6 +236,7 @@ dsc_status dsc_weights_bind(dsc_model_t *m, dsc_err *err) {
     in->n_params_active =
         in->n_params - n_moe * (E - c->num_experts_per_tok) * expert_params(c);
     in->latent_cache_values_per_token = L * (c->kv_lora_rank + c->qk_rope_head_dim);
+    in->index_cache_values_per_token = c->index_topk > 0 ? L * c->index_head_dim : 0;
     in->mha_cache_values_per_token =
         L * c->num_attention_heads *
         (c->qk_nope_head_dim + c->qk_rope_head_dim + c->v_head_dim);

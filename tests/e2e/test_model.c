@@ -401,11 +401,24 @@ static void test_bad_checkpoints(dsc_t *t) {
     T_CHECK(t, t_write_file(p, "{\"model_type\": ", 15) == 0, "write");
     expect_load_fail(t, d, DSC_ERR_FORMAT, "config.json");
 
-    /* config says V3.2 */
+    /* config says V3.2 but the files have no indexer; then a bad index_topk */
+    snprintf(d, sizeof d, "%s/v32", t->tmpdir);
+    make_variant(t, d, victim, NONE);
     snprintf(p, sizeof p, "%s/config.json", d);
-    const char *v32 = "{\"model_type\": \"deepseek_v32\"}";
-    T_CHECK(t, t_write_file(p, v32, strlen(v32)) == 0, "write");
-    expect_load_fail(t, d, DSC_ERR_UNSUPPORTED, "deepseek_v32");
+    char *cfg = t_read_file("tests/fixtures/v3_nointerleave/config.json", NULL);
+    const char *mt = "\"model_type\": \"deepseek_v3\"";
+    char *at = cfg ? strstr(cfg, mt) : NULL;
+    T_CHECK(t, at != NULL, "fixture config has no model_type line");
+    for (int topk = 4; at && topk >= 0; topk -= 4) {
+        char buf[8192];
+        snprintf(buf, sizeof buf, "%.*s\"model_type\": \"deepseek_v32\", \"index_n_heads\": 2, "
+                 "\"index_head_dim\": 32, \"index_topk\": %d%s", (int)(at - cfg), cfg, topk,
+                 at + strlen(mt));
+        T_CHECK(t, t_write_file(p, buf, strlen(buf)) == 0, "write");
+        if (topk) expect_load_fail(t, d, DSC_ERR_MISSING, "self_attn.indexer.");
+        else expect_load_fail(t, d, DSC_ERR_CONFIG, "index_topk");
+    }
+    free(cfg);
 
     /* missing directory */
     expect_load_fail(t, "tests/fixtures/does-not-exist", DSC_ERR_IO, "does-not-exist");

@@ -122,7 +122,20 @@ static void test_errors_name_field(dsc_t *t) {
     dsc_config c;
     dsc_err e = {0};
     const char *bad[][3] = {
-        {"{\"model_type\": \"deepseek_v32\"}", "deepseek_v32", "u"},
+        {"{\"model_type\": \"deepseek_v32\", \"vocab_size\": 10, \"hidden_size\": 8, "
+         "\"intermediate_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 1, "
+         "\"kv_lora_rank\": 4, \"v_head_dim\": 4, \"qk_nope_head_dim\": 4, "
+         "\"qk_rope_head_dim\": 4}", "index_n_heads", "c"},
+        {"{\"model_type\": \"deepseek_v32\", \"vocab_size\": 10, \"hidden_size\": 8, "
+         "\"intermediate_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 1, "
+         "\"kv_lora_rank\": 4, \"v_head_dim\": 4, \"qk_nope_head_dim\": 4, "
+         "\"qk_rope_head_dim\": 4, \"index_n_heads\": 2, \"index_head_dim\": 8, "
+         "\"index_topk\": 0}", "index_topk", "c"},
+        {"{\"model_type\": \"deepseek_v32\", \"vocab_size\": 10, \"hidden_size\": 8, "
+         "\"intermediate_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 1, "
+         "\"kv_lora_rank\": 4, \"v_head_dim\": 4, \"qk_nope_head_dim\": 4, "
+         "\"qk_rope_head_dim\": 4, \"index_n_heads\": 2, \"index_head_dim\": 8, "
+         "\"index_topk\": 3}", "q_lora_rank", "c"},
         {"{\"model_type\": \"llama\"}", "model_type", "c"},
         {"{\"vocab_size\": 3}", "model_type", "c"},
         {"{\"model_type\": \"deepseek_v3\", \"vocab_size\": \"many\"}", "vocab_size", "c"},

@@ -316,3 +316,50 @@ void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr
                 axpy(y + (size_t)i * (size_t)ldy + (size_t)c0, buf, x[(size_t)i * (size_t)ldx + (size_t)r], n);
         }
 }
+
+/* ---- top-k as a set, in O(n): the DSA selection over long contexts ---- */
+
+/* k-th largest of v[0..n) (1-based k), reordering v: Hoare-style
+   quickselect with a middle pivot. */
+static float kth_largest(float *v, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1, want = k - 1;
+    while (lo < hi) {
+        float pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] > pivot) i++;
+            while (v[j] < pivot) j--;
+            if (i <= j) {
+                float tmp = v[i];
+                v[i] = v[j];
+                v[j] = tmp;
+                i++;
+                j--;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return v[want];
+    }
+    return v[want];
+}
+
+int64_t dsc_k_topk_set(const float *x, int64_t n, int64_t k, int32_t *idx, float *scratch) {
+    if (k <= 0 || n <= 0) return 0;
+    if (k >= n) {
+        for (int64_t i = 0; i < n; i++) idx[i] = (int32_t)i;
+        return n;
+    }
+    /* NaN ranks below everything: map it to -inf in the copy */
+    for (int64_t i = 0; i < n; i++) scratch[i] = isnan(x[i]) ? -INFINITY : x[i];
+    float thr = kth_largest(scratch, n, k);
+    int64_t above = 0;
+    for (int64_t i = 0; i < n; i++) above += !isnan(x[i]) && x[i] > thr;
+    /* everything above the threshold, then threshold ties by lower index */
+    int64_t ties = k - above, m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = isnan(x[i]) ? -INFINITY : x[i];
+        if (v > thr || (v == thr && ties-- > 0)) idx[m++] = (int32_t)i;
+    }
+    return m;
+}

@@ -1,0 +1,256 @@
+/*
+ * dsa.c - DeepSeek Sparse Attention (V3.2-Exp §1; spec §4).
+ *
+ * The lightning indexer, per layer:
+ *   k_s   = RoPE_half(LayerNorm(W_k x_s))              one D_I key per token, cached
+ *   q_t,j = RoPE_half(W_qb c_q,t)_j                    H_I heads of D_I
+ *   w_t,j = (W_w x_t)_j * H_I^-1/2 * D_I^-1/2
+ *   I(t,s) = sum_j w_t,j * ReLU(q_t,j . k_s)           for s <= t
+ * RoPE here pairs (i, i + dr/2) on the FIRST dr dims of a head (MLA uses
+ * interleaved pairs on the last dr dims). S_t = the top-k s by I(t,s), with
+ * k = min(index_topk, t + 1), ties to the lower position; shared by heads.
+ *
+ * Sparse absorbed MLA then attends only to S_t: the selected latent rows
+ * [c ; k_pe] are gathered once per query and all H heads score them in one
+ * GEMM (the MQA form of MLA), so the attention costs O(k) per query however
+ * long the context. When no query of a call sees more than index_topk keys
+ * the selection keeps everything and the dense path runs instead: the two
+ * are then identical by construction.
+ *
+ * Work is done in blocks of DSC_DSA_QB queries; indexer scores are computed
+ * key block by key block (KB keys, dequantised from the cache's format into
+ * fp32 scratch), in parallel over key blocks, so decode with a long context
+ * uses every thread.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "util/util.h"
+
+#define KB 256 /* keys per indexer scoring block */
+#define INDEX_NORM_EPS 1e-6f
+
+int64_t dsc_dsa_key_bytes(const dsc_config *cf, dsc_index_cache_type t) {
+    int64_t d = cf->index_head_dim;
+    return t == DSC_INDEX_CACHE_F32 ? 4 * d : t == DSC_INDEX_CACHE_BF16 ? 2 * d : d + 4;
+}
+
+int64_t dsc_dsa_ws_floats(const dsc_config *cf, int64_t n_ctx) {
+    return DSC_DSA_QB * cf->index_n_heads * KB + KB * cf->index_head_dim + n_ctx;
+}
+
+int dsc_dsa_sparse(const dsc_ctx_t *c, int64_t n, int64_t pos0) {
+    return c->m->cfg.index_topk > 0 && !c->p.dense &&
+           (pos0 + n > c->m->cfg.index_topk || c->force_sparse);
+}
+
+/* ---- the key cache ---- */
+
+static unsigned char *key_row(const dsc_ctx_t *c, int64_t l, int64_t pos) {
+    int64_t kb = dsc_dsa_key_bytes(&c->m->cfg, c->p.index_cache);
+    return (unsigned char *)c->index_cache + ((size_t)l * (size_t)c->p.n_ctx + (size_t)pos) * (size_t)kb;
+}
+
+static void store_key(const dsc_ctx_t *c, int64_t l, int64_t pos, const float *k) {
+    int64_t d = c->m->cfg.index_head_dim;
+    unsigned char *row = key_row(c, l, pos);
+    switch (c->p.index_cache) {
+    case DSC_INDEX_CACHE_F32:
+        memcpy(row, k, (size_t)d * sizeof *k);
+        break;
+    case DSC_INDEX_CACHE_BF16:
+        for (int64_t i = 0; i < d; i++) {
+            uint16_t h = dsc_f32_to_bf16(k[i]);
+            memcpy(row + 2 * i, &h, 2);
+        }
+        break;
+    case DSC_INDEX_CACHE_FP8: {
+        /* one scale per token: amax / 448 (the official demo's rule) */
+        float amax = 1e-4f;
+        for (int64_t i = 0; i < d; i++) amax = fabsf(k[i]) > amax ? fabsf(k[i]) : amax;
+        float scale = amax / 448.0f;
+        for (int64_t i = 0; i < d; i++) row[i] = dsc_f32_to_e4m3(k[i] / scale);
+        memcpy(row + d, &scale, sizeof scale);
+        break;
+    }
+    }
+}
+
+/* Keys [s0, s0 + n) of layer l as fp32 rows of D_I. */
+static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, float *out) {
+    int64_t d = c->m->cfg.index_head_dim;
+    for (int64_t s = 0; s < n; s++) {
+        const unsigned char *row = key_row(c, l, s0 + s);
+        float *o = out + s * d;
+        if (c->p.index_cache == DSC_INDEX_CACHE_F32) {
+            memcpy(o, row, (size_t)d * sizeof *o);
+        } else if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
+            for (int64_t i = 0; i < d; i++) {
+                uint16_t h;
+                memcpy(&h, row + 2 * i, 2);
+                o[i] = dsc_bf16_to_f32(h);
+            }
+        } else {
+            float scale;
+            memcpy(&scale, row + d, sizeof scale);
+            for (int64_t i = 0; i < d; i++) o[i] = dsc_e4m3_to_f32(row[i]) * scale;
+        }
+    }
+}
+
+/* LayerNorm with weight and bias over d values, in place. */
+static void layer_norm(float *x, const dsc_wmat *w, const dsc_wmat *b, int64_t d, float *tmp) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < d; i++) mean += x[i];
+    mean /= (double)d;
+    for (int64_t i = 0; i < d; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (double)d;
+    float inv = (float)(1.0 / sqrt(var + INDEX_NORM_EPS));
+    dsc_wmat_row(w, 0, 0, d, tmp);
+    dsc_wmat_row(b, 0, 0, d, tmp + d);
+    for (int64_t i = 0; i < d; i++) x[i] = (float)(x[i] - mean) * inv * tmp[i] + tmp[d + i];
+}
+
+void dsc_dsa_keys(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    int64_t DI = cf->index_head_dim, dr = cf->qk_rope_head_dim;
+    /* k = RoPE_half(LayerNorm(W_k x))                               (n, D_I) */
+    dsc_k_matmul(c->k, w->idx_k, w->xn, &ly->idx_wk, n);
+    float *tmp = w->gather; /* 2*D_I floats of scratch: not in use yet */
+    for (int64_t t = 0; t < n; t++) {
+        int64_t p = pos0 + t;
+        float *k = w->idx_k + t * DI;
+        layer_norm(k, &ly->idx_k_norm_w, &ly->idx_k_norm_b, DI, tmp);
+        dsc_ref_rope(k, dr, w->rope_cos + p * (dr / 2), w->rope_sin + p * (dr / 2), 0);
+        store_key(c, l, p, k);
+    }
+}
+
+/* Indexer queries and weights for the n new tokens. */
+static void index_queries(dsc_ctx_t *c, const dsc_layer *ly, int64_t n, int64_t pos0) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    int64_t HI = cf->index_n_heads, DI = cf->index_head_dim, dr = cf->qk_rope_head_dim;
+    /* q = RoPE_half(W_qb c_q) per head; w = W_w x * H_I^-1/2 * D_I^-1/2 */
+    dsc_k_matmul(c->k, w->idx_q, w->qa, &ly->idx_wq_b, n);
+    dsc_k_matmul(c->k, w->idx_w, w->xn, &ly->idx_weights, n);
+    float s = (float)(1.0 / sqrt((double)HI) / sqrt((double)DI));
+    for (int64_t t = 0; t < n; t++) {
+        int64_t p = pos0 + t;
+        for (int64_t j = 0; j < HI; j++)
+            dsc_ref_rope(w->idx_q + (t * HI + j) * DI, dr, w->rope_cos + p * (dr / 2),
+                         w->rope_sin + p * (dr / 2), 0);
+        for (int64_t j = 0; j < HI; j++) w->idx_w[t * HI + j] *= s;
+    }
+}
+
+/* I(t, s) for queries [t0, t0 + nq) of this call over their visible keys,
+   into w->iscore rows of n_ctx; then each query's top-k into w->sel. */
+static void index_select(dsc_ctx_t *c, int64_t l, int64_t t0, int64_t nq, int64_t pos0) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    int64_t HI = cf->index_n_heads, DI = cf->index_head_dim, n_ctx = c->p.n_ctx;
+    int64_t lk = pos0 + t0 + nq; /* keys the last query of the block sees */
+    int64_t nblk = (lk + KB - 1) / KB;
+    const float *q = w->idx_q + t0 * HI * DI;
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < nblk; b++) {
+        float *ws = w->dsa_ws + (int64_t)dsc_thread_id() * w->dsa_ws_floats;
+        float *T = ws;                           /* (nq*H_I, KB) */
+        float *K = T + DSC_DSA_QB * HI * KB;     /* (KB, D_I)    */
+        int64_t s0 = b * KB, ns = lk - s0 < KB ? lk - s0 : KB;
+        load_keys(c, l, s0, ns, K);
+        /* T = Q K^T: every head of every query against the block's keys */
+        dsc_k_sgemm_nt(c->k, nq * HI, ns, DI, q, DI, K, DI, T, ns, 0);
+        for (int64_t t = 0; t < nq; t++) {
+            int64_t p = pos0 + t0 + t;
+            const float *wt = w->idx_w + (t0 + t) * HI;
+            float *out = w->iscore + t * n_ctx + s0;
+            for (int64_t s = 0; s < ns; s++) {
+                if (s0 + s > p) {
+                    out[s] = -INFINITY; /* causal mask before the top-k */
+                    continue;
+                }
+                float acc = 0.0f;
+                for (int64_t j = 0; j < HI; j++) {
+                    float v = T[(t * HI + j) * ns + s];
+                    acc += wt[j] * (v > 0.0f ? v : 0.0f);
+                }
+                out[s] = acc;
+            }
+        }
+    }
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+    for (int64_t t = 0; t < nq; t++) {
+        float *ws = w->dsa_ws + (int64_t)dsc_thread_id() * w->dsa_ws_floats;
+        float *scratch = ws + DSC_DSA_QB * HI * KB + KB * DI;
+        int64_t visible = pos0 + t0 + t + 1;
+        w->n_sel[t] = dsc_k_topk_set(w->iscore + t * n_ctx, visible, cf->index_topk,
+                                     w->sel + t * cf->index_topk, scratch);
+    }
+}
+
+void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0,
+                    const float *kvb) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    dsc_kctx *k = c->k;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
+    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, dqk = dn + dr;
+    int64_t ldq = H * dqk, ldkv = dc + dr, ldo = H * dv, K = cf->index_topk;
+    const float *cache_l = c->cache + l * c->p.n_ctx * ldkv;
+    float scale = (float)cf->softmax_scale;
+
+    index_queries(c, ly, n, pos0);
+    for (int64_t t0 = 0; t0 < n; t0 += DSC_DSA_QB) {
+        int64_t rows = n - t0 < DSC_DSA_QB ? n - t0 : DSC_DSA_QB;
+        index_select(c, l, t0, rows, pos0);
+
+        /* absorbed queries [q_nope W^UK_i ; q_pe_i] for every head   (rows, H, dc+dr) */
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+        for (int64_t i = 0; i < H; i++) {
+            const float *q_nope = w->q + t0 * ldq + i * dqk;
+            float *dst = w->qfull + i * ldkv;
+            if (kvb)
+                dsc_k_sgemm_nn(k, rows, dc, dn, q_nope, ldq, kvb + i * (dn + dv) * dc, dc, dst,
+                               H * ldkv, 0);
+            else
+                dsc_k_matvec_t(k, &ly->kv_b, i * (dn + dv), dn, q_nope, ldq, rows, dst, H * ldkv);
+            for (int64_t t = 0; t < rows; t++)
+                memcpy(dst + t * H * ldkv + dc, q_nope + t * ldq + dn, (size_t)dr * sizeof(float));
+        }
+
+        /* per query: gather the selected rows, all heads score them at once */
+        for (int64_t t = 0; t < rows; t++) {
+            int64_t ks = w->n_sel[t];
+            const int32_t *sel = w->sel + t * K;
+            for (int64_t j = 0; j < ks; j++)
+                memcpy(w->gather + j * ldkv, cache_l + (int64_t)sel[j] * ldkv,
+                       (size_t)ldkv * sizeof(float));
+            /* S = s * Q G^T (H, ks); softmax; o_lat = S G[:, :dc] (H, dc) */
+            dsc_k_sgemm_nt(k, H, ks, ldkv, w->qfull + t * H * ldkv, ldkv, w->gather, ldkv,
+                           w->sscore, ks, 0);
+            for (int64_t e = 0; e < H * ks; e++) w->sscore[e] *= scale;
+            dsc_k_softmax(w->sscore, H, ks);
+            dsc_k_sgemm_nn(k, H, dc, ks, w->sscore, ks, w->gather, ldkv, w->olat + t * H * dc, dc,
+                           0);
+        }
+
+        /* o_i = W^UV_i o_lat_i                                          (rows, H*dv) */
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+        for (int64_t i = 0; i < H; i++) {
+            int64_t uv = i * (dn + dv) + dn;
+            float *out = w->attn + t0 * ldo + i * dv;
+            if (kvb) {
+                dsc_k_sgemm_nt(k, rows, dv, dc, w->olat + i * dc, H * dc, kvb + uv * dc, dc, out,
+                               ldo, 0);
+            } else {
+                for (int64_t t = 0; t < rows; t++)
+                    dsc_k_matvec_rows(k, &ly->kv_b, uv, uv + dv, w->olat + (t * H + i) * dc, 1,
+                                      out + t * ldo, ldo);
+            }
+        }
+    }
+}
