@@ -198,8 +198,7 @@ void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int
     dsc_work *w = &c->w;
     dsc_kctx *k = c->k;
     int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
-    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, dqk = dn + dr;
-    int64_t ldq = H * dqk, ldkv = dc + dr, ldo = H * dv, K = cf->index_topk;
+    int64_t ldkv = dc + dr, K = cf->index_topk;
     const float *cache_l = c->cache + l * c->p.n_ctx * ldkv;
     float scale = (float)cf->softmax_scale;
 
@@ -209,18 +208,7 @@ void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int
         index_select(c, l, t0, rows, pos0);
 
         /* absorbed queries [q_nope W^UK_i ; q_pe_i] for every head   (rows, H, dc+dr) */
-#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-        for (int64_t i = 0; i < H; i++) {
-            const float *q_nope = w->q + t0 * ldq + i * dqk;
-            float *dst = w->qfull + i * ldkv;
-            if (kvb)
-                dsc_k_sgemm_nn(k, rows, dc, dn, q_nope, ldq, kvb + i * (dn + dv) * dc, dc, dst,
-                               H * ldkv, 0);
-            else
-                dsc_k_matvec_t(k, &ly->kv_b, i * (dn + dv), dn, q_nope, ldq, rows, dst, H * ldkv);
-            for (int64_t t = 0; t < rows; t++)
-                memcpy(dst + t * H * ldkv + dc, q_nope + t * ldq + dn, (size_t)dr * sizeof(float));
-        }
+        dsc_mla_absorb_q(c, ly, kvb, t0, rows);
 
         /* per query: gather the selected rows, all heads score them at once */
         for (int64_t t = 0; t < rows; t++) {
@@ -239,18 +227,6 @@ void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int
         }
 
         /* o_i = W^UV_i o_lat_i                                          (rows, H*dv) */
-#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-        for (int64_t i = 0; i < H; i++) {
-            int64_t uv = i * (dn + dv) + dn;
-            float *out = w->attn + t0 * ldo + i * dv;
-            if (kvb) {
-                dsc_k_sgemm_nt(k, rows, dv, dc, w->olat + i * dc, H * dc, kvb + uv * dc, dc, out,
-                               ldo, 0);
-            } else {
-                for (int64_t t = 0; t < rows; t++)
-                    dsc_k_matvec_rows(k, &ly->kv_b, uv, uv + dv, w->olat + (t * H + i) * dc, 1,
-                                      out + t * ldo, ldo);
-            }
-        }
+        dsc_mla_absorb_out(c, ly, kvb, t0, rows);
     }
 }

@@ -89,8 +89,9 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     for (int64_t l = 0; l < cf->num_hidden_layers; l++)
         need_kvb |= m->layers[l].kv_b.dtype != DSC_F32;
     dsc_work *w = &c->w;
-    w->head_ws_floats = dsc_mla_head_ws_floats(cf, p.n_ctx, B);
-    if (p.attn != DSC_ATTN_NAIVE) w->head_ws_floats -= p.n_ctx * (dn + dv);
+    w->head_ws_floats = p.attn == DSC_ATTN_NAIVE ? dsc_mla_head_ws_floats(cf, p.n_ctx, B) : 0;
+    w->mqa_rows = dsc_mla_mqa_rows(cf, B);
+    int64_t qrows = cf->index_topk > 0 && w->mqa_rows < DSC_DSA_QB ? DSC_DSA_QB : w->mqa_rows;
 
     plan pl = {0};
     plan_add(&pl, (void **)&w->x, B * d, 4);
@@ -117,6 +118,10 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     plan_add(&pl, (void **)&w->rope_sin, p.n_ctx * (dr / 2), 4);
     plan_add(&pl, (void **)&w->head_ws, (int64_t)c->n_threads * w->head_ws_floats, 4);
     plan_add(&pl, (void **)&w->logits, cf->vocab_size, 4);
+    plan_add(&pl, (void **)&w->qfull, qrows * H * (dc + dr), 4);
+    plan_add(&pl, (void **)&w->olat, qrows * H * dc, 4);
+    plan_add(&pl, (void **)&w->mqa_s, p.attn == DSC_ATTN_ABSORBED ? w->mqa_rows * H * p.n_ctx : 0,
+             4);
     if (cf->index_topk > 0) {
         int64_t HI = cf->index_n_heads, DI = cf->index_head_dim, KI = cf->index_topk;
         int64_t QB = DSC_DSA_QB;
@@ -126,8 +131,6 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         plan_add(&pl, (void **)&w->idx_w, B * HI, 4);
         plan_add(&pl, (void **)&w->sel, QB * KI, 4);
         plan_add(&pl, (void **)&w->n_sel, QB, 8);
-        plan_add(&pl, (void **)&w->qfull, QB * H * (dc + dr), 4);
-        plan_add(&pl, (void **)&w->olat, QB * H * dc, 4);
         plan_add(&pl, (void **)&w->gather, max64(KI * (dc + dr), 2 * DI), 4);
         plan_add(&pl, (void **)&w->sscore, H * KI, 4);
         plan_add(&pl, (void **)&w->iscore, QB * p.n_ctx, 4);

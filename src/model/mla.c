@@ -11,8 +11,10 @@
  *              softmax(s (q_nope K_i^T + q_pe Kpe^T)) V_i
  *   absorbed : q_lat_i = q_nope_i W^UK_i (a dc-vector), then
  *              o_lat = softmax(s (q_lat C^T + q_pe Kpe^T)) C, o_i = W^UV_i o_lat
- * s = d_qk^-1/2 * m^2 (config.c). Heads run in parallel; queries are taken in
- * blocks of QB rows so the score buffer is QB x context, never T x context.
+ * s = d_qk^-1/2 * m^2 (config.c). The absorbed form runs as MQA: all heads
+ * of a block of queries score the shared latent rows in one GEMM. The naive
+ * form runs heads in parallel with queries in blocks of QB rows, so no score
+ * buffer is ever T x context.
  */
 #include <math.h>
 #include <string.h>
@@ -33,9 +35,15 @@
 
 int64_t dsc_mla_head_ws_floats(const dsc_config *c, int64_t n_ctx, int64_t n_batch) {
     int64_t qb = n_batch < QB ? n_batch : QB;
-    int64_t dc = c->kv_lora_rank;
-    int64_t naive = n_ctx * (c->qk_nope_head_dim + c->v_head_dim);
-    return qb * n_ctx + 2 * qb * dc + naive;
+    return qb * n_ctx + n_ctx * (c->qk_nope_head_dim + c->v_head_dim);
+}
+
+int64_t dsc_mla_mqa_rows(const dsc_config *c, int64_t n_batch) {
+    /* about 256 (query, head) rows per score GEMM: big enough for the GEMM,
+       small enough that the score block stays (rows*H, n_ctx) */
+    int64_t r = 256 / c->num_attention_heads;
+    r = r < 1 ? 1 : r > DSC_DSA_QB ? DSC_DSA_QB : r;
+    return r < n_batch ? r : n_batch;
 }
 
 /* Scale scores of a query block, mask the future, softmax each row.
@@ -50,66 +58,111 @@ static void scale_mask_softmax(float *s, int64_t rows, int64_t lk, int64_t p0, f
     dsc_k_softmax(s, rows, lk);
 }
 
-/* Attention of head i for queries [0, n) at positions pos0.. over the cache.
-   Writes attn[t][i*dv .. (i+1)*dv). kvb is kv_b_proj as fp32, or NULL to
-   apply the head's rows of kv_b_w straight from their stored dtype (decode:
-   a few queries, where dequantising the whole matrix would cost more than
-   the attention itself). */
-static void attend_head(dsc_ctx_t *c, const float *cache_l, const float *kvb,
-                        const dsc_wmat *kv_b_w, int64_t i, int64_t n, int64_t pos0, float *ws) {
+/* Naive MLA for head i, queries [0, n) at positions pos0..: K_i and V_i are
+   decompressed from the cached latents, then ordinary causal attention.
+   Writes attn[t][i*dv .. (i+1)*dv). */
+static void attend_head_naive(dsc_ctx_t *c, const float *cache_l, const float *kvb, int64_t i,
+                              int64_t n, int64_t pos0, float *ws) {
     const dsc_config *cf = &c->m->cfg;
     dsc_kctx *k = c->k;
     int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
     int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, dqk = dn + dr;
     int64_t ldq = H * dqk, ldkv = dc + dr, ldo = H * dv;
     int64_t qb = n < QB ? n : QB;
-    int64_t n_ctx = c->p.n_ctx;
-    const float *w_uk = kvb ? kvb + i * (dn + dv) * dc : NULL; /* (dn, dc) */
-    const float *w_uv = kvb ? w_uk + dn * dc : NULL;           /* (dv, dc) */
-    int64_t uk_row = i * (dn + dv), uv_row = uk_row + dn;      /* in kv_b_w   */
+    const float *w_uk = kvb + i * (dn + dv) * dc; /* (dn, dc) */
+    const float *w_uv = w_uk + dn * dc;           /* (dv, dc) */
     float scale = (float)cf->softmax_scale;
 
-    float *S = ws;                    /* (qb, n_ctx) scores               */
-    float *qlat = S + qb * n_ctx;     /* (qb, dc)                         */
-    float *olat = qlat + qb * dc;     /* (qb, dc)                         */
-    float *K = olat + qb * dc;        /* naive: (lk, dn) then V (lk, dv)  */
+    float *S = ws;                    /* (qb, n_ctx) scores   */
+    float *K = S + qb * c->p.n_ctx;   /* (lk, dn) then V (lk, dv) */
     int64_t lk_all = pos0 + n;
     float *V = K + lk_all * dn;
 
-    int naive = c->p.attn == DSC_ATTN_NAIVE;
-    if (naive) {
-        /* K_i = C W^UK_i^T, V_i = C W^UV_i^T for every visible position */
-        dsc_k_sgemm_nt(k, lk_all, dn, dc, cache_l, ldkv, w_uk, dc, K, dn, 0);
-        dsc_k_sgemm_nt(k, lk_all, dv, dc, cache_l, ldkv, w_uv, dc, V, dv, 0);
-    }
+    /* K_i = C W^UK_i^T, V_i = C W^UV_i^T for every visible position */
+    dsc_k_sgemm_nt(k, lk_all, dn, dc, cache_l, ldkv, w_uk, dc, K, dn, 0);
+    dsc_k_sgemm_nt(k, lk_all, dv, dc, cache_l, ldkv, w_uv, dc, V, dv, 0);
     for (int64_t t0 = 0; t0 < n; t0 += qb) {
         int64_t rows = n - t0 < qb ? n - t0 : qb;
         int64_t lk = pos0 + t0 + rows; /* keys the last row of the block sees */
         const float *q_nope = c->w.q + t0 * ldq + i * dqk;
         const float *q_pe = q_nope + dn;
-        float *out = c->w.attn + t0 * ldo + i * dv;
-        if (naive) {
-            /* S = q_nope K^T + q_pe Kpe^T */
-            dsc_k_sgemm_nt(k, rows, lk, dn, q_nope, ldq, K, dn, S, lk, 0);
-            dsc_k_sgemm_nt(k, rows, lk, dr, q_pe, ldq, cache_l + dc, ldkv, S, lk, 1);
-            scale_mask_softmax(S, rows, lk, pos0 + t0, scale);
-            dsc_k_sgemm_nn(k, rows, dv, lk, S, lk, V, dv, out, ldo, 0);
+        /* S = q_nope K^T + q_pe Kpe^T ; out = softmax(S) V */
+        dsc_k_sgemm_nt(k, rows, lk, dn, q_nope, ldq, K, dn, S, lk, 0);
+        dsc_k_sgemm_nt(k, rows, lk, dr, q_pe, ldq, cache_l + dc, ldkv, S, lk, 1);
+        scale_mask_softmax(S, rows, lk, pos0 + t0, scale);
+        dsc_k_sgemm_nn(k, rows, dv, lk, S, lk, V, dv, c->w.attn + t0 * ldo + i * dv, ldo, 0);
+    }
+}
+
+void dsc_mla_absorb_q(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
+                      int64_t rows) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
+    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, ldq = H * (dn + dr);
+    int64_t ldkv = dc + dr;
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+    for (int64_t i = 0; i < H; i++) {
+        const float *q_nope = w->q + t0 * ldq + i * (dn + dr);
+        float *dst = w->qfull + i * ldkv;
+        if (kvb)
+            dsc_k_sgemm_nn(c->k, rows, dc, dn, q_nope, ldq, kvb + i * (dn + dv) * dc, dc, dst,
+                           H * ldkv, 0);
+        else
+            dsc_k_matvec_t(c->k, &ly->kv_b, i * (dn + dv), dn, q_nope, ldq, rows, dst, H * ldkv);
+        for (int64_t t = 0; t < rows; t++)
+            memcpy(dst + t * H * ldkv + dc, q_nope + t * ldq + dn, (size_t)dr * sizeof(float));
+    }
+}
+
+void dsc_mla_absorb_out(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
+                        int64_t rows) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank;
+    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, ldo = H * dv;
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
+    for (int64_t i = 0; i < H; i++) {
+        int64_t uv = i * (dn + dv) + dn;
+        float *out = w->attn + t0 * ldo + i * dv;
+        if (kvb) {
+            dsc_k_sgemm_nt(c->k, rows, dv, dc, w->olat + i * dc, H * dc, kvb + uv * dc, dc, out,
+                           ldo, 0);
         } else {
-            /* q_lat = q_nope W^UK_i ; S = q_lat C^T + q_pe Kpe^T */
-            if (w_uk)
-                dsc_k_sgemm_nn(k, rows, dc, dn, q_nope, ldq, w_uk, dc, qlat, dc, 0);
-            else
-                dsc_k_matvec_t(k, kv_b_w, uk_row, dn, q_nope, ldq, rows, qlat, dc);
-            dsc_k_sgemm_nt(k, rows, lk, dc, qlat, dc, cache_l, ldkv, S, lk, 0);
-            dsc_k_sgemm_nt(k, rows, lk, dr, q_pe, ldq, cache_l + dc, ldkv, S, lk, 1);
-            scale_mask_softmax(S, rows, lk, pos0 + t0, scale);
-            /* o_lat = P C ; o_i = o_lat W^UV_i^T */
-            dsc_k_sgemm_nn(k, rows, dc, lk, S, lk, cache_l, ldkv, olat, dc, 0);
-            if (w_uv)
-                dsc_k_sgemm_nt(k, rows, dv, dc, olat, dc, w_uv, dc, out, ldo, 0);
-            else
-                dsc_k_matvec_rows(k, kv_b_w, uv_row, uv_row + dv, olat, rows, out, ldo);
+            for (int64_t t = 0; t < rows; t++)
+                dsc_k_matvec_rows(c->k, &ly->kv_b, uv, uv + dv, w->olat + (t * H + i) * dc, 1,
+                                  out + t * ldo, ldo);
         }
+    }
+}
+
+/* Absorbed MLA in its MQA form: all heads of a block of queries score the
+   shared latent rows in one GEMM, so each cached row is read once per block
+   (not once per head):
+     S[(t,i)][s] = s * [q_lat_i(t) ; q_pe_i(t)] . [c_s ; k_pe_s]
+     o_lat(t,i) = softmax(S[(t,i)]) C                                   */
+static void attend_absorbed(dsc_ctx_t *c, const dsc_layer *ly, const float *cache_l,
+                            const float *kvb, int64_t n, int64_t pos0) {
+    const dsc_config *cf = &c->m->cfg;
+    dsc_work *w = &c->w;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, ldkv = dc + cf->qk_rope_head_dim;
+    float scale = (float)cf->softmax_scale;
+    for (int64_t t0 = 0; t0 < n; t0 += w->mqa_rows) {
+        int64_t rows = n - t0 < w->mqa_rows ? n - t0 : w->mqa_rows;
+        int64_t lk = pos0 + t0 + rows;
+        dsc_mla_absorb_q(c, ly, kvb, t0, rows);
+        dsc_k_sgemm_nt(c->k, rows * H, lk, ldkv, w->qfull, ldkv, cache_l, ldkv, w->mqa_s, lk, 0);
+        /* row (t, i) sees keys 0 .. pos0 + t0 + t */
+        for (int64_t t = 0; t < rows; t++)
+            for (int64_t i = 0; i < H; i++) {
+                float *row = w->mqa_s + (t * H + i) * lk;
+                int64_t visible = pos0 + t0 + t + 1;
+                for (int64_t j = 0; j < visible; j++) row[j] *= scale;
+                for (int64_t j = visible; j < lk; j++) row[j] = -INFINITY;
+            }
+        dsc_k_softmax(w->mqa_s, rows * H, lk);
+        dsc_k_sgemm_nn(c->k, rows * H, dc, lk, w->mqa_s, lk, cache_l, ldkv, w->olat, dc, 0);
+        dsc_mla_absorb_out(c, ly, kvb, t0, rows);
     }
 }
 
@@ -173,13 +226,14 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
     const float *kvb = stream ? NULL : kv_b_f32(c, &ly->kv_b);
     if (sparse) {
         dsc_dsa_attend(c, ly, l, n, pos0, kvb);
-        dsc_k_matmul(k, w->y, w->attn, &ly->o, n);
-        return;
-    }
+    } else if (c->p.attn == DSC_ATTN_ABSORBED) {
+        attend_absorbed(c, ly, cache_l, kvb, n, pos0);
+    } else {
 #pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-    for (int64_t i = 0; i < H; i++) {
-        float *ws = w->head_ws + (int64_t)dsc_thread_id() * w->head_ws_floats;
-        attend_head(c, cache_l, kvb, &ly->kv_b, i, n, pos0, ws);
+        for (int64_t i = 0; i < H; i++) {
+            float *ws = w->head_ws + (int64_t)dsc_thread_id() * w->head_ws_floats;
+            attend_head_naive(c, cache_l, kvb, i, n, pos0, ws);
+        }
     }
     /* out = W^O concat_i(o_i)                                      (n, d) */
     dsc_k_matmul(k, w->y, w->attn, &ly->o, n);

@@ -91,7 +91,7 @@ typedef struct {
     float *kvb;      /* (H*(dn+dv), dc) dequantised kv_b of one layer, when not F32 */
     float *rope_cos; /* (n_ctx, dr/2)                              */
     float *rope_sin; /* (n_ctx, dr/2)                              */
-    float *head_ws;  /* per thread: attention scratch, head_ws_floats each */
+    float *head_ws;  /* per thread: naive attention scratch, head_ws_floats each */
     int64_t head_ws_floats;
     float *group_ws; /* (B, n_group) group scores                  */
     float *logits;   /* (V) last-token logits for dsc_generate      */
@@ -103,6 +103,8 @@ typedef struct {
     int64_t *n_sel;  /* (B) how many of sel are used                */
     float *qfull;    /* (QB, H, dc+dr) absorbed queries [q_lat ; q_pe] */
     float *olat;     /* (QB, H, dc) latent attention outputs        */
+    float *mqa_s;    /* (mqa_rows*H, n_ctx) absorbed attention scores */
+    int64_t mqa_rows;
     float *gather;   /* (topk, dc+dr) selected cache rows           */
     float *sscore;   /* (H, topk) sparse attention scores           */
     float *iscore;   /* (QB, n_ctx) indexer scores I(t, s)          */
@@ -129,8 +131,18 @@ struct dsc_ctx {
 
 /* mla.c: attention block for tokens pos0..pos0+n-1; reads w->xn, writes w->y. */
 void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
-/* Scratch floats one attention thread needs (for dsc_work.head_ws). */
+/* Scratch floats one naive-attention thread needs (dsc_work.head_ws). */
 int64_t dsc_mla_head_ws_floats(const dsc_config *cfg, int64_t n_ctx, int64_t n_batch);
+/* Query rows per absorbed (MQA-form) attention block. */
+int64_t dsc_mla_mqa_rows(const dsc_config *cfg, int64_t n_batch);
+/* Absorbed queries [q_nope_i W^UK_i ; q_pe_i] of rows [t0, t0+rows) into
+   w->qfull (rows, H, dc+dr), and outputs W^UV_i o_lat_i from w->olat
+   (rows, H, dc) into w->attn. kvb: kv_b_proj as fp32, or NULL to apply it
+   from its stored dtype. Shared by dense absorbed MLA and DSA. */
+void dsc_mla_absorb_q(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
+                      int64_t rows);
+void dsc_mla_absorb_out(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
+                        int64_t rows);
 
 /* dsa.c: DeepSeek Sparse Attention. dsc_dsa_attend replaces the dense head
    loop: indexer queries, scores, top-k, then sparse absorbed attention over
