@@ -125,4 +125,8 @@ demo: $(BUILD)/dsc
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+# bench objects are not intermediates: keep them, and their dependency files,
+# so a change to an internal header rebuilds the benchmarks that read it
+.SECONDARY: $(BENCH_SRC:%.c=$(BUILD)/%.o) $(BENCH_COMMON_OBJ)
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BENCH_SRC:%.c=$(BUILD)/%.d) \
+         $(BENCH_COMMON_OBJ:.o=.d)

@@ -46,6 +46,7 @@ The v3_tok fixture needs tests/fixtures/tokenizer_brown/ (tokenizer.json, tokeni
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -1032,11 +1033,13 @@ class IndexerTrace(TorchFunctionMode):
 def hf_indexer_forward(m, ids, f64_mode):
     """One no-cache float64 forward with the indexer trace: per layer (scores [T, T], indices [T, k])."""
     tr = IndexerTrace(m)
+    f64_mode.low.clear()
     try:
         with torch.no_grad(), f64_mode, tr:
             m(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
     finally:
         tr.remove()
+    assert not f64_mode.low, f"float32 ops left in the float64 forward: {f64_mode.low}"
     assert [l for l, _, _ in tr.calls] == list(range(len(m.model.layers)))
     return [(sc, ix) for _, sc, ix in tr.calls]
 
@@ -1158,13 +1161,15 @@ def top2_margin(scores):
     return (top[0] - top[1]).item()
 
 
-def hf_generate(m, prompt, n_new, eos, f64_mode=None):
+def hf_generate(m, prompt, n_new, eos, f64_mode=None, trace=None):
     """transformers generate(), greedy, EOS masked for all n_new steps, default (dynamic) KV cache.
-    Returns (new ids, processed scores per step, raw logits per step, forward input lengths)."""
+    Returns (new ids, processed scores per step, raw logits per step, forward input lengths).
+    trace: an IndexerTrace to run inside (records the indexer of every forward)."""
     x = torch.tensor([prompt], dtype=torch.long)
     lengths = []
     hook = m.model.register_forward_pre_hook(
         lambda mod, args, kw: lengths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    trace = trace if trace is not None else contextlib.nullcontext()
     kwargs = dict(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n_new, min_new_tokens=n_new,
                   do_sample=False, eos_token_id=eos, pad_token_id=eos, return_dict_in_generate=True,
                   output_scores=True, output_logits=True)
@@ -1174,7 +1179,7 @@ def hf_generate(m, prompt, n_new, eos, f64_mode=None):
                 out = m.generate(**kwargs)
             else:
                 f64_mode.low.clear()
-                with f64_mode:
+                with f64_mode, trace:
                     out = m.generate(**kwargs)
     finally:
         hook.remove()
@@ -1186,7 +1191,12 @@ def hf_generate(m, prompt, n_new, eos, f64_mode=None):
 def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
     """Runs the checks of one candidate prompt; ok when the greedy path is safe."""
     n_new, eos = fx.gen.n_new, c["eos_token_id"]
-    gen, scores, logits, lengths = hf_generate(ref_model, prompt, n_new, eos, mode)
+    trace = IndexerTrace(ref_model) if fx.index is not None else None
+    try:
+        gen, scores, logits, lengths = hf_generate(ref_model, prompt, n_new, eos, mode, trace)
+    finally:
+        if trace is not None:
+            trace.remove()
     assert not mode.low, f"float32 ops left in float64 generate: {mode.low}"
     assert all(s.dtype == torch.float64 for s in scores + logits)
     # one prefill over the prompt, then one token per step against the cache
@@ -1216,13 +1226,27 @@ def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
     ref_full = forward(ref_model, full, mode).numpy()
     d_spec = np.abs(ref_full - spec_logits).max()
     assert d_spec < 1e-10, d_spec
+    d_idx_cache = None
+    if trace is not None and safe_margins(st):
+        # the indexer inside generate (prefill over the prompt, then one query against the indexer-key
+        # cache per step) selects exactly the spec's top-k sets of the full no-cache sequence
+        L = c["num_hidden_layers"]
+        assert len(trace.calls) == L * n_new
+        q0, d_idx_cache = 0, 0.0
+        for f in range(n_new):
+            calls = [(sc, ix) for _, sc, ix in trace.calls[f * L:(f + 1) * L]]
+            assert [l for l, _, _ in trace.calls[f * L:(f + 1) * L]] == list(range(L))
+            d_idx_cache = max(d_idx_cache, check_indexer(c, calls, st, q0))
+            q0 += calls[0][0].shape[0]
+        assert q0 == len(full)
     # what a float32 evaluation (HF float32, with cache) picks
     f32_gen = hf_generate(plain, prompt, n_new, eos)[0]
     res = dict(prompt=prompt, gen=gen, min_margin=min(margins), nocache_margin=nocache_margin,
                eos_picked=eos_picked, d_cache=d_cache, d_spec=d_spec, router_margin=router_margin(st),
-               f32_agrees=f32_gen == gen)
+               index_margin=index_margin(st), index_dropped=st.get("index_dropped"),
+               index_queries=st.get("index_queries"), d_idx_cache=d_idx_cache, f32_agrees=f32_gen == gen)
     ok = (min(margins) >= MIN_LOGIT_MARGIN and nocache_margin >= MIN_LOGIT_MARGIN
-          and res["router_margin"] >= MIN_ROUTER_MARGIN and res["f32_agrees"])
+          and safe_margins(st) and res["f32_agrees"])
     return ok, res
 
 
@@ -1247,7 +1271,8 @@ def make_generation(fx, c, d, W, ref_model, mode, plain, tok):
             ok = "\ufffd" not in g["gen_text"] and tok["decode"](prompt + g["gen"], True) == cand + g["gen_text"]
         if not ok:
             print(f"  prompt candidate {cand!r} rejected: margin {min(g['min_margin'], g['nocache_margin']):.3g}, "
-                  f"router margin {g['router_margin']:.3g}, float32 agrees {g['f32_agrees']}"
+                  f"router margin {g['router_margin']:.3g}, indexer margin {g['index_margin']:.3g}, "
+                  f"float32 agrees {g['f32_agrees']}"
                   + (f", text {g.get('gen_text')!r}" if fx.gen.texts else ""))
         return ok, g
 
@@ -1270,7 +1295,30 @@ def make_generation(fx, c, d, W, ref_model, mode, plain, tok):
           f"EOS was the raw argmax at {g['eos_picked']} steps, router margin {g['router_margin']:.3g}")
     print(f"    max|cache - no-cache logits| = {g['d_cache']:.3g}, max|ref - numpy spec| = {g['d_spec']:.3g}, "
           f"HF float32 generate agrees: {g['f32_agrees']}")
+    if fx.index is not None:
+        print(f"    indexer on the path: min top-k boundary margin {g['index_margin']:.3g} (relative), dropped tokens "
+              f"for {g['index_dropped']}/{g['index_queries']} (query, layer) pairs; generate's cached indexer "
+              f"selects the no-cache spec sets (max score diff {g['d_idx_cache']:.3g} relative)")
     return files, g
+
+
+def write_indexer_ref(d, c, ids, layer0, st):
+    """indexer_ref.f64: layer-0 indexer scores [n][n] (float64 LE, -inf for s > t) from transformers;
+    indexer_topk.i32: [n][index_topk] the selected visible keys of each query, ascending, -1 padded."""
+    sc, ix = layer0
+    n, k = len(ids), c["index_topk"]
+    I = np.full((n, n), -np.inf)
+    top = np.full((n, k), -1, dtype="<i4")
+    for t in range(n):
+        I[t, :t + 1] = sc[t, :t + 1].numpy()
+        vis = sorted(i for i in ix[t].tolist() if i <= t)
+        assert vis == st["index_sel"][0][t] and len(vis) == min(k, t + 1)
+        top[t, :len(vis)] = vis
+    assert np.abs(I - st["index_scores"][0])[np.isfinite(I)].max() <= 1e-12 * np.abs(I[np.isfinite(I)]).max()
+    p1, p2 = os.path.join(d, "indexer_ref.f64"), os.path.join(d, "indexer_topk.i32")
+    np.ascontiguousarray(I.astype("<f8")).tofile(p1)
+    top.tofile(p2)
+    return [p1, p2]
 
 
 # ----------------------------------------------------------------------------
@@ -1313,7 +1361,7 @@ def make_fixture(fx, out_root):
     dsa = None
     if fx.index is not None:
         hf_calls = hf_indexer_forward(ref_model, ids, mode)
-        dsa = dict(attempt=ids_attempt, d_scores=check_indexer(c, hf_calls, st))
+        dsa = dict(attempt=ids_attempt, d_scores=check_indexer(c, hf_calls, st), layer0=hf_calls[0])
 
     # 6. cross-checks against plain transformers
     plain = build_model(d, hf64)                            # float32 weights, HF dtype islands
@@ -1336,6 +1384,11 @@ def make_fixture(fx, out_root):
     print(f"  router: min expert margin {st['expert_margin']:.3g}, min group margin "
           f"{st['group_margin']:.3g}, group limiting changed the top-k for {st['group_changed']}/{st['tokens']} "
           f"(token, MoE layer) pairs")
+    if dsa is not None:
+        print(f"  indexer: ids candidate {dsa['attempt']}, min top-k boundary margin {index_margin(st):.3g} "
+              f"(relative), selection dropped tokens for {st['index_dropped']}/{st['index_queries']} "
+              f"(query, layer) pairs, the query's own token not selected in {st['index_diag_dropped']}; "
+              f"max|HF - spec| indexer scores {dsa['d_scores']:.3g} (relative)")
     print(f"  |logits| max {np.abs(r).max():.4f}, std {r.std():.4f}")
     print(f"  max|ref - numpy spec forward| = {d_spec:.3g}")
     print(f"  max|ref - HF .double() (float32 islands)| = {d_plain64:.3g}")
@@ -1349,6 +1402,8 @@ def make_fixture(fx, out_root):
     # 8. greedy generation reference
     g = None
     files += [cpath] + written + [ids_path, log_path]
+    if fx.indexer_ref:
+        files += write_indexer_ref(d, c, ids, dsa["layer0"], st)
     if fx.gen is not None:
         gen_files, g = make_generation(fx, c, d, W, ref_model, mode, plain, tok)
         files += gen_files
@@ -1357,7 +1412,7 @@ def make_fixture(fx, out_root):
     assert sorted(os.listdir(d)) == sorted(os.path.basename(p) for p in files)
     size = sum(os.path.getsize(p) for p in files)
     print(f"  total {size} bytes")
-    return dict(fx=fx, c=c, ids=ids, size=size, st=st, d_spec=d_spec, d_plain64=d_plain64,
+    return dict(fx=fx, c=c, ids=ids, size=size, st=st, d_spec=d_spec, d_plain64=d_plain64, dsa=dsa,
                 d_plain32=d_plain32, ramp=ramp, n_tensors=n_tensors, gen=g, tok=tok,
                 files=[os.path.basename(p) for p in files])
 
