@@ -28,6 +28,8 @@ typedef struct {
     int print_ids;            /* --print-ids                              */
     int no_bos;               /* --no-bos                                 */
     int quiet;                /* -q                                       */
+    int dense;                /* --dense: DSA models attend densely        */
+    dsc_index_cache_type index_cache; /* --index-cache f32|bf16|fp8       */
 } cli_opts;
 
 /* Parse argv[2..] into o (argv[1] is the command); exits 2 on bad usage. */

@@ -49,6 +49,8 @@ static void usage(FILE *f) {
             "  --system TEXT          chat: system prompt\n"
             "  --no-bos               tokenize: do not add BOS\n"
             "  --attn MODE            absorbed (default) or naive MLA\n"
+            "  --dense                DSA (V3.2) models: ignore the indexer, attend densely\n"
+            "  --index-cache TYPE     DSA indexer key cache: f32 (default), bf16, fp8\n"
             "  -q, --quiet            no progress or timings on stderr\n"
             "  -h, --help             this help\n");
 }
@@ -148,6 +150,14 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             o->no_bos = 1;
         } else if (IS("-q", "--quiet")) {
             o->quiet = 1;
+        } else if (IS("--dense", "--dense")) {
+            o->dense = 1;
+        } else if (IS("--index-cache", "--index-cache")) {
+            const char *m = VALUE();
+            if (!strcmp(m, "f32")) o->index_cache = DSC_INDEX_CACHE_F32;
+            else if (!strcmp(m, "bf16")) o->index_cache = DSC_INDEX_CACHE_BF16;
+            else if (!strcmp(m, "fp8")) o->index_cache = DSC_INDEX_CACHE_FP8;
+            else cli_die_usage("--index-cache must be f32, bf16 or fp8", m);
         } else if (IS("--attn", "--attn")) {
             const char *m = VALUE();
             if (!strcmp(m, "absorbed")) o->attn = DSC_ATTN_ABSORBED;
@@ -283,6 +293,17 @@ int cmd_info(const cli_opts *o) {
                c->norm_topk_prob ? "true" : "false", c->routed_scaling_factor,
                (long long)c->n_shared_experts, (long long)c->moe_intermediate_size);
     }
+    if (c->index_topk > 0) {
+        int64_t per = in.index_cache_values_per_token;
+        cli_bytes(b1, sizeof b1, (double)per * 4);
+        cli_bytes(b2, sizeof b2, (double)(per / c->index_head_dim) * (c->index_head_dim + 4));
+        printf("dsa          : lightning indexer %lld heads x %lld (rope on the first %lld, "
+               "half-split), top-%lld keys per query\n", (long long)c->index_n_heads,
+               (long long)c->index_head_dim, (long long)c->qk_rope_head_dim,
+               (long long)c->index_topk);
+        printf("index cache  : %lld values/token (%lld per layer) = %s/token fp32, %s/token "
+               "fp8 + scale\n", (long long)per, (long long)c->index_head_dim, b1, b2);
+    }
     if (c->num_nextn_predict_layers > 0)
         printf("mtp          : %lld layer(s) in the files, NOT used by this build "
                "(%lld tensors, %lld params skipped)\n",
@@ -328,6 +349,8 @@ int cmd_logits(const cli_opts *o) {
     p.n_batch = n;
     p.n_threads = o->threads;
     p.attn = o->attn;
+    p.dense = o->dense;
+    p.index_cache = o->index_cache;
     dsc_ctx_t *ctx;
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);
     size_t count = (size_t)n * (size_t)c->vocab_size;

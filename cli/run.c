@@ -129,6 +129,8 @@ static dsc_ctx_t *make_ctx(const cli_opts *o, const dsc_model_t *m) {
     p.n_batch = o->n_batch > 0 ? o->n_batch : 512;
     p.n_threads = o->threads;
     p.attn = o->attn;
+    p.dense = o->dense;
+    p.index_cache = o->index_cache;
     dsc_ctx_t *ctx = NULL;
     dsc_err e = {0};
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);
@@ -175,8 +177,10 @@ static void print_timings(const cli_opts *o, const dsc_model_t *m, const dsc_ctx
             steps ? gm / (double)steps : 0.0, gm > 0 ? 1e3 * (double)steps / gm : 0.0);
     fprintf(stderr, "dsc:       total time = %10.2f ms / %5lld tokens\n",
             (load_s + st->prompt_s + st->gen_s) * 1e3, (long long)(st->n_prompt + st->n_gen));
-    fprintf(stderr, "dsc: memory: weights %s (mmapped, %s), KV cache %s (latent, %lld positions "
-            "x %s/token), work buffers %s\n", w, dsc_dtype_name(in.dominant_dtype), kv,
+    fprintf(stderr, "dsc: memory: weights %s (mmapped, %s), KV cache %s (latent%s, %lld "
+            "positions x %s/token latent), work buffers %s\n", w,
+            dsc_dtype_name(in.dominant_dtype), kv,
+            in.index_cache_values_per_token ? " + indexer keys" : "",
             (long long)dsc_ctx_size(ctx), per, wk);
 }
 

@@ -765,6 +765,40 @@ static int ranks_before(float a, int ia, float b, int ib) {
     return ia < ib;
 }
 
+/* dsc_k_topk_set (quickselect, O(n)) selects exactly the set the O(n*k)
+   reference ranks first, ties and NaN included, and lists it ascending. */
+static void test_topk_set(dsc_t *t) {
+    t_rng rng = {77};
+    enum { N = 3000 };
+    static float x[N], scratch[N];
+    static int32_t got[N], ref[N];
+    static uint8_t in_ref[N];
+    for (int trial = 0; trial < 60; trial++) {
+        int64_t n = 1 + (int64_t)(t_rng_u64(&rng) % N);
+        int64_t k = 1 + (int64_t)(t_rng_u64(&rng) % (uint64_t)(n + 5)); /* sometimes k > n */
+        int levels = trial % 3 == 0 ? 4 : 1000000; /* few distinct values: many ties */
+        for (int64_t i = 0; i < n; i++) {
+            uint64_t r = t_rng_u64(&rng);
+            x[i] = (float)(r % (uint64_t)levels) - levels / 2.0f;
+            if (trial % 5 == 1 && r % 17 == 0) x[i] = NAN;
+            if (trial % 5 == 2 && r % 13 == 0) x[i] = -INFINITY;
+        }
+        int64_t m = dsc_k_topk_set(x, n, k, got, scratch);
+        int64_t want = k < n ? k : n;
+        T_CHECK(t, m == want, "trial %d: %lld selected, want %lld", trial, (long long)m,
+                (long long)want);
+        dsc_ref_topk(x, n, want, ref);
+        memset(in_ref, 0, (size_t)n);
+        for (int64_t i = 0; i < want; i++) in_ref[ref[i]] = 1;
+        int ok = 1;
+        for (int64_t i = 0; i < m && ok; i++) {
+            ok = got[i] >= 0 && got[i] < n && in_ref[got[i]] && (i == 0 || got[i] > got[i - 1]);
+        }
+        T_CHECK(t, ok, "trial %d (n %lld, k %lld): set differs from the reference or is not "
+                "ascending", trial, (long long)n, (long long)k);
+    }
+}
+
 static void test_topk(dsc_t *t) {
     const float NI = -INFINITY;
     {
@@ -951,6 +985,7 @@ const dsc_test_case dsc_tests_kernels[] = {
     {"softmax", test_softmax},
     {"silu_mul", test_silu_mul},
     {"topk", test_topk},
+    {"topk_set", test_topk_set},
     {"rope_freq", test_rope_freq},
     {"rope_rotate", test_rope_rotate},
     {NULL, NULL},

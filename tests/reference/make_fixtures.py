@@ -265,6 +265,20 @@ FIXTURES = [
             yarn=(10000, 40, 8, 1.0), max_pos=640,
             covers="V3 BF16 with a real byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json "
                    "copied from tokenizer_brown); vocab_size and bos/eos ids from it; text prompt generation"),
+    # V3.2-Exp (DSA). index_topk 7 < the number of visible tokens for most queries, so the indexer's
+    # selection really drops keys; 3 indexer heads of 24 dims whose first 16 (= qk_rope_head_dim) carry RoPE.
+    Fixture("v32", arch="v32", form="hub", seed=1008, n_ids=26, gen=Gen(), index=(7, 24, 7), indexer_ref=True,
+            dims=dims(128, 72, 112, 16, 3, 1, 3, 40, 32, 16, 16, 24, 12, 1, 4, 4, 2),
+            yarn=(1000.0, 40, 20, 1.0), max_pos=640,
+            covers="V3.2 DSA: lightning indexer (3 heads x 24, rope 16 first, half-split; LayerNorm+bias key; "
+                   "ReLU; top-7 of up to 32 visible tokens) masking MLA; V3 MoE/MLA otherwise; "
+                   "layer-0 indexer scores and top-k sets"),
+    Fixture("v32_fp8", arch="v32", form="hub", storage="fp8", scale_fmt="ue8m0", seed=1009, n_ids=24, gen=Gen(),
+            index=(5, 96, 9),
+            dims=dims(168, 160, 200, 144, 2, 1, 3, 136, 144, 32, 64, 40, 8, 1, 3, 4, 2),
+            yarn=(10000, 40, 16, 1.0), max_pos=640,
+            covers="V3.2 FP8: as v3_fp8 plus indexer wq_b/wk F8_E4M3 + _scale_inv (ragged), weights_proj BF16, "
+                   "k_norm F32; scale_fmt ue8m0 (power-of-two weight scales); 5 indexer heads x 96, rope 64, top-9"),
 ]
 
 
