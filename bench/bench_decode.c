@@ -483,7 +483,7 @@ int main(int argc, char **argv) {
                 print_run(nt, o.contexts[ci], r, &tb[di]);
             }
         dsc_model_free(m);
-        bench_store_drop(&store, o.dtypes[di]); /* free the disk before the next dtype's */
+        bench_store_drop(&store, &s, o.dtypes[di]); /* free the disk before the next dtype's */
     }
     bw_report(&bw, "at the end");
 
@@ -516,7 +516,7 @@ int main(int argc, char **argv) {
     fputs(legend, stdout);
     rc = 0;
 out:
-    bench_finish(&store, o.dtypes, o.n_dtypes);
+    bench_finish(&store, &s, o.dtypes, o.n_dtypes);
     free(logits);
     free(bw.a);
     return rc;

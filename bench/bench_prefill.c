@@ -455,7 +455,7 @@ int main(int argc, char **argv) {
             print_run(&o, ti, r, g, ng, fph);
         }
         dsc_model_free(m);
-        bench_store_drop(&store, o.dtypes[di]); /* free the disk before the next dtype's */
+        bench_store_drop(&store, &s, o.dtypes[di]); /* free the disk before the next dtype's */
     }
 
     if (run_gemm_peaks(&o, g, ng, sg, g_others, 1)) goto out;
@@ -487,7 +487,7 @@ int main(int argc, char **argv) {
            "see above)\n");
     rc = 0;
 out:
-    bench_finish(&store, o.dtypes, o.n_dtypes);
+    bench_finish(&store, &s, o.dtypes, o.n_dtypes);
     free(ids);
     free(logits);
     free(x);

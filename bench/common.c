@@ -23,13 +23,14 @@
 #include "model/model.h"
 
 #define NAME_LEN 112
-#define DIR_CAP (BENCH_ROOT_CAP + 16) /* root/<dtype>                   */
-#define FILE_CAP (DIR_CAP + 32)       /* root/<dtype>/model.safetensors */
+#define DIR_CAP (BENCH_ROOT_CAP + 48) /* root/<tag>-<dtype>             */
+#define FILE_CAP (DIR_CAP + 32)       /* root/<tag>-<dtype>/model.safetensors */
 #define POOL_SLACK ((int64_t)1 << 20) /* lets even the biggest tensor start anywhere in 4 MiB */
 
 bench_shapes bench_v2lite_shapes(int64_t layers, int64_t vocab) {
-    bench_shapes s = {.L = layers, .V = vocab, .d = 2048, .H = 16, .dn = 128, .dr = 64,
-                      .dv = 128, .dc = 512, .ff = 10944, .mff = 1408, .E = 64, .K = 6, .ns = 2};
+    bench_shapes s = {.desc = "DeepSeek-V2-Lite", .L = layers, .V = vocab, .d = 2048, .H = 16,
+                      .dn = 128, .dr = 64, .dv = 128, .dc = 512, .ff = 10944, .mff = 1408,
+                      .E = 64, .K = 6, .ns = 2, .mscale = 0.707};
     s.n_dense = s.L < 1 ? s.L : 1;
     s.n_moe = s.L - s.n_dense;
     return s;
@@ -56,11 +57,22 @@ void bench_print_header(const char *name, const bench_shapes *s) {
     proc_field("/proc/cpuinfo", "model name", cpu, sizeof cpu);
     printf("dsc %s: CPU \"%s\", %ld online cpus, SIMD %s, GEMM %s\n", name, cpu,
            sysconf(_SC_NPROCESSORS_ONLN), dsc_kernels_simd_name(), dsc_kernels_blas_name());
-    printf("model: DeepSeek-V2-Lite shapes, %lld layers (%lld dense + %lld MoE), vocab %lld, "
-           "d %lld, H %lld, kv_lora %lld, %lld experts top-%lld + %lld shared (ff %lld)\n",
-           (long long)s->L, (long long)s->n_dense, (long long)s->n_moe, (long long)s->V,
-           (long long)s->d, (long long)s->H, (long long)s->dc, (long long)s->E, (long long)s->K,
-           (long long)s->ns, (long long)s->mff);
+    if (s->E > 0)
+        printf("model: %s shapes, %lld layers (%lld dense + %lld MoE), vocab %lld, "
+               "d %lld, H %lld, kv_lora %lld, %lld experts top-%lld + %lld shared (ff %lld)\n",
+               s->desc, (long long)s->L, (long long)s->n_dense, (long long)s->n_moe,
+               (long long)s->V, (long long)s->d, (long long)s->H, (long long)s->dc,
+               (long long)s->E, (long long)s->K, (long long)s->ns, (long long)s->mff);
+    else
+        printf("model: %s, %lld dense layer(s) (ffn %lld), vocab %lld, d %lld, H %lld, "
+               "kv_lora %lld\n",
+               s->desc, (long long)s->L, (long long)s->ff, (long long)s->V, (long long)s->d,
+               (long long)s->H, (long long)s->dc);
+    if (s->dq > 0 || s->topk > 0)
+        printf("  attention: q_lora %lld, nope %lld, rope %lld, v %lld; DSA indexer %lld heads "
+               "x %lld, top-%lld; YaRN mscale %g\n",
+               (long long)s->dq, (long long)s->dn, (long long)s->dr, (long long)s->dv,
+               (long long)s->HI, (long long)s->DI, (long long)s->topk, s->mscale);
 }
 
 /* ------------------------------------------------------------ clocks */
@@ -201,7 +213,8 @@ const char *bench_dtype_tag(dsc_dtype t) {
 
 /* ------------------------------------------------------------ checkpoint */
 
-enum { T_NORM, T_PLAIN, T_LINEAR }; /* PLAIN: matrices V3's FP8 files keep in BF16 */
+/* PLAIN: matrices V3's FP8 files keep in BF16; ZERO: a vector of zeros */
+enum { T_NORM, T_PLAIN, T_LINEAR, T_ZERO };
 
 typedef struct {
     char name[NAME_LEN];
@@ -228,11 +241,24 @@ static int64_t build_tensors(const bench_shapes *s, tdesc *t) {
     snprintf(tadd(t, &n, kind, r, c), NAME_LEN, "%s%lld." fmt, pre, ll, __VA_ARGS__)
         T(T_NORM, s->d, 0, "%s", "input_layernorm.weight");
         T(T_NORM, s->d, 0, "%s", "post_attention_layernorm.weight");
-        T(T_LINEAR, s->H * (s->dn + s->dr), s->d, "%s", "self_attn.q_proj.weight");
+        if (s->dq > 0) {
+            T(T_LINEAR, s->dq, s->d, "%s", "self_attn.q_a_proj.weight");
+            T(T_NORM, s->dq, 0, "%s", "self_attn.q_a_layernorm.weight");
+            T(T_LINEAR, s->H * (s->dn + s->dr), s->dq, "%s", "self_attn.q_b_proj.weight");
+        } else {
+            T(T_LINEAR, s->H * (s->dn + s->dr), s->d, "%s", "self_attn.q_proj.weight");
+        }
         T(T_LINEAR, s->dc + s->dr, s->d, "%s", "self_attn.kv_a_proj_with_mqa.weight");
         T(T_NORM, s->dc, 0, "%s", "self_attn.kv_a_layernorm.weight");
         T(T_LINEAR, s->H * (s->dn + s->dv), s->dc, "%s", "self_attn.kv_b_proj.weight");
         T(T_LINEAR, s->d, s->H * s->dv, "%s", "self_attn.o_proj.weight");
+        if (s->topk > 0) { /* spec §4.2: wq_b and wk FP8 in V3.2 files, weights_proj not */
+            T(T_LINEAR, s->HI * s->DI, s->dq, "%s", "self_attn.indexer.wq_b.weight");
+            T(T_LINEAR, s->DI, s->d, "%s", "self_attn.indexer.wk.weight");
+            T(T_NORM, s->DI, 0, "%s", "self_attn.indexer.k_norm.weight");
+            T(T_ZERO, s->DI, 0, "%s", "self_attn.indexer.k_norm.bias");
+            T(T_PLAIN, s->HI, s->d, "%s", "self_attn.indexer.weights_proj.weight");
+        }
         if (l < s->n_dense) {
             T(T_LINEAR, s->ff, s->d, "%s", "mlp.gate_proj.weight");
             T(T_LINEAR, s->ff, s->d, "%s", "mlp.up_proj.weight");
@@ -255,6 +281,9 @@ static int64_t build_tensors(const bench_shapes *s, tdesc *t) {
     return n;
 }
 
+/* config.json for s. V2-Lite's text is what it always was (so --dir
+   checkpoints made before stay reusable); with topk > 0 it becomes a
+   deepseek_v32 config (spec §1: q_lora_rank required, index_* keys). */
 static int config_text(const bench_shapes *s, dsc_dtype dt, char *buf, size_t cap) {
     const char *torch = dt == DSC_F32 ? "float32" : "bfloat16";
     const char *quant = dt == DSC_F8_E4M3
@@ -262,13 +291,20 @@ static int config_text(const bench_shapes *s, dsc_dtype dt, char *buf, size_t ca
                               "\"e4m3\", \"activation_scheme\": \"dynamic\", "
                               "\"weight_block_size\": [128, 128]}"
                             : "";
+    int v32 = s->topk > 0;
+    char qlora[32], dsa[160];
+    snprintf(qlora, sizeof qlora, s->dq > 0 ? "%lld" : "null", (long long)s->dq);
+    snprintf(dsa, sizeof dsa,
+             v32 ? "  \"index_n_heads\": %lld, \"index_head_dim\": %lld, \"index_topk\": %lld,\n"
+                 : "",
+             (long long)s->HI, (long long)s->DI, (long long)s->topk);
     int w = snprintf(buf, cap,
-        "{\n  \"architectures\": [\"DeepseekV2ForCausalLM\"],\n  \"model_type\": \"deepseek_v2\",\n"
+        "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n"
         "  \"vocab_size\": %lld, \"hidden_size\": %lld, \"intermediate_size\": %lld,\n"
         "  \"moe_intermediate_size\": %lld, \"num_hidden_layers\": %lld,\n"
         "  \"num_attention_heads\": %lld, \"num_key_value_heads\": %lld,\n"
-        "  \"q_lora_rank\": null, \"kv_lora_rank\": %lld, \"qk_nope_head_dim\": %lld,\n"
-        "  \"qk_rope_head_dim\": %lld, \"v_head_dim\": %lld,\n"
+        "  \"q_lora_rank\": %s, \"kv_lora_rank\": %lld, \"qk_nope_head_dim\": %lld,\n"
+        "  \"qk_rope_head_dim\": %lld, \"v_head_dim\": %lld,\n%s"
         "  \"n_routed_experts\": %lld, \"n_shared_experts\": %lld, \"num_experts_per_tok\": %lld,\n"
         "  \"first_k_dense_replace\": %lld, \"moe_layer_freq\": 1, \"topk_method\": \"greedy\",\n"
         "  \"scoring_func\": \"softmax\", \"n_group\": 1, \"topk_group\": 1,\n"
@@ -276,14 +312,16 @@ static int config_text(const bench_shapes *s, dsc_dtype dt, char *buf, size_t ca
         "  \"max_position_embeddings\": 163840, \"rope_theta\": 10000,\n"
         "  \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 40, "
         "\"original_max_position_embeddings\": 4096,\n"
-        "    \"beta_fast\": 32, \"beta_slow\": 1, \"mscale\": 0.707, \"mscale_all_dim\": 0.707},\n"
+        "    \"beta_fast\": 32, \"beta_slow\": 1, \"mscale\": %g, \"mscale_all_dim\": %g},\n"
         "  \"rms_norm_eps\": 1e-06, \"hidden_act\": \"silu\", \"attention_bias\": false,\n"
-        "  \"tie_word_embeddings\": false, \"bos_token_id\": 100000, \"eos_token_id\": 100001,\n"
+        "  \"tie_word_embeddings\": false, \"bos_token_id\": %d, \"eos_token_id\": %d,\n"
         "  \"torch_dtype\": \"%s\"%s\n}\n",
-        (long long)s->V, (long long)s->d, (long long)s->ff, (long long)s->mff, (long long)s->L,
-        (long long)s->H, (long long)s->H, (long long)s->dc, (long long)s->dn, (long long)s->dr,
-        (long long)s->dv, (long long)s->E, (long long)s->ns, (long long)s->K,
-        (long long)s->n_dense, torch, quant);
+        v32 ? "DeepseekV32ForCausalLM" : "DeepseekV2ForCausalLM",
+        v32 ? "deepseek_v32" : "deepseek_v2", (long long)s->V, (long long)s->d,
+        (long long)s->ff, (long long)s->mff, (long long)s->L, (long long)s->H, (long long)s->H,
+        qlora, (long long)s->dc, (long long)s->dn, (long long)s->dr, (long long)s->dv, dsa,
+        (long long)s->E, (long long)s->ns, (long long)s->K, (long long)s->n_dense, s->mscale,
+        s->mscale, v32 ? 0 : 100000, v32 ? 1 : 100001, torch, quant);
     return w > 0 && (size_t)w < cap;
 }
 
@@ -311,12 +349,12 @@ static int file_equals(const char *path, const char *text) {
  */
 static int write_checkpoint(const char *dir, const bench_shapes *s, dsc_dtype dt,
                             const char *cfg) {
-    int64_t cap = 3 + s->L * (10 + 3 * s->E), nt = 0, max_numel = 0, max_scales = 1;
+    int64_t cap = 3 + s->L * (18 + 3 * s->E), nt = 0, max_numel = 0, max_scales = 1, max_vec = 1;
     tdesc *t = calloc((size_t)cap, sizeof *t);
     char(*snames)[NAME_LEN + 16] = calloc((size_t)cap, sizeof *snames);
     dsc_st_write_entry *ent = calloc((size_t)(2 * cap), sizeof *ent);
-    float *f32 = NULL, ones32[4096], sc_val = 1.0f, *scales = NULL;
-    uint16_t *bf16 = NULL, ones16[4096];
+    float *f32 = NULL, *vec32 = NULL, sc_val = 1.0f, *scales = NULL;
+    uint16_t *bf16 = NULL, *vec16 = NULL; /* vectors: max_vec ones, then max_vec zeros */
     uint8_t *e4m3 = NULL;
     int rc = 1, oom = 1; /* until the writing starts, a failure is an allocation */
     if (!t || !snames || !ent) goto done;
@@ -326,9 +364,12 @@ static int write_checkpoint(const char *dir, const bench_shapes *s, dsc_dtype dt
         int64_t nsc = ((t[i].rows + 127) / 128) * ((t[i].cols + 127) / 128);
         max_numel = numel > max_numel ? numel : max_numel;
         max_scales = t[i].kind == T_LINEAR && nsc > max_scales ? nsc : max_scales;
+        max_vec = !t[i].cols && t[i].rows > max_vec ? t[i].rows : max_vec;
     }
-    if (s->d > 4096 || s->dc > 4096) goto done; /* the ones[] below; V2-Lite needs 2048 */
-    for (int i = 0; i < 4096; i++) ones32[i] = 1.0f, ones16[i] = dsc_f32_to_bf16(1.0f);
+    vec32 = calloc((size_t)(2 * max_vec), sizeof *vec32);
+    vec16 = calloc((size_t)(2 * max_vec), sizeof *vec16); /* bf16 zero is all-zero bits */
+    if (!vec32 || !vec16) goto done;
+    for (int64_t i = 0; i < max_vec; i++) vec32[i] = 1.0f, vec16[i] = dsc_f32_to_bf16(1.0f);
 
     int64_t P = max_numel + POOL_SLACK;
     f32 = malloc((size_t)P * sizeof *f32);
@@ -360,9 +401,10 @@ static int write_checkpoint(const char *dir, const bench_shapes *s, dsc_dtype dt
         e->ndim = t[i].cols ? 2 : 1;
         e->shape[0] = t[i].rows;
         e->shape[1] = t[i].cols;
-        if (t[i].kind == T_NORM) {
+        if (t[i].kind == T_NORM || t[i].kind == T_ZERO) {
+            int64_t at = t[i].kind == T_ZERO ? max_vec : 0;
             e->dtype = dt == DSC_F32 ? DSC_F32 : DSC_BF16;
-            e->data = dt == DSC_F32 ? (const void *)ones32 : (const void *)ones16;
+            e->data = dt == DSC_F32 ? (const void *)(vec32 + at) : (const void *)(vec16 + at);
         } else if (dt == DSC_F32) {
             e->dtype = DSC_F32, e->data = f32 + off;
         } else if (dt == DSC_BF16 || t[i].kind == T_PLAIN) {
@@ -406,6 +448,8 @@ done:
     free(ent);
     free(f32);
     free(bf16);
+    free(vec32);
+    free(vec16);
     free(e4m3);
     free(scales);
     return rc;
@@ -423,11 +467,18 @@ int bench_store_open(bench_store *st, const char *dir) {
     return 0;
 }
 
+/* root/<dtype>, or root/<tag>-<dtype>: shapes with a tag never overwrite
+   V2-Lite's checkpoints when benchmarks share one --dir. */
+static void ckpt_dir(const bench_store *st, const bench_shapes *s, dsc_dtype dt, char *dir) {
+    if (s->tag) snprintf(dir, DIR_CAP, "%s/%.24s-%s", st->root, s->tag, bench_dtype_tag(dt));
+    else snprintf(dir, DIR_CAP, "%s/%s", st->root, bench_dtype_tag(dt));
+}
+
 int bench_load_model(const bench_store *st, const bench_shapes *s, dsc_dtype dt,
                      dsc_model_t **m) {
     char dir[DIR_CAP], path[FILE_CAP], cfg[4096];
     *m = NULL;
-    snprintf(dir, sizeof dir, "%s/%s", st->root, bench_dtype_tag(dt));
+    ckpt_dir(st, s, dt, dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if ((mkdir(dir, 0755) != 0 && errno != EEXIST) || !config_text(s, dt, cfg, sizeof cfg)) {
         fprintf(stderr, "error: cannot create %s: %s\n", dir, strerror(errno));
@@ -456,21 +507,20 @@ int bench_load_model(const bench_store *st, const bench_shapes *s, dsc_dtype dt,
 }
 
 /* Delete what write_checkpoint made (names known: no recursive removal). */
-void bench_store_drop(const bench_store *st, dsc_dtype dt) {
-    char path[FILE_CAP];
+void bench_store_drop(const bench_store *st, const bench_shapes *s, dsc_dtype dt) {
+    char dir[DIR_CAP], path[FILE_CAP];
     if (!st->tmp) return;
-    const char *tag = bench_dtype_tag(dt);
-    snprintf(path, sizeof path, "%s/%s/config.json", st->root, tag);
+    ckpt_dir(st, s, dt, dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
     unlink(path);
-    snprintf(path, sizeof path, "%s/%s/model.safetensors", st->root, tag);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
     unlink(path);
-    snprintf(path, sizeof path, "%s/%s", st->root, tag);
-    rmdir(path);
+    rmdir(dir);
 }
 
-void bench_finish(bench_store *st, const dsc_dtype *dts, int n_dts) {
+void bench_finish(bench_store *st, const bench_shapes *s, const dsc_dtype *dts, int n_dts) {
     char hwm[64];
-    for (int i = 0; st->tmp && i < n_dts; i++) bench_store_drop(st, dts[i]);
+    for (int i = 0; st->tmp && s && i < n_dts; i++) bench_store_drop(st, s, dts[i]);
     if (st->tmp) rmdir(st->root);
     st->tmp = 0;
     proc_field("/proc/self/status", "VmHWM", hwm, sizeof hwm);

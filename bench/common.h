@@ -1,9 +1,10 @@
 /*
  * common.h - what every dsc benchmark shares.
  *
- *  - The model: DeepSeek-V2-Lite's layer shapes with random weights, written
- *    once per dtype as config.json + model.safetensors (spec §7.2 names) and
- *    reused through --dir, so a benchmark needs no download.
+ *  - The model: DeepSeek-V2-Lite's layer shapes (or, for bench_dsa, V3.2's
+ *    attention with the DSA indexer) with random weights, written once per
+ *    dtype as config.json + model.safetensors (spec §7.2 names) and reused
+ *    through --dir, so a benchmark needs no download.
  *  - The command line: a table of options, parsed in one place.
  *  - Clocks and the busy meter: on a small shared machine other processes
  *    (a build, a test run) can decide a timing, so every measurement also
@@ -25,14 +26,21 @@
 #define BENCH_SEED 0x5eedULL
 #define BENCH_ROOT_CAP 4096 /* --dir, and paths made under it            */
 
-/* V2-Lite shapes (spec §1.1); only layers and vocab vary. */
+/* The shapes of a random checkpoint. bench_v2lite_shapes gives V2-Lite's
+   (spec §1.1; only layers and vocab vary); bench_dsa.c starts from it and
+   adds a q latent and the DSA indexer (a deepseek_v32 config). */
 typedef struct {
+    const char *desc;           /* "DeepSeek-V2-Lite", for the header          */
+    const char *tag;            /* checkpoint dir <tag>-<dtype>; NULL: <dtype> */
     int64_t L, V;               /* layers, vocabulary                          */
     int64_t d, H;               /* hidden size, attention heads                */
+    int64_t dq;                 /* q_lora_rank; 0: q_proj straight from x      */
     int64_t dn, dr, dv, dc;     /* qk_nope, qk_rope, v head dims; kv_lora_rank */
     int64_t ff, mff;            /* dense and per-expert intermediate sizes     */
     int64_t E, K, ns;           /* routed experts, chosen per token, shared    */
     int64_t n_dense, n_moe;     /* layer 0 is dense, the rest MoE              */
+    int64_t HI, DI, topk;       /* DSA indexer heads x dim, top-k; 0: no DSA   */
+    double mscale;              /* YaRN mscale = mscale_all_dim (V2 0.707, V3 1) */
 } bench_shapes;
 
 bench_shapes bench_v2lite_shapes(int64_t layers, int64_t vocab);
@@ -90,18 +98,20 @@ typedef struct {
 /* dir NULL: a fresh temp dir. */
 int bench_store_open(bench_store *st, const char *dir);
 /*
- * The checkpoint of dtype dt in st->root/<dtype>: reused when its
- * config.json matches these shapes, else generated (normal(0, 0.02) weights
- * from a fixed seed, norms 1; fp8 as V3 files store it), then loaded and
- * described. *m is the caller's to free.
+ * The checkpoint of dtype dt in st->root/<dtype> (or <tag>-<dtype>): reused
+ * when its config.json matches these shapes, else generated (normal(0, 0.02)
+ * weights from a fixed seed, norms 1, the indexer's LayerNorm bias 0; fp8 as
+ * V3 / V3.2 files store it), then loaded and described. *m is the caller's
+ * to free.
  */
 int bench_load_model(const bench_store *st, const bench_shapes *s, dsc_dtype dt,
                      dsc_model_t **m);
-/* Delete dt's checkpoint when st is a temp dir (frees the disk early). */
-void bench_store_drop(const bench_store *st, dsc_dtype dt);
-/* The end of every run: delete the temp dir and what is left in it (--dir
-   is kept), then print the peak RSS. */
-void bench_finish(bench_store *st, const dsc_dtype *dts, int n_dts);
+/* Delete the checkpoint of shapes s in dtype dt when st is a temp dir
+   (frees the disk early). */
+void bench_store_drop(const bench_store *st, const bench_shapes *s, dsc_dtype dt);
+/* The end of every run: delete the temp dir and what is left in it of the
+   checkpoints of s (--dir is kept), then print the peak RSS. */
+void bench_finish(bench_store *st, const bench_shapes *s, const dsc_dtype *dts, int n_dts);
 
 /* ---- the forward pass block by block ---- */
 enum { BENCH_PH_EMBED, BENCH_PH_ATTN, BENCH_PH_DENSE, BENCH_PH_MOE, BENCH_PH_HEAD, BENCH_PH_N };

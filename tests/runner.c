@@ -20,6 +20,7 @@ extern const dsc_test_case dsc_tests_model[];
 extern const dsc_test_case dsc_tests_tokenizer[];
 extern const dsc_test_case dsc_tests_sampler[];
 extern const dsc_test_case dsc_tests_generate[];
+extern const dsc_test_case dsc_tests_dsa[];
 extern const dsc_test_case dsc_tests_cli[];
 
 static const struct {
@@ -33,6 +34,7 @@ static const struct {
     {"tokenizer", dsc_tests_tokenizer},
     {"sampler", dsc_tests_sampler},
     {"generate", dsc_tests_generate},
+    {"dsa", dsc_tests_dsa},
     {"cli", dsc_tests_cli},
 };
 

@@ -190,6 +190,15 @@ static void index_select(dsc_ctx_t *c, int64_t l, int64_t t0, int64_t nq, int64_
         w->n_sel[t] = dsc_k_topk_set(w->iscore + t * n_ctx, visible, cf->index_topk,
                                      w->sel + t * cf->index_topk, scratch);
     }
+    if (c->dbg_scores && c->dbg_layer == l)
+        for (int64_t t = 0; t < nq; t++) {
+            int64_t K = cf->index_topk, visible = pos0 + t0 + t + 1;
+            float *ds = c->dbg_scores + (t0 + t) * n_ctx;
+            for (int64_t s = 0; s < n_ctx; s++)
+                ds[s] = s < visible ? w->iscore[t * n_ctx + s] : -INFINITY;
+            for (int64_t j = 0; j < K; j++)
+                c->dbg_sel[(t0 + t) * K + j] = j < w->n_sel[t] ? w->sel[t * K + j] : -1;
+        }
 }
 
 void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0,

@@ -126,6 +126,12 @@ struct dsc_ctx {
     dsc_work w;
     int64_t n_past;  /* positions 0..n_past-1 are in the cache     */
     int force_sparse;/* tests: DSA path even when it keeps every key */
+    /* tests: when dbg_scores is set, the indexer copies layer dbg_layer's
+       scores I(t, .) (rows of n_ctx, -inf where masked) and selections (rows
+       of index_topk, -1 padded) of each query of the call, by call index t */
+    int64_t dbg_layer;
+    float *dbg_scores;
+    int32_t *dbg_sel;
     int32_t pending; /* sampled but not yet fed (-1: none)         */
 };
 

@@ -31,27 +31,37 @@ static void expect(dsc_t *t, const char *args, int code, const char *needle) {
     free(o);
 }
 
-static void test_logits_file(dsc_t *t) {
+static void logits_file(dsc_t *t, const char *name) {
+    char p[256];
     size_t nid = 0, nref = 0, nout = 0;
-    int32_t *ids = t_read_file("tests/fixtures/v3/ref_ids.i32", &nid);
-    double *ref = t_read_file("tests/fixtures/v3/ref_logits.f64", &nref);
-    T_CHECK(t, ids && ref, "fixture v3 missing");
+    snprintf(p, sizeof p, "tests/fixtures/%s/ref_ids.i32", name);
+    int32_t *ids = t_read_file(p, &nid);
+    snprintf(p, sizeof p, "tests/fixtures/%s/ref_logits.f64", name);
+    double *ref = t_read_file(p, &nref);
+    T_CHECK(t, ids && ref, "fixture %s missing", name);
     if (!ids || !ref) goto done;
     char list[4096] = "", args[4600], path[512];
     size_t o = 0;
     for (size_t i = 0; i < nid / 4; i++)
         o += (size_t)snprintf(list + o, sizeof list - o, "%s%d", i ? "," : "", ids[i]);
     snprintf(path, sizeof path, "%s/logits.bin", t->tmpdir);
-    snprintf(args, sizeof args, "logits -m tests/fixtures/v3 --ids %s -o %s -t 2", list, path);
+    snprintf(args, sizeof args, "logits -m tests/fixtures/%s --ids %s -o %s -t 2", name, list,
+             path);
     expect(t, args, 0, NULL);
     float *lg = t_read_file(path, &nout);
     T_CHECK(t, lg && nout * 2 == nref, "logits file has %zu bytes, expected %zu", nout, nref / 2);
     /* same bar as the library parity test */
-    if (lg && nout * 2 == nref) t_close_f64(t, "dsc logits v3", lg, ref, (int64_t)(nout / 4), 1e-4, 0);
+    if (lg && nout * 2 == nref)
+        t_close_f64(t, name, lg, ref, (int64_t)(nout / 4), 1e-4, 0);
     free(lg);
 done:
     free(ids);
     free(ref);
+}
+
+static void test_logits_file(dsc_t *t) {
+    logits_file(t, "v3");
+    logits_file(t, "v32");
 }
 
 static void test_info(dsc_t *t) {
@@ -59,6 +69,7 @@ static void test_info(dsc_t *t) {
     expect(t, "info -m tests/fixtures/v3", 0, "NOT used");
     expect(t, "info -m tests/fixtures/v3_fp8", 0, "F8_E4M3");
     expect(t, "info -m tests/fixtures/v2_lite", 0, "active per token");
+    expect(t, "info -m tests/fixtures/v32", 0, "index cache");
 }
 
 static void test_bad_usage(dsc_t *t) {
@@ -116,8 +127,8 @@ static char *ids_arg(const char *file) {
 
 /* The contract outside checks use: greedy ids after --ids, one line. */
 static void test_run_print_ids(dsc_t *t) {
-    const char *names[] = {"v2_lite", "v3", "v3_fp8"};
-    for (int f = 0; f < 3; f++) {
+    const char *names[] = {"v2_lite", "v3", "v3_fp8", "v32"};
+    for (int f = 0; f < 4; f++) {
         char pf[256], gf[256], args[1024];
         snprintf(pf, sizeof pf, "tests/fixtures/%s/gen_prompt.i32", names[f]);
         snprintf(gf, sizeof gf, "tests/fixtures/%s/gen_ids.i32", names[f]);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference-fixture generator for dsc (run by hand, never in CI).
 
-Creates tiny random DeepSeek-V2/V3 models with Hugging Face transformers' own
+Creates tiny random DeepSeek-V2/V3/V3.2 models with Hugging Face transformers' own
 model classes and writes, per fixture directory tests/fixtures/<name>/:
 
   config.json                      Hugging Face style config (Hub or transformers-5 form)
@@ -15,6 +15,9 @@ model classes and writes, per fixture directory tests/fixtures/<name>/:
   tokenizer.json, tokenizer_config.json, gen_prompt.txt, gen_text.txt
                                    (fixtures with a tokenizer) copied tokenizer, the text prompt
                                    and the decoded generated ids
+  indexer_ref.f64, indexer_topk.i32
+                                   (V3.2 fixtures with indexer_ref) layer-0 lightning-indexer scores
+                                   [n][n] (-inf for s > t) and selected keys [n][index_topk] (-1 padded)
 
 Each fixture is a declarative `Fixture` spec (FIXTURES below: config values + storage and
 reference options) run through the same pipeline (make_fixture).
@@ -37,6 +40,9 @@ Checks done for every fixture (the script aborts if one fails):
     semantics: complex/interleaved RoPE, -inf group masking, demo router) matches
     the reference logits;
   * router decisions have a safe margin (so float32 engines pick the same experts);
+  * V3.2 (DSA): the indexer's top-k boundaries have a safe relative margin; transformers' indexer
+    scores and selected sets (recorded inside its forward) equal the numpy spec's for every query and
+    layer, without a cache and inside generate(); deliberately wrong indexer variants move the logits;
   * generation: generate()'s ids == a no-cache argmax loop == the numpy forward's argmaxes
     == transformers' float32 generate(); top-1/top-2 margins >= 1e-3 at every step.
 
@@ -266,12 +272,15 @@ FIXTURES = [
             covers="V3 BF16 with a real byte-level BPE tokenizer (tokenizer.json + tokenizer_config.json "
                    "copied from tokenizer_brown); vocab_size and bos/eos ids from it; text prompt generation"),
     # V3.2-Exp (DSA). index_topk 7 < the number of visible tokens for most queries, so the indexer's
-    # selection really drops keys; 3 indexer heads of 24 dims whose first 16 (= qk_rope_head_dim) carry RoPE.
-    Fixture("v32", arch="v32", form="hub", seed=1008, n_ids=26, gen=Gen(), index=(7, 24, 7), indexer_ref=True,
+    # selection really drops keys; 5 indexer heads of 24 dims whose first 16 (= qk_rope_head_dim) carry RoPE.
+    # (3 indexer heads do not work: I(t,s) is exactly 0 whenever every head's dot product is <= 0, i.e. for
+    # ~1/8 of the pairs, and a query whose 3 weights are all negative has its top scores all 0, so every
+    # draw had exact ties at some top-k boundary.)
+    Fixture("v32", arch="v32", form="hub", seed=1008, n_ids=26, gen=Gen(), index=(5, 24, 7), indexer_ref=True,
             dims=dims(128, 72, 112, 16, 3, 1, 3, 40, 32, 16, 16, 24, 12, 1, 4, 4, 2),
             yarn=(1000.0, 40, 20, 1.0), max_pos=640,
-            covers="V3.2 DSA: lightning indexer (3 heads x 24, rope 16 first, half-split; LayerNorm+bias key; "
-                   "ReLU; top-7 of up to 32 visible tokens) masking MLA; V3 MoE/MLA otherwise; "
+            covers="V3.2 DSA: lightning indexer (5 heads x 24, rope 16 first, half-split; LayerNorm+bias key; "
+                   "ReLU; top-7 of up to 31 visible tokens) masking MLA; V3 MoE/MLA otherwise; "
                    "layer-0 indexer scores and top-k sets"),
     Fixture("v32_fp8", arch="v32", form="hub", storage="fp8", scale_fmt="ue8m0", seed=1009, n_ids=24, gen=Gen(),
             index=(5, 96, 9),
@@ -787,22 +796,44 @@ def route(c, z, bias, stats):
     return idx, w
 
 
-def indexer_scores(c, W, p, x, cq, pos, inv_freq):
+# Deliberately wrong DSA variants (spec_forward's `variant`): the README reports how far each one moves the
+# logits, i.e. which engine mistakes the v32 fixtures detect.
+DSA_VARIANTS = {
+    "dense": "no indexer mask (plain V3 attention)",
+    "rope_interleaved": "indexer RoPE on interleaved pairs (2i, 2i+1)",
+    "rope_last": "indexer RoPE on the last qk_rope_head_dim dims",
+    "rms_key": "indexer key RMSNorm (no mean, no bias) instead of LayerNorm",
+    "no_relu": "no ReLU on the per-head dot products",
+    "topk_then_causal": "top-k over all keys (future included), causal mask afterwards",
+}
+
+
+def indexer_scores(c, W, p, x, cq, pos, inv_freq, variant=None, causal=True):
     """Spec 4.3 (official demo order, without the FP8 / Hadamard steps, which do not change the exact
     result): the lightning-indexer scores I[t, s] of one layer, -inf for s > t.
     x: input_layernorm output [T, H]; cq: q_a_layernorm output [T, q_lora_rank]."""
     T = x.shape[0]
     nh, hd, dr = c["index_n_heads"], c["index_head_dim"], c["qk_rope_head_dim"]
     pi = p + "self_attn.indexer."
-    q = (cq @ W[pi + "wq_b.weight"].T).reshape(T, nh, hd).transpose(1, 0, 2)  # [nh, T, hd]
-    # rope slice FIRST in each indexer head, half-split (NeoX) pairs (i, i + dr/2), same YaRN table as MLA
-    q = np.concatenate([apply_rope(q[..., :dr], pos, inv_freq, False), q[..., dr:]], -1)
-    k = layernorm(x @ W[pi + "wk.weight"].T, W[pi + "k_norm.weight"], W[pi + "k_norm.bias"], 1e-6)  # [T, hd]
-    k = np.concatenate([apply_rope(k[:, :dr], pos, inv_freq, False), k[:, dr:]], -1)
+
+    def rope(v):  # rope slice FIRST in each indexer head, half-split (NeoX) pairs (i, i + dr/2), MLA's YaRN table
+        if variant == "rope_last":
+            return np.concatenate([v[..., :-dr], apply_rope(v[..., -dr:], pos, inv_freq, False)], -1)
+        return np.concatenate([apply_rope(v[..., :dr], pos, inv_freq, variant == "rope_interleaved"), v[..., dr:]], -1)
+
+    q = rope((cq @ W[pi + "wq_b.weight"].T).reshape(T, nh, hd).transpose(1, 0, 2))  # [nh, T, hd]
+    k = x @ W[pi + "wk.weight"].T
+    if variant == "rms_key":
+        k = rmsnorm(k, W[pi + "k_norm.weight"], 1e-6)
+    else:
+        k = layernorm(k, W[pi + "k_norm.weight"], W[pi + "k_norm.bias"], 1e-6)  # [T, hd], one key for all heads
+    k = rope(k)
     w = (x @ W[pi + "weights_proj.weight"].T) * nh ** -0.5  # [T, nh], may be negative
-    dots = np.maximum(q @ k.T[None], 0.0) * hd ** -0.5  # [nh, T(query), T(key)], ReLU per head
+    dots = q @ k.T[None] * hd ** -0.5  # [nh, T(query), T(key)]
+    if variant != "no_relu":
+        dots = np.maximum(dots, 0.0)  # ReLU per head, before the weighted head sum
     I = np.einsum("tj,jts->ts", w, dots)
-    return I + np.triu(np.full((T, T), -np.inf), 1)
+    return I + np.triu(np.full((T, T), -np.inf), 1) if causal else I
 
 
 def index_select(I, topk, stats):
@@ -823,8 +854,9 @@ def index_select(I, topk, stats):
     return sel
 
 
-def spec_forward(c, W, ids):
-    """W: checkpoint-named float64 numpy arrays. Returns logits [T, V] and router (and indexer) stats."""
+def spec_forward(c, W, ids, variant=None):
+    """W: checkpoint-named float64 numpy arrays. Returns logits [T, V] and router (and indexer) stats.
+    variant: one of DSA_VARIANTS (a deliberately wrong indexer) or None."""
     eps = c["rms_norm_eps"]
     H = c["hidden_size"]
     nh = c["num_attention_heads"]
@@ -860,9 +892,12 @@ def spec_forward(c, W, ids):
         kvb = (lat @ W[p + "self_attn.kv_b_proj.weight"].T).reshape(T, nh, dn + dv).transpose(1, 0, 2)
         k_nope, v = kvb[..., :dn], kvb[..., dn:]
         sc = (q_nope @ k_nope.transpose(0, 2, 1) + q_pe @ k_pe.T[None]) * scale + causal
-        if dsa:  # spec 4.4: keys outside the query's top-k set get -inf, for every head
-            I = indexer_scores(c, W, p, x, cq, pos, inv_freq)
+        if dsa and variant != "dense":  # spec 4.4: keys outside the query's top-k set get -inf, for every head
+            I = indexer_scores(c, W, p, x, cq, pos, inv_freq, variant)
             sel = index_select(I, c["index_topk"], stats)
+            if variant == "topk_then_causal":
+                raw = indexer_scores(c, W, p, x, cq, pos, inv_freq, causal=False)
+                sel = [[s_ for s_ in np.argsort(-raw[t], kind="stable")[:c["index_topk"]] if s_ <= t] for t in range(T)]
             keep = np.zeros((T, T), dtype=bool)
             for t, st_ in enumerate(sel):
                 keep[t, st_] = True
@@ -1061,17 +1096,19 @@ def hf_indexer_forward(m, ids, f64_mode):
 def check_indexer(c, hf_calls, st, q0=0):
     """transformers' indexer (scores and selected sets) against the numpy spec for queries q0, q0+1, ...
     hf_calls: per layer (scores [S, T], indices [S, k]) of a forward whose first query has position q0.
-    Returns the max |HF - spec| score difference relative to the row's max |I|."""
+    Returns the max |HF - spec| score difference relative to the layer's max |I| (rows can cancel to ~0)."""
     worst = 0.0
     for l, (sc, ix) in enumerate(hf_calls):
         S, T = sc.shape
+        full = st["index_scores"][l]
+        scale = np.abs(full[np.isfinite(full)]).max()
         assert ix.shape == (S, min(c["index_topk"], T))
         for r in range(S):
             t = q0 + r
             assert T == t + 1 if S == 1 else T == S + q0
             ref = st["index_scores"][l][t, :t + 1]
             got = sc[r, :t + 1].numpy()
-            worst = max(worst, np.abs(got - ref).max() / np.abs(ref).max())
+            worst = max(worst, np.abs(got - ref).max() / scale)
             # transformers adds the additive causal mask (finfo.min) to the future keys
             assert (sc[r, t + 1:] <= torch.finfo(sc.dtype).min / 2).all()
             vis = sorted(i for i in ix[r].tolist() if i <= t)
@@ -1221,6 +1258,14 @@ def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
         assert torch.equal(s[keep], lg[keep]) and s[eos].item() == -math.inf  # only EOS is touched
         eos_picked += int(torch.argmax(lg).item() == eos)
     margins = [top2_margin(s) for s in scores]
+    # independent numpy forward over everything the engine evaluates (prompt + gen[:-1]); a path with an
+    # unsafe router / indexer decision is rejected at once (with exact indexer ties the checks below
+    # could legitimately disagree)
+    full = prompt + gen[:-1]
+    spec_logits, st = spec_forward(c, W, full)
+    if not safe_margins(st):
+        return False, dict(min_margin=min(margins), nocache_margin=math.inf, router_margin=router_margin(st),
+                           index_margin=index_margin(st), f32_agrees=None)
     # sanity: a plain argmax loop over the full sequence, no cache
     seq, d_cache, nocache_margin = list(prompt), 0.0, math.inf
     for t in range(n_new):
@@ -1231,9 +1276,6 @@ def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
         nocache_margin = min(nocache_margin, top2_margin(lg))
         seq.append(int(torch.argmax(lg)))
     assert seq[len(prompt):] == gen, (seq[len(prompt):], gen)
-    # independent numpy forward over everything the engine evaluates (prompt + gen[:-1])
-    full = prompt + gen[:-1]
-    spec_logits, st = spec_forward(c, W, full)
     spec_tail = spec_logits[len(prompt) - 1:].copy()
     spec_tail[:, eos] = -np.inf
     assert spec_tail.argmax(-1).tolist() == gen
@@ -1241,7 +1283,7 @@ def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
     d_spec = np.abs(ref_full - spec_logits).max()
     assert d_spec < 1e-10, d_spec
     d_idx_cache = None
-    if trace is not None and safe_margins(st):
+    if trace is not None:
         # the indexer inside generate (prefill over the prompt, then one query against the indexer-key
         # cache per step) selects exactly the spec's top-k sets of the full no-cache sequence
         L = c["num_hidden_layers"]
@@ -1259,8 +1301,7 @@ def greedy_reference(fx, c, W, ref_model, mode, plain, prompt):
                eos_picked=eos_picked, d_cache=d_cache, d_spec=d_spec, router_margin=router_margin(st),
                index_margin=index_margin(st), index_dropped=st.get("index_dropped"),
                index_queries=st.get("index_queries"), d_idx_cache=d_idx_cache, f32_agrees=f32_gen == gen)
-    ok = (min(margins) >= MIN_LOGIT_MARGIN and nocache_margin >= MIN_LOGIT_MARGIN
-          and safe_margins(st) and res["f32_agrees"])
+    ok = min(margins) >= MIN_LOGIT_MARGIN and nocache_margin >= MIN_LOGIT_MARGIN and res["f32_agrees"]
     return ok, res
 
 
@@ -1328,6 +1369,7 @@ def write_indexer_ref(d, c, ids, layer0, st):
         vis = sorted(i for i in ix[t].tolist() if i <= t)
         assert vis == st["index_sel"][0][t] and len(vis) == min(k, t + 1)
         top[t, :len(vis)] = vis
+    assert np.array_equal(np.isfinite(I), np.isfinite(st["index_scores"][0]))
     assert np.abs(I - st["index_scores"][0])[np.isfinite(I)].max() <= 1e-12 * np.abs(I[np.isfinite(I)]).max()
     p1, p2 = os.path.join(d, "indexer_ref.f64"), os.path.join(d, "indexer_topk.i32")
     np.ascontiguousarray(I.astype("<f8")).tofile(p1)
@@ -1375,7 +1417,14 @@ def make_fixture(fx, out_root):
     dsa = None
     if fx.index is not None:
         hf_calls = hf_indexer_forward(ref_model, ids, mode)
-        dsa = dict(attempt=ids_attempt, d_scores=check_indexer(c, hf_calls, st), layer0=hf_calls[0])
+        dsa = dict(attempt=ids_attempt, d_scores=check_indexer(c, hf_calls, st), layer0=hf_calls[0], variants={})
+        with np.errstate(invalid="ignore"):
+            for v in DSA_VARIANTS:
+                vl = spec_forward(c, W, ids, v)[0]
+                bad = int((~np.isfinite(vl)).any(-1).sum())
+                fin = np.isfinite(vl).all(-1)
+                dsa["variants"][v] = (np.abs(vl - spec_logits)[fin].max() if fin.any() else math.nan, bad)
+                assert bad or dsa["variants"][v][0] > 0.1, (v, dsa["variants"][v])  # the fixture detects it
 
     # 6. cross-checks against plain transformers
     plain = build_model(d, hf64)                            # float32 weights, HF dtype islands
@@ -1403,6 +1452,8 @@ def make_fixture(fx, out_root):
               f"(relative), selection dropped tokens for {st['index_dropped']}/{st['index_queries']} "
               f"(query, layer) pairs, the query's own token not selected in {st['index_diag_dropped']}; "
               f"max|HF - spec| indexer scores {dsa['d_scores']:.3g} (relative)")
+        for v, (dv, bad) in dsa["variants"].items():
+            print(f"    wrong variant {v}: max|logits - ref| {dv:.3g}" + (f", {bad} rows non-finite" if bad else ""))
     print(f"  |logits| max {np.abs(r).max():.4f}, std {r.std():.4f}")
     print(f"  max|ref - numpy spec forward| = {d_spec:.3g}")
     print(f"  max|ref - HF .double() (float32 islands)| = {d_plain64:.3g}")
@@ -1444,9 +1495,84 @@ def _names(results):
     return ", ".join("`" + r["fx"].name + "`" for r in results)
 
 
+def dsa_readme(dsas):
+    """README section for the DeepSeek-V3.2 (DSA) fixtures."""
+    if not dsas:
+        return []
+    ref = [r for r in dsas if r["fx"].indexer_ref]
+    lines = [
+        "## DeepSeek Sparse Attention (V3.2)",
+        "",
+        "`config.json` adds `index_n_heads`, `index_head_dim` and `index_topk` (model_type `deepseek_v32`,",
+        "`DeepseekV32ForCausalLM`). Every layer has a lightning indexer:",
+        "`model.layers.N.self_attn.indexer.{wq_b,wk,weights_proj}.weight` and",
+        "`model.layers.N.self_attn.indexer.k_norm.{weight,bias}` (a LayerNorm, eps 1e-6). Semantics (spec section 4,",
+        "FINDINGS.md section 11): `I(t,s) = sum_j w_tj * D_I^-1/2 * ReLU(q_tj . k_s)`, `w_t = weights_proj(x_t) * H_I^-1/2`,",
+        "`q_t = wq_b(c_q)` per head and `k_s = LayerNorm(wk(x_s))`, the first `qk_rope_head_dim` dims of each rotated",
+        "with half-split pairs and MLA's YaRN table; `-inf` for s > t before the top-k; each query attends",
+        "(all MLA heads) only to its top-`min(index_topk, t+1)` keys. No Hadamard / FP8 activation quantisation",
+        "(transformers skips both; the Hadamard rotation does not change I in exact arithmetic).",
+        "",
+        "Margins: wherever tokens are dropped (t + 1 > index_topk), the k-th and (k+1)-th largest scores of the",
+        f"query differ by >= {MIN_INDEX_MARGIN:g} x max_s |I(t,s)| (s <= t) at every layer, for the ref ids and for the whole",
+        "generation path; ids / prompts failing this are re-drawn. transformers' indexer (its scores, recorded",
+        "at its `topk`, and its selected sets) is checked against the numpy spec for every query and layer, in",
+        "the no-cache forward and inside `generate()` (prefill + one query per step against the indexer-key cache).",
+        "",
+        "| fixture | indexer heads x dim (rope first) | index_topk | storage of wq_b / wk / weights_proj / k_norm | "
+        "ref ids: (query, layer) pairs with dropped keys | own token not selected | min boundary margin (ref ids) | "
+        "generation path: pairs with dropped keys | min boundary margin (generation) | max rel diff HF vs spec scores |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in dsas:
+        c, st, g, fx = r["c"], r["st"], r["gen"], r["fx"]
+        stor = "F8_E4M3 + F32 scale / F8_E4M3 + F32 scale / BF16 / F32" if fx.storage == "fp8" else "F32 / F32 / F32 / F32"
+        lines.append(
+            f"| `{fx.name}` | {c['index_n_heads']} x {c['index_head_dim']} ({c['qk_rope_head_dim']}) | "
+            f"{c['index_topk']} | {stor} | {st['index_dropped']}/{st['index_queries']} | {st['index_diag_dropped']} | "
+            f"{index_margin(st):.2e} | "
+            + (f"{g['index_dropped']}/{g['index_queries']} | {g['index_margin']:.2e} | " if g else "- | - | ")
+            + f"{max(r['dsa']['d_scores'], (g or {}).get('d_idx_cache') or 0):.1e} |")
+    lines += [
+        "",
+        "The DSA part matters: the logits move by the amounts below when the numpy spec forward is run with a",
+        "deliberately wrong indexer (so an engine making one of these mistakes fails the fixture):",
+        "",
+        "| mistake | " + " | ".join(f"max abs logit change, `{r['fx'].name}`" for r in dsas) + " |",
+        "| --- |" + " --- |" * len(dsas),
+    ]
+    for v, what in DSA_VARIANTS.items():
+        cells = []
+        for r in dsas:
+            dv, bad = r["dsa"]["variants"][v]
+            cells.append(f"NaN in {bad}/{len(r['ids'])} rows (an early query selects no visible key; the NaN spreads)"
+                         if bad else f"{dv:.2f}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "(Positive constant factors such as H_I^-1/2 and D_I^-1/2 do not change the top-k sets, so the logits",
+        "cannot detect them; `indexer_ref.f64` does.)",
+        "",
+    ]
+    for r in ref:
+        n, k = len(r["ids"]), r["c"]["index_topk"]
+        lines += [
+            f"`{r['fx'].name}` also holds the layer-0 indexer for its `ref_ids.i32` (from transformers in float64, equal",
+            "to the numpy spec to ~1e-15):",
+            "",
+            f"- `indexer_ref.f64`: float64 LE `[{n}][{n}]`, row t = query, column s = key: I(t,s) for s <= t,",
+            "  IEEE `-inf` for s > t (the causal mask).",
+            f"- `indexer_topk.i32`: int32 LE `[{n}][{k}]`: the keys query t selects (top-`min({k}, t+1)` of row t,",
+            "  visible keys only), sorted ascending, padded with -1 when t + 1 < index_topk.",
+            "",
+        ]
+    return lines
+
+
 def write_readme(out_root, results):
     gens = [r for r in results if r["gen"] is not None]
     toks = [r for r in results if r["tok"] is not None]
+    dsas = [r for r in results if r["dsa"] is not None]
     lines = [
         "# Reference fixtures",
         "",
@@ -1464,6 +1590,7 @@ def write_readme(out_root, results):
         "`original_max_position_embeddings` and every YaRN factor is > 1 (softmax scale includes m^2).",
         f"{_names(gens)} also hold a greedy-generation reference (`gen_prompt.i32`, `gen_ids.i32`;",
         f"see below), and {_names(toks)} a tokenizer and a text prompt.",
+        f"{_names(dsas)} are DeepSeek-V3.2 (DeepSeek Sparse Attention) fixtures; see the DSA section below.",
         "",
         "| fixture | class | covers | layers (dense) | hidden / heads | q_lora / kv_lora | nope / rope / v | "
         "experts (top-k, groups) / shared | vocab | ids | storage | size |",
@@ -1487,7 +1614,8 @@ def write_readme(out_root, results):
         "(except the MTP layer) and `save_pretrained` writes the same names and values (all but fp8);",
         "an independent float64 numpy forward written from the spec (official semantics) agrees;",
         "router decisions (group and expert top-k) have margins >= 1e-3 on the selection-score scale,",
-        "so a float32 engine routes identically.",
+        "so a float32 engine routes identically; for the DSA fixtures every lightning-indexer top-k boundary",
+        f"has a relative margin >= {MIN_INDEX_MARGIN:g} (see the DSA section).",
         "",
         "| fixture | max abs diff vs numpy spec forward | vs plain HF `.double()` | vs HF float32 | "
         "min router margin | top-k changed by group limit | YaRN ramp |",
@@ -1523,7 +1651,8 @@ def write_readme(out_root, results):
         "Checks: the ids equal a plain argmax loop (EOS masked) over the full sequence without a cache; the",
         "numpy spec forward over prompt + ids[:-1] gives the same argmaxes and logits; transformers in",
         f"float32 generates the same ids; at every step the top-1 / top-2 margin is >= {MIN_LOGIT_MARGIN:g} (cache and",
-        f"no-cache logits) and every router decision on the path has a margin >= {MIN_ROUTER_MARGIN:g}. A prompt failing",
+        f"no-cache logits) and every router decision on the path has a margin >= {MIN_ROUTER_MARGIN:g} (DSA fixtures:",
+        f"and every indexer top-k boundary a relative margin >= {MIN_INDEX_MARGIN:g}). A prompt failing",
         "any of these is re-drawn (random prompts: generator seeds seed*1000+500, +501, ...; text prompts:",
         "the next candidate text in the script).",
         "",
@@ -1544,6 +1673,7 @@ def write_readme(out_root, results):
         f"{min(min(r['gen']['min_margin'], r['gen']['nocache_margin']) for r in gens):.2e}.",
         "",
     ]
+    lines += dsa_readme(dsas)
     for r in toks:
         t, g, name = r["tok"], r["gen"], r["fx"].name
         lines += [
@@ -1579,6 +1709,7 @@ def write_readme(out_root, results):
         "- `v3_bf16`, `v3_fp8` and `v3_tok` have no `rope_interleave` key (default true), like the real V3 config.",
         "- `v2` and `v3_nointerleave` use the transformers-5 `rope_parameters` form (with `rope_theta`",
         "  inside); the others use the Hub form (`rope_scaling` with `type`, top-level `rope_theta`).",
+        "- `v32` and `v32_fp8` have no `rope_interleave` key; transformers' V3.2 MLA is always interleaved.",
         "",
     ]
     with open(os.path.join(out_root, "README.md"), "w") as f:
