@@ -124,6 +124,7 @@ typedef struct {
     float *blk;     /* per thread: H_I*KB + KB*D_I     */
     int32_t *sel;   /* (topk)                          */
     int64_t nsel, blk_floats;
+    int upto;       /* scoring stops after: 0 all, 1 loading keys, 2 the GEMM */
 } replica;
 
 typedef struct {
@@ -193,7 +194,9 @@ static void step_iscore(void *a) {
                 for (int64_t i = 0; i < DI; i++) o[i] = dsc_e4m3_to_f32(row[i]) * sc;
             }
         }
+        if (r->upto == 1) continue;
         dsc_k_sgemm_nt(c->k, HI, ns, DI, r->q, DI, K, DI, T, ns, 0);
+        if (r->upto == 2) continue;
         for (int64_t t = 0; t < ns; t++) {
             float acc = 0.0f;
             for (int64_t j = 0; j < HI; j++) {
@@ -218,11 +221,14 @@ static void step_matmul(void *a) {
 
 /* W^UK into the query and W^UV out of the latent outputs, kv_b applied as
    the decode step applies it (in place from its stored dtype). */
-static void step_absorb(void *a) {
+static void step_absorb_q(void *a) {
     step_arg *s = a;
-    const float *kvb = s->ly->kv_b.dtype == DSC_F32 ? s->ly->kv_b.data : NULL;
-    dsc_mla_absorb_q(s->c, s->ly, kvb, 0, 1);
-    dsc_mla_absorb_out(s->c, s->ly, kvb, 0, 1);
+    dsc_mla_absorb_q(s->c, s->ly, s->ly->kv_b.dtype == DSC_F32 ? s->ly->kv_b.data : NULL, 0, 1);
+}
+
+static void step_absorb_out(void *a) {
+    step_arg *s = a;
+    dsc_mla_absorb_out(s->c, s->ly, s->ly->kv_b.dtype == DSC_F32 ? s->ly->kv_b.data : NULL, 0, 1);
 }
 
 /* ------------------------------------------------------------ bytes and FLOPs */
@@ -296,13 +302,14 @@ static step_cost cost_step(const cost_model *cm, int64_t P, int dsa, int64_t kb)
 /* What one context measured. dsa[i]: with index cache format ics[i]. */
 typedef struct {
     timing dense, dsa[MAX_IC], key[MAX_IC], iq[MAX_IC], isc[MAX_IC], itk[MAX_IC];
+    timing ild[MAX_IC], igm[MAX_IC]; /* scoring stopped after loading keys / the GEMM */
     double idx[MAX_IC], attn[MAX_IC]; /* indexer ms (key+query+scores+top-k); DSA - idx */
     int64_t same[MAX_IC], nsel[MAX_IC]; /* replica selection vs the library's       */
     int sparse;
 } drow;
 
 typedef struct {
-    timing q_a, q_b, kv_a, o, absorb;
+    timing q_a, q_b, kv_a, o, absorb_q, absorb_out;
     double sum;
 } fixed_costs;
 
@@ -432,6 +439,10 @@ static int decode_context(const dsc_model_t *m, const options *o, int64_t P, dro
             r->itk[i] = time_steps(step_topk, &sa, o->steps, buf);
             r->same[i] = common_sorted(lib_sel, r->nsel[i], rep.sel, rep.nsel);
             if (rep.nsel != r->nsel[i] || !finite_rows(rep.score, P + 1)) r->same[i] = -1;
+            /* the scoring's parts: stopped after loading the keys, after the GEMM */
+            rep.upto = 1, r->ild[i] = time_steps(step_iscore, &sa, o->steps, buf);
+            rep.upto = 2, r->igm[i] = time_steps(step_iscore, &sa, o->steps, buf);
+            rep.upto = 0;
         }
         r->key[i] = time_steps(step_key, &sa, o->steps, buf);
         r->idx[i] = r->key[i].ms + r->iq[i].ms + r->isc[i].ms + r->itk[i].ms;
@@ -443,8 +454,10 @@ static int decode_context(const dsc_model_t *m, const options *o, int64_t P, dro
             m1.w = &ly->q_b, m1.x = c->w.qa, fx->q_b = time_steps(step_matmul, &m1, o->steps, buf);
             m1.w = &ly->kv_a, m1.x = c->w.xn, fx->kv_a = time_steps(step_matmul, &m1, o->steps, buf);
             m1.w = &ly->o, m1.x = c->w.attn, fx->o = time_steps(step_matmul, &m1, o->steps, buf);
-            fx->absorb = time_steps(step_absorb, &sa, o->steps, buf);
-            fx->sum = fx->q_a.ms + fx->q_b.ms + fx->kv_a.ms + fx->o.ms + fx->absorb.ms;
+            fx->absorb_q = time_steps(step_absorb_q, &sa, o->steps, buf);
+            fx->absorb_out = time_steps(step_absorb_out, &sa, o->steps, buf);
+            fx->sum = fx->q_a.ms + fx->q_b.ms + fx->kv_a.ms + fx->o.ms + fx->absorb_q.ms +
+                      fx->absorb_out.ms;
         }
         dsc_ctx_free(c);
         c = NULL;
@@ -465,6 +478,7 @@ static double max_busy(const drow *r, int n_ics) {
     for (int i = 0; i < n_ics; i++) {
         const timing *t[] = {&r->dsa[i], &r->key[i], &r->iq[i], &r->isc[i], &r->itk[i]};
         for (int j = 0; j < 5; j++) b = t[j]->others > b ? t[j]->others : b;
+        /* ild / igm (the scoring's parts) are diagnostics: not in the busy column */
     }
     return b;
 }
@@ -510,21 +524,24 @@ static int run_decode(const bench_store *st, const options *o, dsc_dtype dt) {
 
     printf("\n== where the time goes (ms, medians timed alone; 'rest' = the step minus the "
            "parts) ==\nfixed per step: q_a %.2f + q_b %.2f + kv_a %.2f + o_proj %.2f + kv_b "
-           "absorb (W_UK in, W_UV out) %.2f = %.2f ms\n",
-           fx.q_a.ms, fx.q_b.ms, fx.kv_a.ms, fx.o.ms, fx.absorb.ms, fx.sum);
-    printf("%7s | %-5s | %10s | %7s %7s %7s %7s | %12s\n", "ctx", "index", "dense rest", "key",
-           "query", "scores", "top-k", "sparse rest");
+           "absorb: W_UK into q %.2f, W_UV out %.2f = %.2f ms\n",
+           fx.q_a.ms, fx.q_b.ms, fx.kv_a.ms, fx.o.ms, fx.absorb_q.ms, fx.absorb_out.ms, fx.sum);
+    printf("%7s | %-5s | %10s | %6s %6s %7s (%6s %6s %6s) %6s | %11s\n", "ctx", "index",
+           "dense rest", "key", "query", "scores", "load", "GEMM", "ReLU+", "top-k", "sparse rest");
     for (int ci = 0; ci < o->n_contexts; ci++)
         for (int i = 0; i < o->n_ics; i++) {
             const drow *r = &rows[ci];
-            printf("%7lld | %-5s | %10.2f | %7.2f %7.2f %7.2f %7.2f | %12.2f\n",
+            printf("%7lld | %-5s | %10.2f | %6.2f %6.2f %7.2f (%6.2f %6.2f %6.2f) %6.2f | %11.2f\n",
                    (long long)o->contexts[ci], bench_dtype_tag(o->ics[i]), r->dense.ms - fx.sum,
-                   r->key[i].ms, r->iq[i].ms, r->isc[i].ms, r->itk[i].ms,
+                   r->key[i].ms, r->iq[i].ms, r->isc[i].ms, r->ild[i].ms,
+                   r->igm[i].ms - r->ild[i].ms, r->isc[i].ms - r->igm[i].ms, r->itk[i].ms,
                    r->dsa[i].ms - fx.sum - r->idx[i]);
         }
     printf("dense rest = the attention core: scores over P+1 latent rows, softmax, P.C; sparse "
            "rest = gather top-k rows + the same core over them (dense core at contexts <= "
-           "top-k)\n");
+           "top-k);\nscores = load (keys into fp32 blocks) + GEMM (64 heads x 256 keys x 128 "
+           "per block) + ReLU+ (the weighted ReLU sum over heads), from the scoring timed "
+           "stopped after each part\n");
 
     printf("\n== bytes read (MB, 1e6 B) and FLOPs per step ==\n");
     printf("weights as stored: MLA block %.1f MB (q_a, q_b, kv_a, kv_b, o_proj, norms); indexer "

@@ -30,6 +30,7 @@ typedef struct {
     int quiet;                /* -q                                       */
     int dense;                /* --dense: DSA models attend densely        */
     dsc_index_cache_type index_cache; /* --index-cache f32|bf16|fp8       */
+    int index_fp8;            /* --index-fp8: official FP8 indexer scoring */
 } cli_opts;
 
 /* Parse argv[2..] into o (argv[1] is the command); exits 2 on bad usage. */

@@ -51,6 +51,7 @@ static void usage(FILE *f) {
             "  --attn MODE            absorbed (default) or naive MLA\n"
             "  --dense                DSA (V3.2) models: ignore the indexer, attend densely\n"
             "  --index-cache TYPE     DSA indexer key cache: f32 (default), bf16, fp8\n"
+            "  --index-fp8            DSA: Hadamard + FP8 indexer scoring, as DeepSeek's kernels\n"
             "  -q, --quiet            no progress or timings on stderr\n"
             "  -h, --help             this help\n");
 }
@@ -150,6 +151,8 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             o->no_bos = 1;
         } else if (IS("-q", "--quiet")) {
             o->quiet = 1;
+        } else if (IS("--index-fp8", "--index-fp8")) {
+            o->index_fp8 = 1;
         } else if (IS("--dense", "--dense")) {
             o->dense = 1;
         } else if (IS("--index-cache", "--index-cache")) {
@@ -351,6 +354,7 @@ int cmd_logits(const cli_opts *o) {
     p.attn = o->attn;
     p.dense = o->dense;
     p.index_cache = o->index_cache;
+    p.index_fp8 = o->index_fp8;
     dsc_ctx_t *ctx;
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);
     size_t count = (size_t)n * (size_t)c->vocab_size;

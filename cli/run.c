@@ -131,6 +131,7 @@ static dsc_ctx_t *make_ctx(const cli_opts *o, const dsc_model_t *m) {
     p.attn = o->attn;
     p.dense = o->dense;
     p.index_cache = o->index_cache;
+    p.index_fp8 = o->index_fp8;
     dsc_ctx_t *ctx = NULL;
     dsc_err e = {0};
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);

@@ -113,6 +113,7 @@ typedef struct {
     int64_t index_n_heads;        /* H_I                                           */
     int64_t index_head_dim;       /* D_I; its first qk_rope_head_dim dims carry RoPE */
     int64_t index_topk;           /* k: keys each query attends to                 */
+    int scale_ue8m0;              /* quantization_config.scale_fmt == "ue8m0"     */
 } dsc_config;
 
 typedef struct dsc_model dsc_model_t;
@@ -168,6 +169,12 @@ typedef struct {
     dsc_attn_mode attn;
     int dense;            /* DSA models: 1 = ignore the indexer, attend densely     */
     dsc_index_cache_type index_cache;
+    /* DSA models: score as the official kernels do: Hadamard-rotate indexer
+       q and k (index_head_dim must be a power of two), quantise both to FP8
+       e4m3 (q per token and head, k per token; scale amax/448, rounded up to
+       a power of two for ue8m0 checkpoints). Implies an FP8 key cache. Off by
+       default, as transformers scores in fp32. */
+    int index_fp8;
 } dsc_ctx_params;
 
 dsc_ctx_params dsc_ctx_default_params(void);

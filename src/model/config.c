@@ -306,6 +306,13 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
             return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
                                "%s: quantization_config.quant_method \"%s\" is not supported "
                                "(fp8)", cx->path, qm ? qm : "(missing)");
+        const char *fmt = NULL;
+        DSC_TRY(get_str(cx, q, "scale_fmt", &fmt));
+        if (fmt && strcmp(fmt, "ue8m0") != 0)
+            return dsc_err_set(cx->err, DSC_ERR_UNSUPPORTED,
+                               "%s: quantization_config.scale_fmt \"%s\" is not supported "
+                               "(ue8m0 or absent)", cx->path, fmt);
+        c->scale_ue8m0 = fmt != NULL;
         json_t *bs = json_object_get(q, "weight_block_size");
         if (bs && !(json_is_array(bs) && json_array_size(bs) == 2 &&
                     json_integer_value(json_array_get(bs, 0)) == DSC_FP8_BLOCK &&

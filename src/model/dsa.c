@@ -45,6 +45,32 @@ int dsc_dsa_sparse(const dsc_ctx_t *c, int64_t n, int64_t pos0) {
            (pos0 + n > c->m->cfg.index_topk || c->force_sparse);
 }
 
+/* ---- the official FP8 scoring option ---- */
+
+/* In-place fast Walsh-Hadamard transform of n = 2^m values in Sylvester
+   order, scaled by n^-1/2 so that it is orthonormal: q.k is unchanged in
+   exact arithmetic, outliers are spread before FP8 quantisation. */
+void dsc_dsa_hadamard(float *v, int64_t n) {
+    for (int64_t h = 1; h < n; h *= 2)
+        for (int64_t i = 0; i < n; i += 2 * h)
+            for (int64_t j = i; j < i + h; j++) {
+                float a = v[j], b = v[j + h];
+                v[j] = a + b;
+                v[j + h] = a - b;
+            }
+    float s = (float)(1.0 / sqrt((double)n));
+    for (int64_t i = 0; i < n; i++) v[i] *= s;
+}
+
+/* Per-block FP8 scale: max(amax, 1e-4) / 448, rounded up to a power of two
+   when the checkpoint's scale format is ue8m0 (exponent-only scales). */
+float dsc_dsa_fp8_scale(const float *v, int64_t n, int ue8m0) {
+    float amax = 1e-4f;
+    for (int64_t i = 0; i < n; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+    float scale = amax / 448.0f;
+    return ue8m0 ? exp2f(ceilf(log2f(scale))) : scale;
+}
+
 /* ---- the key cache ---- */
 
 static unsigned char *key_row(const dsc_ctx_t *c, int64_t l, int64_t pos) {
@@ -66,10 +92,8 @@ static void store_key(const dsc_ctx_t *c, int64_t l, int64_t pos, const float *k
         }
         break;
     case DSC_INDEX_CACHE_FP8: {
-        /* one scale per token: amax / 448 (the official demo's rule) */
-        float amax = 1e-4f;
-        for (int64_t i = 0; i < d; i++) amax = fabsf(k[i]) > amax ? fabsf(k[i]) : amax;
-        float scale = amax / 448.0f;
+        /* one scale per token (the official demo's rule) */
+        float scale = dsc_dsa_fp8_scale(k, d, c->m->cfg.scale_ue8m0);
         for (int64_t i = 0; i < d; i++) row[i] = dsc_f32_to_e4m3(k[i] / scale);
         memcpy(row + d, &scale, sizeof scale);
         break;
@@ -124,6 +148,7 @@ void dsc_dsa_keys(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64
         float *k = w->idx_k + t * DI;
         layer_norm(k, &ly->idx_k_norm_w, &ly->idx_k_norm_b, DI, tmp);
         dsc_ref_rope(k, dr, w->rope_cos + p * (dr / 2), w->rope_sin + p * (dr / 2), 0);
+        if (c->p.index_fp8) dsc_dsa_hadamard(k, DI); /* then FP8 in store_key */
         store_key(c, l, p, k);
     }
 }
@@ -139,9 +164,17 @@ static void index_queries(dsc_ctx_t *c, const dsc_layer *ly, int64_t n, int64_t 
     float s = (float)(1.0 / sqrt((double)HI) / sqrt((double)DI));
     for (int64_t t = 0; t < n; t++) {
         int64_t p = pos0 + t;
-        for (int64_t j = 0; j < HI; j++)
-            dsc_ref_rope(w->idx_q + (t * HI + j) * DI, dr, w->rope_cos + p * (dr / 2),
-                         w->rope_sin + p * (dr / 2), 0);
+        for (int64_t j = 0; j < HI; j++) {
+            float *q = w->idx_q + (t * HI + j) * DI;
+            dsc_ref_rope(q, dr, w->rope_cos + p * (dr / 2), w->rope_sin + p * (dr / 2), 0);
+            if (c->p.index_fp8) {
+                /* Hadamard, then e4m3 with one scale per (token, head); the
+                   dequantised values are what the FP8 kernel multiplies */
+                dsc_dsa_hadamard(q, DI);
+                float sc = dsc_dsa_fp8_scale(q, DI, cf->scale_ue8m0);
+                for (int64_t i = 0; i < DI; i++) q[i] = dsc_e4m3_to_f32(dsc_f32_to_e4m3(q[i] / sc)) * sc;
+            }
+        }
         for (int64_t j = 0; j < HI; j++) w->idx_w[t * HI + j] *= s;
     }
 }

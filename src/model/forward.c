@@ -64,6 +64,14 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         return dsc_err_set(err, DSC_ERR_ARG, "unknown attention mode %d", (int)p.attn);
     if ((unsigned)p.index_cache > DSC_INDEX_CACHE_FP8)
         return dsc_err_set(err, DSC_ERR_ARG, "unknown index cache type %d", (int)p.index_cache);
+    if (p.index_fp8 && cf->index_topk > 0) {
+        int64_t d = cf->index_head_dim;
+        if (d & (d - 1))
+            return dsc_err_set(err, DSC_ERR_ARG,
+                               "index_fp8 needs index_head_dim to be a power of two for the "
+                               "Hadamard rotation (it is %lld)", (long long)d);
+        p.index_cache = DSC_INDEX_CACHE_FP8;
+    }
 
     dsc_ctx_t *c = calloc(1, sizeof *c);
     if (!c) return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the context");

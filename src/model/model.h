@@ -164,6 +164,11 @@ void dsc_dsa_keys(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64
 int64_t dsc_dsa_ws_floats(const dsc_config *cf, int64_t n_ctx);
 void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0,
                     const float *kvb);
+/* The official FP8 scoring pieces (exposed for tests): the orthonormal
+   Sylvester Hadamard transform of n = 2^m values, in place, and the FP8
+   block scale max(amax, 1e-4)/448 (rounded up to 2^e when ue8m0). */
+void dsc_dsa_hadamard(float *v, int64_t n);
+float dsc_dsa_fp8_scale(const float *v, int64_t n, int ue8m0);
 /* Bytes of one cached indexer key in the context's format. */
 int64_t dsc_dsa_key_bytes(const dsc_config *cf, dsc_index_cache_type t);
 /* Query rows per sparse-attention block (sizes qfull/olat). */

@@ -233,7 +233,54 @@ done:
     dsc_model_free(m);
 }
 
+/* The official FP8 scoring pieces against closed forms. */
+static void test_fp8_scoring_parts(dsc_t *t) {
+    enum { N = 128 };
+    float e[N] = {0}, x[N], y[N], hx[N], hy[N];
+    e[1] = 1.0f; /* Sylvester order: H e_1 = column 1 = (+1, -1, +1, ...) / sqrt(N) */
+    dsc_dsa_hadamard(e, N);
+    int ok = 1;
+    for (int i = 0; i < N; i++) ok &= fabsf(e[i] - (i % 2 ? -1.0f : 1.0f) / sqrtf(N)) < 1e-7f;
+    T_CHECK(t, ok, "H e_1 is not the alternating column");
+    t_rng rng = {5};
+    double dxy = 0, dh = 0;
+    for (int i = 0; i < N; i++) {
+        x[i] = hx[i] = t_rng_normal(&rng);
+        y[i] = hy[i] = t_rng_normal(&rng);
+        dxy += (double)x[i] * y[i];
+    }
+    dsc_dsa_hadamard(hx, N);
+    dsc_dsa_hadamard(hy, N);
+    for (int i = 0; i < N; i++) dh += (double)hx[i] * hy[i];
+    /* orthonormal: dot products kept (fp32 butterflies: ~log2(N) roundings) */
+    T_CHECK(t, fabs(dh - dxy) < 1e-4 * (1 + fabs(dxy)), "q.k changed: %g vs %g", dh, dxy);
+    dsc_dsa_hadamard(hx, N); /* H is its own inverse */
+    t_close_f32(t, "H(H(x))", hx, x, N, 1e-5, 1e-5);
+
+    float v[4] = {0.5f, -3.0f, 1.0f, 2.0f};
+    float s = dsc_dsa_fp8_scale(v, 4, 0), s8 = dsc_dsa_fp8_scale(v, 4, 1);
+    T_CHECK(t, s == 3.0f / 448.0f, "scale %g, want amax/448", (double)s);
+    T_CHECK(t, s8 == 0.0078125f, "ue8m0 scale %g, want 2^-7 (the power of two above 3/448)",
+            (double)s8);
+    float z[2] = {0, 0};
+    T_CHECK(t, dsc_dsa_fp8_scale(z, 2, 0) == 1e-4f / 448.0f, "amax floor 1e-4");
+
+    /* the option needs a power-of-two index_head_dim (v32 has 24) */
+    dsc_model_t *m = load(t, "v32");
+    if (!m) return;
+    dsc_ctx_params p = dsc_ctx_default_params();
+    p.n_ctx = 8;
+    p.index_fp8 = 1;
+    dsc_ctx_t *c = NULL;
+    dsc_err er = {0};
+    T_CHECK(t, dsc_ctx_new(m, &p, &c, &er) == DSC_ERR_ARG && strstr(er.msg, "power of two"),
+            "index_fp8 with D_I 24: %s", er.msg);
+    dsc_ctx_free(c);
+    dsc_model_free(m);
+}
+
 const dsc_test_case dsc_tests_dsa[] = {
+    {"fp8_scoring_parts", test_fp8_scoring_parts},
     {"parity_transformers", test_parity},
     {"indexer_scores_and_topk", test_indexer},
     {"sparse_equals_dense", test_sparse_equals_dense},
