@@ -53,4 +53,11 @@ void *t_read_file(const char *path, size_t *len);
 /* Write bytes to a file; 0 on success. */
 int t_write_file(const char *path, const void *data, size_t len);
 
+/* fixture_util.c: the model in tests/fixtures/<name> (a failed load is
+   recorded as a failure; NULL then), and an int32 file of that directory
+   (*n ids; NULL when missing). Callers free / dsc_model_free. */
+struct dsc_model;
+struct dsc_model *t_load_fixture(dsc_t *t, const char *name);
+int32_t *t_fixture_ids(const char *name, const char *file, int64_t *n);
+
 #endif

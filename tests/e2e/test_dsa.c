@@ -15,15 +15,6 @@
 #include "model/model.h"
 #include "test.h"
 
-static dsc_model_t *load(dsc_t *t, const char *name) {
-    char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
-    dsc_model_t *m = NULL;
-    dsc_err e = {0};
-    T_CHECK(t, dsc_model_load(dir, &m, &e) == DSC_OK, "%s: %s", dir, e.msg);
-    return m;
-}
-
 static dsc_ctx_t *mkctx(dsc_t *t, dsc_model_t *m, int64_t n_ctx, int64_t n_batch,
                         dsc_index_cache_type ic) {
     dsc_ctx_params p = dsc_ctx_default_params();
@@ -34,15 +25,6 @@ static dsc_ctx_t *mkctx(dsc_t *t, dsc_model_t *m, int64_t n_ctx, int64_t n_batch
     dsc_err e = {0};
     T_CHECK(t, dsc_ctx_new(m, &p, &c, &e) == DSC_OK, "ctx: %s", e.msg);
     return c;
-}
-
-static int32_t *read_ids(const char *name, const char *file, int64_t *n) {
-    char p[256];
-    size_t len = 0;
-    snprintf(p, sizeof p, "tests/fixtures/%s/%s", name, file);
-    int32_t *ids = t_read_file(p, &len);
-    *n = (int64_t)(len / 4);
-    return ids;
 }
 
 /* Logits of the whole sequence in one call, in batches of n_batch. */
@@ -60,9 +42,9 @@ static float *logits_of(dsc_t *t, dsc_ctx_t *c, const int32_t *ids, int64_t n, i
 static void test_parity(dsc_t *t) {
     const char *names[] = {"v32", "v32_fp8"};
     for (int f = 0; f < 2; f++) {
-        dsc_model_t *m = load(t, names[f]);
+        dsc_model_t *m = t_load_fixture(t, names[f]);
         int64_t n = 0;
-        int32_t *ids = read_ids(names[f], "ref_ids.i32", &n);
+        int32_t *ids = t_fixture_ids(names[f], "ref_ids.i32", &n);
         char p[256];
         size_t len = 0;
         snprintf(p, sizeof p, "tests/fixtures/%s/ref_logits.f64", names[f]);
@@ -95,10 +77,10 @@ static void test_parity(dsc_t *t) {
 
 /* Layer-0 indexer scores and selections against transformers. */
 static void test_indexer(dsc_t *t) {
-    dsc_model_t *m = load(t, "v32");
+    dsc_model_t *m = t_load_fixture(t, "v32");
     int64_t n = 0, nsel = 0;
-    int32_t *ids = read_ids("v32", "ref_ids.i32", &n);
-    int32_t *want_sel = read_ids("v32", "indexer_topk.i32", &nsel);
+    int32_t *ids = t_fixture_ids("v32", "ref_ids.i32", &n);
+    int32_t *want_sel = t_fixture_ids("v32", "indexer_topk.i32", &nsel);
     size_t len = 0;
     double *want = t_read_file("tests/fixtures/v32/indexer_ref.f64", &len);
     if (!m || !ids || !want || !want_sel || len != (size_t)(n * n) * 8) {
@@ -154,9 +136,9 @@ done:
    the F32/BF16/FP8 key caches give the same rows there (selection keeps
    everything, whatever the key precision), finite logits everywhere. */
 static void test_sparse_equals_dense(dsc_t *t) {
-    dsc_model_t *m = load(t, "v32");
+    dsc_model_t *m = t_load_fixture(t, "v32");
     int64_t n = 0;
-    int32_t *ids = read_ids("v32", "ref_ids.i32", &n);
+    int32_t *ids = t_fixture_ids("v32", "ref_ids.i32", &n);
     if (!m || !ids) goto done;
     int64_t V = m->cfg.vocab_size, K = m->cfg.index_topk;
     dsc_ctx_t *dense = mkctx(t, m, n, n, DSC_INDEX_CACHE_F32);
@@ -195,10 +177,10 @@ done:
 
 /* Greedy ids equal transformers' generate (min_new_tokens = 24). */
 static void test_greedy(dsc_t *t) {
-    dsc_model_t *m = load(t, "v32");
+    dsc_model_t *m = t_load_fixture(t, "v32");
     int64_t np = 0, ng = 0;
-    int32_t *prompt = read_ids("v32", "gen_prompt.i32", &np);
-    int32_t *want = read_ids("v32", "gen_ids.i32", &ng);
+    int32_t *prompt = t_fixture_ids("v32", "gen_prompt.i32", &np);
+    int32_t *want = t_fixture_ids("v32", "gen_ids.i32", &ng);
     if (!m || !prompt || !want || ng != 24) {
         T_CHECK(t, 0, "v32 generation fixture missing");
         goto done;
@@ -266,7 +248,7 @@ static void test_fp8_scoring_parts(dsc_t *t) {
     T_CHECK(t, dsc_dsa_fp8_scale(z, 2, 0) == 1e-4f / 448.0f, "amax floor 1e-4");
 
     /* the option needs a power-of-two index_head_dim (v32 has 24) */
-    dsc_model_t *m = load(t, "v32");
+    dsc_model_t *m = t_load_fixture(t, "v32");
     if (!m) return;
     dsc_ctx_params p = dsc_ctx_default_params();
     p.n_ctx = 8;

@@ -22,15 +22,6 @@ static int collect(void *user, int32_t id) {
     return 0;
 }
 
-static dsc_model_t *load(dsc_t *t, const char *name) {
-    char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
-    dsc_model_t *m = NULL;
-    dsc_err e = {0};
-    T_CHECK(t, dsc_model_load(dir, &m, &e) == DSC_OK, "%s: %s", dir, e.msg);
-    return m;
-}
-
 static dsc_ctx_t *ctx_for(dsc_t *t, dsc_model_t *m, int64_t n_ctx, int64_t n_batch,
                           dsc_attn_mode mode) {
     dsc_ctx_params p = dsc_ctx_default_params();
@@ -66,7 +57,7 @@ static void test_greedy_matches_hf(dsc_t *t) {
         int32_t *prompt = t_read_file(p, &np);
         snprintf(p, sizeof p, "tests/fixtures/%s/gen_ids.i32", names[f]);
         int32_t *want = t_read_file(p, &ng);
-        dsc_model_t *m = load(t, names[f]);
+        dsc_model_t *m = t_load_fixture(t, names[f]);
         T_CHECK(t, prompt && want && ng / 4 == 24, "%s: generation fixture missing", names[f]);
         if (!prompt || !want || !m) goto next;
         for (int mode = 0; mode < 2; mode++) {
@@ -103,7 +94,7 @@ static void test_greedy_matches_hf(dsc_t *t) {
    same ids as one context fed the whole history at once: no re-prefill, no
    lost or doubled token. */
 static void test_continuation(dsc_t *t) {
-    dsc_model_t *m = load(t, "v3_bf16");
+    dsc_model_t *m = t_load_fixture(t, "v3_bf16");
     if (!m) return;
     int32_t a[4] = {3, 14, 15, 9}, b2[3] = {26, 5, 35};
     int32_t g1[8], g2[8], h[8];
@@ -136,7 +127,7 @@ static void test_continuation(dsc_t *t) {
 }
 
 static void test_context_limits(dsc_t *t) {
-    dsc_model_t *m = load(t, "v3");
+    dsc_model_t *m = t_load_fixture(t, "v3");
     if (!m) return;
     dsc_ctx_t *c = ctx_for(t, m, 12, 4, DSC_ATTN_ABSORBED);
     dsc_sampler_t *s = greedy(t, m);

@@ -50,16 +50,6 @@ static int load_ref(dsc_t *t, const char *name, int64_t vocab, ref_data *r) {
     return 1;
 }
 
-static dsc_model_t *load_fixture(dsc_t *t, const char *name) {
-    char dir[256];
-    snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
-    dsc_model_t *m = NULL;
-    dsc_err e = {0};
-    dsc_status s = dsc_model_load(dir, &m, &e);
-    T_CHECK(t, s == DSC_OK, "load %s: %s", dir, e.msg);
-    return m;
-}
-
 /* Full-sequence logits of a fixture in the given attention mode. */
 static float *run_full(dsc_t *t, dsc_model_t *m, const ref_data *r, dsc_attn_mode mode,
                        int threads) {
@@ -83,7 +73,7 @@ static float *run_full(dsc_t *t, dsc_model_t *m, const ref_data *r, dsc_attn_mod
 
 static void test_parity(dsc_t *t) {
     for (size_t f = 0; f < N_FIX; f++) {
-        dsc_model_t *m = load_fixture(t, fixtures[f]);
+        dsc_model_t *m = t_load_fixture(t, fixtures[f]);
         if (!m) continue;
         ref_data r;
         if (load_ref(t, fixtures[f], m->cfg.vocab_size, &r)) {
@@ -113,7 +103,7 @@ static void test_incremental(dsc_t *t) {
        block boundary, the reference fallback) */
     const char *names[] = {"v2_lite", "v3", "v3_bf16", "v3_fp8"};
     for (int f = 0; f < 4; f++) {
-        dsc_model_t *m = load_fixture(t, names[f]);
+        dsc_model_t *m = t_load_fixture(t, names[f]);
         if (!m) continue;
         ref_data r;
         if (!load_ref(t, names[f], m->cfg.vocab_size, &r)) {
@@ -156,7 +146,7 @@ static void test_incremental(dsc_t *t) {
 
 /* Bad arguments to dsc_forward are refused, and the cache is untouched. */
 static void test_forward_args(dsc_t *t) {
-    dsc_model_t *m = load_fixture(t, "v3");
+    dsc_model_t *m = t_load_fixture(t, "v3");
     if (!m) return;
     dsc_ctx_params p = dsc_ctx_default_params();
     p.n_ctx = 8;
@@ -439,7 +429,7 @@ static void test_bad_checkpoints(dsc_t *t) {
 
 /* MTP layers in the files are skipped and counted, not an error. */
 static void test_mtp_skipped(dsc_t *t) {
-    dsc_model_t *m = load_fixture(t, "v3");
+    dsc_model_t *m = t_load_fixture(t, "v3");
     if (!m) return;
     dsc_model_info in;
     dsc_model_get_info(m, &in);
