@@ -45,7 +45,7 @@
 #define MAX_IC 3      /* index cache formats: f32, bf16, fp8                  */
 
 typedef struct {
-    int64_t steps, threads, dq_prefill, phases;
+    int64_t steps, threads, dq_prefill, phases, index_fp8;
     int64_t contexts[BENCH_MAX_LIST], prefill[BENCH_MAX_LIST];
     int n_contexts, n_prefill;
     dsc_dtype dtypes[BENCH_MAX_LIST], ics[BENCH_MAX_LIST]; /* ics: index caches as dtypes */
@@ -159,8 +159,14 @@ static void step_iquery(void *a) {
     const float *cs = c->w.rope_cos + s->P * (dr / 2), *sn = c->w.rope_sin + s->P * (dr / 2);
     float scale = (float)(1.0 / sqrt((double)HI * (double)DI));
     for (int64_t j = 0; j < HI; j++) {
-        dsc_ref_rope(s->r->q + j * DI, dr, cs, sn, 0);
+        float *q = s->r->q + j * DI;
+        dsc_ref_rope(q, dr, cs, sn, 0);
         s->r->wt[j] *= scale;
+        if (!c->p.index_fp8) continue;
+        /* official FP8 scoring: Hadamard, then e4m3 with one scale per head */
+        dsc_dsa_hadamard(q, DI);
+        float sc = dsc_dsa_fp8_scale(q, DI, cf->scale_ue8m0);
+        for (int64_t i = 0; i < DI; i++) q[i] = dsc_e4m3_to_f32(dsc_f32_to_e4m3(q[i] / sc)) * sc;
     }
 }
 
@@ -367,6 +373,7 @@ static dsc_ctx_t *new_ctx(const dsc_model_t *m, const options *o, int64_t n_ctx,
     dsc_ctx_params cp = dsc_ctx_default_params();
     cp.n_ctx = n_ctx, cp.n_batch = batch, cp.n_threads = (int)o->threads;
     cp.attn = DSC_ATTN_ABSORBED, cp.dense = dense, cp.index_cache = ic;
+    cp.index_fp8 = o->index_fp8 && !dense && ic == DSC_INDEX_CACHE_FP8;
     dsc_ctx_t *c = NULL;
     dsc_err err = {0};
     if (dsc_ctx_new(m, &cp, &c, &err) != DSC_OK)
@@ -497,6 +504,9 @@ static int run_decode(const bench_store *st, const options *o, dsc_dtype dt) {
     printf("\n== decode: one layer's attention block, dsc_mla_forward(1 token at position P), "
            "%s weights, %lld threads; median of %lld steps after %d warm-up ==\n",
            bench_dtype_tag(dt), (long long)o->threads, (long long)o->steps, WARMUP);
+    if (o->index_fp8)
+        printf("fp8 index cache runs use the official FP8 scoring (index_fp8 = 1: Hadamard-"
+               "rotated, e4m3-quantised q and k)\n");
     for (int ci = 0; ci < o->n_contexts; ci++)
         if (decode_context(m, o, o->contexts[ci], &rows[ci], &fx, buf)) goto out;
 
@@ -520,7 +530,8 @@ static int run_decode(const bench_store *st, const options *o, dsc_dtype dt) {
         printf(" %-9s | %4.2f\n", same, max_busy(r, o->n_ics));
     }
     printf("ratio = dense / DSA; same sel = indices the replica indexer selected that the library "
-           "also selected (f32), out of its selection (-1: the sizes differ)\n");
+           "also selected (%s index cache), out of its selection (-1: the sizes differ)\n",
+           bench_dtype_tag(o->ics[0]));
 
     printf("\n== where the time goes (ms, medians timed alone; 'rest' = the step minus the "
            "parts) ==\nfixed per step: q_a %.2f + q_b %.2f + kv_a %.2f + o_proj %.2f + kv_b "
@@ -735,6 +746,8 @@ static const char usage[] =
     "  --index-caches LIST index key cache formats for DSA decode: f32,bf16,fp8\n"
     "                      (default f32,fp8; the first is the one the byte table uses)\n"
     "  --prefill LIST      prompt lengths, dense vs DSA (default 4096,16384; 0: none)\n"
+    "  --index-fp8 0|1     fp8 index cache runs score as the official FP8 kernel\n"
+    "                      (index_fp8: Hadamard + e4m3 q; default 0)\n"
     "  --phases 0|1        block-timed prefill pass for attention alone (default 1)\n"
     "  --dq-prefill N      q_lora_rank of the prefill model (default 1536, V3's)\n"
     "  --dtype T           weights f32, bf16 or fp8 (default bf16)\n"
@@ -752,6 +765,7 @@ int main(int argc, char **argv) {
         {"--index-caches", BENCH_OPT_DTYPES, o.ics, &o.n_ics, 0, 0},
         {"--prefill", BENCH_OPT_LIST, o.prefill, &o.n_prefill, 0, (int64_t)1 << 20},
         {"--phases", BENCH_OPT_I64, &o.phases, NULL, 0, 1},
+        {"--index-fp8", BENCH_OPT_I64, &o.index_fp8, NULL, 0, 1},
         {"--dq-prefill", BENCH_OPT_I64, &o.dq_prefill, NULL, 1, 65536},
         {"--dtype", BENCH_OPT_DTYPES, o.dtypes, &o.n_dtypes, 0, 0},
         {"--threads", BENCH_OPT_I64, &o.threads, NULL, 1, 1024},

@@ -1,7 +1,7 @@
 /*
  * common.c - the benchmarks' shared parts (see common.h): the random
- * V2-Lite-shaped checkpoint, the option parser, clocks, the busy meter and
- * the forward pass timed block by block.
+ * V2-Lite-shaped checkpoint (or bench_dsa's deepseek_v32 one), the option
+ * parser, clocks, the busy meter and the forward pass timed block by block.
  */
 #include "common.h"
 

@@ -40,6 +40,8 @@ _Noreturn void cli_die(const dsc_err *e);
 /* "5,17,42" -> malloc'd ids (exits 2 on a malformed list). */
 int32_t *cli_parse_ids(const char *s, int64_t *n);
 double cli_now(void);
+/* All of f into a malloc'd buffer (*len bytes); exits on a read error. */
+char *cli_read_all(FILE *f, const char *what, size_t *len);
 /* Load the model (with a progress line on stderr unless quiet); exits on error. */
 dsc_model_t *cli_load_model(const cli_opts *o, double *load_s);
 /* Bytes that always hold one streamed token piece (dsc_detokenize_piece). */

@@ -140,7 +140,8 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             char *end;
             errno = 0;
             unsigned long long sd = strtoull(VALUE(), &end, 10);
-            if (errno || end == v || *end) cli_die_usage("expected an integer for", a);
+            if (errno || end == v || *end || *v == '-')
+                cli_die_usage("expected a non-negative integer for", a);
             o->sp.seed = sd;
             o->seed_set = 1;
         } else if (IS("--ignore-eos", "--ignore-eos")) {
@@ -198,6 +199,27 @@ int32_t *cli_parse_ids(const char *s, int64_t *n) {
     if (k == 0) cli_die_usage("empty token id list", s);
     *n = k;
     return ids;
+}
+
+char *cli_read_all(FILE *f, const char *what, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            fprintf(stderr, "dsc: out of memory reading %s\n", what);
+            exit(1);
+        }
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) break;
+        cap *= 2;
+        buf = realloc(buf, cap);
+    }
+    if (ferror(f)) {
+        fprintf(stderr, "dsc: cannot read %s: %s\n", what, strerror(errno));
+        exit(1);
+    }
+    *len = n;
+    return buf;
 }
 
 double cli_now(void) {
@@ -345,6 +367,10 @@ int cmd_logits(const cli_opts *o) {
     int64_t n;
     int32_t *ids = cli_parse_ids(o->ids, &n);
     dsc_err e = {0};
+    if (o->n_ctx > 0 && n > o->n_ctx) {
+        fprintf(stderr, "dsc: %lld ids do not fit -c %lld\n", (long long)n, (long long)o->n_ctx);
+        exit(1);
+    }
     dsc_model_t *m = cli_load_model(o, NULL);
     const dsc_config *c = dsc_model_config(m);
     dsc_ctx_params p = dsc_ctx_default_params();

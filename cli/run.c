@@ -85,39 +85,29 @@ static dsc_tokenizer_t *load_tokenizer(const cli_opts *o, int required) {
     return NULL;
 }
 
-static char *read_all(FILE *f, const char *what, size_t *len) {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            fprintf(stderr, "dsc: out of memory reading %s\n", what);
-            exit(1);
-        }
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        cap *= 2;
-        buf = realloc(buf, cap);
-    }
-    if (ferror(f)) {
-        fprintf(stderr, "dsc: cannot read %s: %s\n", what, strerror(errno));
+/* Text -> malloc'd ids with the tokenizer; NULL with e filled on error. */
+static int32_t *try_encode(const dsc_tokenizer_t *t, const char *text, size_t len, int add_bos,
+                           int64_t *n, dsc_err *e) {
+    int64_t need = 0;
+    if (dsc_tokenize(t, text, len, add_bos, NULL, 0, &need, e) != DSC_OK) return NULL;
+    int32_t *ids = malloc((size_t)(need > 0 ? need : 1) * sizeof *ids);
+    if (!ids) {
+        fprintf(stderr, "dsc: out of memory\n");
         exit(1);
     }
-    *len = n;
-    return buf;
+    if (dsc_tokenize(t, text, len, add_bos, ids, need, n, e) != DSC_OK) {
+        free(ids);
+        return NULL;
+    }
+    return ids;
 }
 
-/* Text -> ids with the tokenizer; exits with the library's message on error. */
+/* The same, exiting with the library's message on error. */
 static int32_t *encode(const dsc_tokenizer_t *t, const char *text, size_t len, int add_bos,
                        int64_t *n) {
     dsc_err e = {0};
-    int64_t need = 0;
-    if (dsc_tokenize(t, text, len, add_bos, NULL, 0, &need, &e) != DSC_OK) cli_die(&e);
-    int32_t *ids = malloc((size_t)(need > 0 ? need : 1) * sizeof *ids);
-    if (!ids || dsc_tokenize(t, text, len, add_bos, ids, need, n, &e) != DSC_OK) {
-        if (!ids) fprintf(stderr, "dsc: out of memory\n");
-        if (!ids) exit(1);
-        cli_die(&e);
-    }
+    int32_t *ids = try_encode(t, text, len, add_bos, n, &e);
+    if (!ids) cli_die(&e);
     return ids;
 }
 
@@ -126,6 +116,10 @@ static dsc_ctx_t *make_ctx(const cli_opts *o, const dsc_model_t *m) {
     dsc_ctx_params p = dsc_ctx_default_params();
     int64_t def = c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
     p.n_ctx = o->n_ctx > 0 ? o->n_ctx : def;
+    if (o->n_ctx > c->max_position_embeddings && !o->quiet)
+        fprintf(stderr, "dsc: warning: -c %lld exceeds the model's max_position_embeddings "
+                "(%lld); positions past it are extrapolated\n", (long long)o->n_ctx,
+                (long long)c->max_position_embeddings);
     p.n_batch = o->n_batch > 0 ? o->n_batch : 512;
     p.n_threads = o->threads;
     p.attn = o->attn;
@@ -217,7 +211,7 @@ int cmd_run(const cli_opts *o) {
                 fprintf(stderr, "dsc: cannot open %s: %s\n", o->prompt_file, strerror(errno));
                 exit(1);
             }
-            text = read_all(f, o->prompt_file, &len);
+            text = cli_read_all(f, o->prompt_file, &len);
             fclose(f);
         }
         ids = encode(tok, text, len, o->no_bos ? 0 : -1, &n);
@@ -336,7 +330,16 @@ int cmd_chat(const cli_opts *o) {
         else if (first) push_text(tok, "", -1, &prompt, &n, &cap);
         if (!first && !closed && eos >= 0) push_ids(&eos, 1, &prompt, &n, &cap);
         push_text(tok, user_tag, 0, &prompt, &n, &cap);
-        push_text(tok, line, 0, &prompt, &n, &cap);
+        dsc_err te = {0};
+        int64_t nl = 0;
+        int32_t *lids = try_encode(tok, line, (size_t)got, 0, &nl, &te);
+        if (!lids) {
+            /* a bad line (e.g. invalid UTF-8) costs the line, not the chat */
+            fprintf(stderr, "dsc: error (%s): %s\n", dsc_status_str(te.code), te.msg);
+            continue;
+        }
+        push_ids(lids, nl, &prompt, &n, &cap);
+        free(lids);
         push_text(tok, asst_tag, 0, &prompt, &n, &cap);
 
         sink out;

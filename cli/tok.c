@@ -20,22 +20,8 @@ static dsc_tokenizer_t *load(const cli_opts *o) {
 
 int cmd_tokenize(const cli_opts *o) {
     dsc_tokenizer_t *t = load(o);
-    size_t cap = 1 << 16, len = 0;
-    char *text = malloc(cap);
-    for (;;) {
-        if (!text) {
-            fprintf(stderr, "dsc: out of memory\n");
-            exit(1);
-        }
-        len += fread(text + len, 1, cap - len, stdin);
-        if (len < cap) break;
-        cap *= 2;
-        text = realloc(text, cap);
-    }
-    if (ferror(stdin)) {
-        fprintf(stderr, "dsc: cannot read stdin: %s\n", strerror(errno));
-        exit(1);
-    }
+    size_t len = 0;
+    char *text = cli_read_all(stdin, "stdin", &len);
     dsc_err e = {0};
     int64_t need = 0, n = 0;
     int add_bos = o->no_bos ? 0 : -1;

@@ -59,8 +59,8 @@ typedef enum {
     DSC_F8_E4M3,
 } dsc_dtype;
 
-const char *dsc_dtype_name(dsc_dtype t);
-size_t dsc_dtype_size(dsc_dtype t); /* bytes per element */
+const char *dsc_dtype_name(dsc_dtype t); /* "?" for an unknown value     */
+size_t dsc_dtype_size(dsc_dtype t);      /* bytes per element; 0 if unknown */
 
 /* Routing of the MoE gate (config `topk_method`). */
 typedef enum {
@@ -147,6 +147,7 @@ typedef struct {
     int64_t dtype_bytes[4];       /* bound weight bytes per dsc_dtype              */
 } dsc_model_info;
 
+/* Fill info with the counts and sizes computed at load (never fails). */
 void dsc_model_get_info(const dsc_model_t *m, dsc_model_info *info);
 
 /* How attention is computed. Both read the same latent cache. */
@@ -182,7 +183,8 @@ dsc_ctx_params dsc_ctx_default_params(void);
 /*
  * Create an inference context: the latent KV cache for n_ctx positions and
  * every activation buffer for n_batch tokens, allocated once here; nothing is
- * allocated by dsc_forward. The model must outlive the context.
+ * allocated by dsc_forward. The model must outlive the context. p NULL means
+ * dsc_ctx_default_params(); n_batch is clamped to n_ctx; n_ctx <= 2^31-1.
  */
 dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *p,
                        dsc_ctx_t **out, dsc_err *err);
@@ -197,7 +199,8 @@ int64_t dsc_ctx_work_bytes(const dsc_ctx_t *c);
  * Run the model on n tokens at positions pos0 .. pos0+n-1, appending their
  * latents to the cache (positions before pos0 must have been filled by earlier
  * calls). When logits is not NULL it receives float32 [n][vocab_size].
- * Checks: 1 <= n <= n_batch, pos0 + n <= n_ctx, 0 <= ids[i] < vocab_size.
+ * Checks: 1 <= n <= n_batch, 0 <= pos0 <= n_past (no gap), pos0 + n <= n_ctx,
+ * 0 <= ids[i] < vocab_size.
  */
 dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
                        float *logits, dsc_err *err);
@@ -312,8 +315,12 @@ typedef struct dsc_sampler dsc_sampler_t;
 dsc_status dsc_sampler_new(const dsc_sampler_params *p, int64_t n_vocab, dsc_sampler_t **out,
                            dsc_err *err);
 void dsc_sampler_free(dsc_sampler_t *s);
-/* Choose the next id from logits [n_vocab] (modified in place). history is
-   the ids so far (prompt and generated), for the repetition penalty. */
+/* The vocabulary size the sampler was made for. */
+int64_t dsc_sampler_vocab(const dsc_sampler_t *s);
+/* Choose the next id from logits [n_vocab] (n_vocab floats, modified in
+   place). history is the ids so far (prompt and generated), for the
+   repetition penalty (repeat_last_n <= 0: the whole history). Returns 0 when
+   every logit is NaN or -inf. */
 int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *history,
                            int64_t n_history);
 
@@ -339,14 +346,17 @@ typedef struct {
 typedef int (*dsc_token_cb)(void *user, int32_t id);
 
 /*
- * Append prompt (may be empty when the context already holds tokens) at the
- * context's end, prefilling in n_batch chunks, then sample up to n_predict
+ * Append prompt at the context's end, prefilling in n_batch chunks (the
+ * prompt may be empty when the context already holds tokens: generation then
+ * continues from its last position), then sample up to n_predict
  * ids (< 0: until EOS or a full context). Each sampled id is reported before
  * it is fed to the model; the last one is kept pending and is fed at the
  * start of the next dsc_generate call, so a chat can continue the cache
  * without re-prefilling earlier turns. eos_id < 0: no EOS stop.
- * Errors: the prompt does not fit the context (DSC_ERR_ARG, nothing is fed),
- * or any dsc_forward error.
+ * The sampler must be made for the model's vocab_size.
+ * Errors (DSC_ERR_ARG, nothing is fed): the prompt does not fit the context,
+ * a prompt id is out of range, a sampler of another vocabulary size; or any
+ * dsc_forward error.
  */
 dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
                         int64_t n_prompt, int64_t n_predict, int32_t eos_id, dsc_token_cb on_token,

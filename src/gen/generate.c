@@ -42,7 +42,15 @@ dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
     int64_t n_in = n_prompt + (pending >= 0);
     if (n_prompt < 0 || (n_prompt > 0 && !prompt))
         return dsc_err_set(err, DSC_ERR_ARG, "bad prompt (%lld ids)", (long long)n_prompt);
-    if (n_in == 0)
+    if (dsc_sampler_vocab(s) != c->m->cfg.vocab_size)
+        return dsc_err_set(err, DSC_ERR_ARG, "the sampler is for %lld ids, the model has %lld",
+                           (long long)dsc_sampler_vocab(s), (long long)c->m->cfg.vocab_size);
+    for (int64_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= c->m->cfg.vocab_size)
+            return dsc_err_set(err, DSC_ERR_ARG,
+                               "prompt token id %d at index %lld is out of range [0, %lld)",
+                               prompt[i], (long long)i, (long long)c->m->cfg.vocab_size);
+    if (n_in == 0 && c->n_past == 0)
         return dsc_err_set(err, DSC_ERR_ARG,
                            "nothing to generate from: empty prompt and an empty context");
     if (c->n_past + n_in > c->p.n_ctx)
@@ -59,6 +67,12 @@ dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
         DSC_TRY(feed(c, &pending, 1, err));
     }
     if (n_prompt > 0) DSC_TRY(feed(c, prompt, n_prompt, err));
+    if (n_in == 0) {
+        /* continue from the cache as it is: recompute the last position's
+           logits (its cache row is rewritten with the same values) */
+        int32_t last = c->w.tokens[c->n_past - 1];
+        DSC_TRY(dsc_forward_last(c, &last, 1, c->n_past - 1, c->w.logits, err));
+    }
     st.n_prompt = n_in;
     double t1 = now_s();
     st.prompt_s = t1 - t0;

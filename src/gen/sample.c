@@ -81,6 +81,8 @@ dsc_status dsc_sampler_new(const dsc_sampler_params *p, int64_t n_vocab, dsc_sam
     return DSC_OK;
 }
 
+int64_t dsc_sampler_vocab(const dsc_sampler_t *s) { return s ? s->n_vocab : 0; }
+
 void dsc_sampler_free(dsc_sampler_t *s) {
     if (!s) return;
     free(s->c);

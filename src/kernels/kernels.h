@@ -144,7 +144,8 @@ void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr
 int64_t dsc_k_topk_set(const float *x, int64_t n, int64_t k, int32_t *idx, float *scratch);
 void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t n,
                    int64_t d, float eps);
-void dsc_k_softmax(float *x, int64_t n, int64_t d);
-void dsc_k_silu_mul(float *out, const float *g, const float *u, int64_t n);
+/* k may be NULL (one thread); otherwise at most k's thread count is used. */
+void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d);
+void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n);
 
 #endif

@@ -322,6 +322,36 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
                                cx->path);
     }
 
+    /* Upper bounds keep every product of dimensions far inside int64_t (and
+       ids inside int32_t), whatever a config claims. */
+    const struct {
+        const char *name;
+        int64_t v, max;
+    } lim[] = {
+        {"vocab_size", c->vocab_size, (int64_t)1 << 28},
+        {"hidden_size", c->hidden_size, (int64_t)1 << 20},
+        {"intermediate_size", c->intermediate_size, (int64_t)1 << 24},
+        {"moe_intermediate_size", c->moe_intermediate_size, (int64_t)1 << 24},
+        {"num_hidden_layers", c->num_hidden_layers, (int64_t)1 << 14},
+        {"num_attention_heads", c->num_attention_heads, (int64_t)1 << 14},
+        {"q_lora_rank", c->q_lora_rank, (int64_t)1 << 20},
+        {"kv_lora_rank", c->kv_lora_rank, (int64_t)1 << 20},
+        {"qk_nope_head_dim", c->qk_nope_head_dim, (int64_t)1 << 14},
+        {"qk_rope_head_dim", c->qk_rope_head_dim, (int64_t)1 << 14},
+        {"v_head_dim", c->v_head_dim, (int64_t)1 << 14},
+        {"n_routed_experts", c->n_routed_experts, (int64_t)1 << 16},
+        {"n_shared_experts", c->n_shared_experts, (int64_t)1 << 10},
+        {"num_nextn_predict_layers", c->num_nextn_predict_layers, (int64_t)1 << 10},
+        {"index_n_heads", c->index_n_heads, (int64_t)1 << 14},
+        {"index_head_dim", c->index_head_dim, (int64_t)1 << 14},
+        {"index_topk", c->index_topk, (int64_t)1 << 24},
+    };
+    for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+        if (lim[i].v > lim[i].max)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: field \"%s\" = %lld exceeds %lld",
+                               cx->path, lim[i].name, (long long)lim[i].v,
+                               (long long)lim[i].max);
+
     /* Softmax scale: d_qk^-1/2, times m^2 with m from mscale_all_dim (the
        transformers rule, applied whenever YaRN is on). */
     double dqk = (double)(c->qk_nope_head_dim + c->qk_rope_head_dim);

@@ -263,7 +263,7 @@ void dsc_dsa_attend(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int
             dsc_k_sgemm_nt(k, H, ks, ldkv, w->qfull + t * H * ldkv, ldkv, w->gather, ldkv,
                            w->sscore, ks, 0);
             for (int64_t e = 0; e < H * ks; e++) w->sscore[e] *= scale;
-            dsc_k_softmax(w->sscore, H, ks);
+            dsc_k_softmax(k, w->sscore, H, ks);
             dsc_k_sgemm_nn(k, H, dc, ks, w->sscore, ks, w->gather, ldkv, w->olat + t * H * dc, dc,
                            0);
         }

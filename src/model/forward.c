@@ -56,9 +56,12 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     *out = NULL;
     const dsc_config *cf = &m->cfg;
     dsc_ctx_params p = pp ? *pp : dsc_ctx_default_params();
-    if (p.n_ctx < 1 || p.n_batch < 1)
-        return dsc_err_set(err, DSC_ERR_ARG, "n_ctx (%lld) and n_batch (%lld) must be >= 1",
+    if (p.n_ctx < 1 || p.n_batch < 1 || p.n_ctx > INT32_MAX)
+        return dsc_err_set(err, DSC_ERR_ARG,
+                           "n_ctx (%lld) must be in 1..2^31-1 and n_batch (%lld) >= 1",
                            (long long)p.n_ctx, (long long)p.n_batch);
+    if (p.n_threads < 0 || p.n_threads > 4096)
+        return dsc_err_set(err, DSC_ERR_ARG, "n_threads %d out of range", p.n_threads);
     if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
     if (p.attn != DSC_ATTN_ABSORBED && p.attn != DSC_ATTN_NAIVE)
         return dsc_err_set(err, DSC_ERR_ARG, "unknown attention mode %d", (int)p.attn);
@@ -130,7 +133,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     plan_add(&pl, (void **)&w->olat, qrows * H * dc, 4);
     plan_add(&pl, (void **)&w->mqa_s, p.attn == DSC_ATTN_ABSORBED ? w->mqa_rows * H * p.n_ctx : 0,
              4);
-    if (cf->index_topk > 0) {
+    if (cf->index_topk > 0 && !p.dense) {
         int64_t HI = cf->index_n_heads, DI = cf->index_head_dim, KI = cf->index_topk;
         int64_t QB = DSC_DSA_QB;
         w->dsa_ws_floats = dsc_dsa_ws_floats(cf, p.n_ctx);
@@ -152,7 +155,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
              dsc_mul_ok(cache_n, (size_t)(dc + dr), &cache_n) &&
              dsc_mul_ok(cache_n, sizeof(float), &cache_b);
     size_t index_b = 0;
-    if (ok && cf->index_topk > 0)
+    if (ok && cf->index_topk > 0 && !p.dense)
         ok = dsc_mul_ok((size_t)cf->num_hidden_layers * (size_t)p.n_ctx,
                         (size_t)dsc_dsa_key_bytes(cf, p.index_cache), &index_b);
     if (ok) {
@@ -216,6 +219,10 @@ static dsc_status run_layers(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_
     if (!ids || n < 1 || n > c->p.n_batch)
         return dsc_err_set(err, DSC_ERR_ARG, "%lld tokens in one call; expected 1..%lld "
                            "(n_batch)", (long long)n, (long long)c->p.n_batch);
+    if (pos0 > c->n_past)
+        return dsc_err_set(err, DSC_ERR_ARG,
+                           "position %lld would leave a gap: the cache holds %lld positions",
+                           (long long)pos0, (long long)c->n_past);
     if (pos0 < 0 || pos0 + n > c->p.n_ctx)
         return dsc_err_set(err, DSC_ERR_ARG,
                            "positions %lld..%lld do not fit the context of %lld", (long long)pos0,

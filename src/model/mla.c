@@ -55,7 +55,7 @@ static void scale_mask_softmax(float *s, int64_t rows, int64_t lk, int64_t p0, f
         for (int64_t j = 0; j < visible; j++) row[j] *= scale;
         for (int64_t j = visible; j < lk; j++) row[j] = -INFINITY;
     }
-    dsc_k_softmax(s, rows, lk);
+    dsc_k_softmax(NULL, s, rows, lk);
 }
 
 /* Naive MLA for head i, queries [0, n) at positions pos0..: K_i and V_i are
@@ -160,7 +160,7 @@ static void attend_absorbed(dsc_ctx_t *c, const dsc_layer *ly, const float *cach
                 for (int64_t j = 0; j < visible; j++) row[j] *= scale;
                 for (int64_t j = visible; j < lk; j++) row[j] = -INFINITY;
             }
-        dsc_k_softmax(w->mqa_s, rows * H, lk);
+        dsc_k_softmax(c->k, w->mqa_s, rows * H, lk);
         dsc_k_sgemm_nn(c->k, rows * H, dc, lk, w->mqa_s, lk, cache_l, ldkv, w->olat, dc, 0);
         dsc_mla_absorb_out(c, ly, kvb, t0, rows);
     }

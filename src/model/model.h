@@ -93,7 +93,7 @@ typedef struct {
     float *rope_sin; /* (n_ctx, dr/2)                              */
     float *head_ws;  /* per thread: naive attention scratch, head_ws_floats each */
     int64_t head_ws_floats;
-    float *group_ws; /* (B, n_group) group scores                  */
+    float *group_ws; /* (n_group) group scores of one token        */
     float *logits;   /* (V) last-token logits for dsc_generate      */
     /* DSA */
     float *idx_q;    /* (B, H_I*D_I) indexer queries (roped)        */
@@ -157,8 +157,9 @@ void dsc_mla_absorb_out(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int
 /* Whether some query of this call sees more than index_topk keys (else the
    selection keeps everything and dense attention is used, identically). */
 int dsc_dsa_sparse(const dsc_ctx_t *c, int64_t n, int64_t pos0);
-/* Indexer keys of the n new tokens into the layer's key cache (always, for
-   DSA models, so that later calls can select among them). */
+/* Indexer keys of the n new tokens into the layer's key cache (for every
+   call of a DSA context, so that later calls can select among them; a
+   context made with p.dense has no indexer cache and never calls this). */
 void dsc_dsa_keys(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
 /* Per-thread scratch floats of the indexer (dsc_work.dsa_ws). */
 int64_t dsc_dsa_ws_floats(const dsc_config *cf, int64_t n_ctx);

@@ -28,7 +28,7 @@ static void mlp_forward(dsc_ctx_t *c, const dsc_mlp *mlp, const float *x, int64_
     int64_t ff = mlp->gate.rows;
     dsc_k_matmul(c->k, c->w.ffn_g, x, &mlp->gate, n);
     dsc_k_matmul(c->k, c->w.ffn_u, x, &mlp->up, n);
-    dsc_k_silu_mul(c->w.ffn_g, c->w.ffn_g, c->w.ffn_u, n * ff);
+    dsc_k_silu_mul(c->k, c->w.ffn_g, c->w.ffn_g, c->w.ffn_u, n * ff);
     dsc_k_matmul(c->k, y, c->w.ffn_g, &mlp->down, n);
 }
 

@@ -251,10 +251,13 @@ dsc_status dsc_model_load(const char *dir, dsc_model_t **out, dsc_err *err) {
     dsc_model_t *m = calloc(1, sizeof *m);
     if (!m) return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the model");
     char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
     char *text = NULL;
     size_t len = 0;
-    dsc_status s = dsc_read_file(path, &text, &len, err);
+    dsc_status s = DSC_OK;
+    if ((size_t)snprintf(path, sizeof path, "%s/config.json", dir) >= sizeof path)
+        s = dsc_err_set(err, DSC_ERR_ARG, "model directory path is too long (%zu bytes)",
+                        strlen(dir));
+    if (s == DSC_OK) s = dsc_read_file(path, &text, &len, err);
     if (s == DSC_OK) s = dsc_config_parse(text, len, path, &m->cfg, err);
     free(text);
     if (s == DSC_OK) s = dsc_st_set_open(dir, &m->st, err);

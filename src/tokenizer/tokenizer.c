@@ -350,6 +350,10 @@ static dsc_status build(ld *l, const json_t *root) {
         text_bytes += (int64_t)json_string_length(c);
     }
     if (max_id < 0) return bad(l, "the vocabulary is empty");
+    /* ids index dense tables: refuse a few entries claiming a huge id space */
+    int64_t n_entries = (int64_t)json_object_size(vocab) + (int64_t)json_array_size(added);
+    if (max_id >= (1 << 24) || max_id >= 4 * n_entries + 1024)
+        return bad(l, "token ids are too sparse or too large (highest id vs entries)");
     t->n_vocab = max_id + 1;
     size_t nv = (size_t)t->n_vocab;
     t->bytes = malloc((size_t)text_bytes + 1);

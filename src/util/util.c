@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/stat.h>
 
 const char *dsc_status_str(dsc_status s) {
     switch (s) {
@@ -56,6 +57,11 @@ dsc_status dsc_read_file(const char *path, char **out, size_t *len, dsc_err *err
     FILE *f = fopen(path, "rb");
     if (!f)
         return dsc_err_set(err, DSC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return dsc_err_set(err, DSC_ERR_IO, "%s: not a regular file", path);
+    }
     if (fseek(f, 0, SEEK_END) != 0) {
         fclose(f);
         return dsc_err_set(err, DSC_ERR_IO, "%s: cannot seek", path);

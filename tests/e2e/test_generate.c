@@ -152,6 +152,26 @@ static void test_context_limits(dsc_t *t) {
     dsc_ctx_reset(c);
     T_CHECK(t, dsc_generate(c, s, prompt, 2, 1, -1, NULL, NULL, &st, &e) == DSC_OK,
             "after reset: %s", e.msg);
+
+    /* a gap in the cache, a bad id in a later chunk, a sampler of another
+       vocabulary: refused, nothing fed */
+    dsc_ctx_reset(c);
+    T_CHECK(t, dsc_forward(c, prompt, 1, 3, NULL, &e) == DSC_ERR_ARG && strstr(e.msg, "gap"),
+            "a forward past n_past was accepted: %s", e.msg);
+    int32_t badp[6] = {1, 2, 3, 4, 5, 1 << 30};
+    T_CHECK(t, dsc_generate(c, s, badp, 6, 1, -1, NULL, NULL, &st, &e) == DSC_ERR_ARG &&
+                   strstr(e.msg, "index 5") && dsc_ctx_n_past(c) == 0,
+            "bad id in the last chunk: %s (n_past %lld)", e.msg, (long long)dsc_ctx_n_past(c));
+    dsc_sampler_params sp = dsc_sampler_default_params();
+    dsc_sampler_t *small = NULL;
+    T_CHECK(t, dsc_sampler_new(&sp, 7, &small, &e) == DSC_OK, "%s", e.msg);
+    T_CHECK(t, dsc_generate(c, small, prompt, 2, 1, -1, NULL, NULL, &st, &e) == DSC_ERR_ARG,
+            "a sampler for 7 ids was accepted");
+    dsc_sampler_free(small);
+    /* an empty prompt continues from the cache */
+    T_CHECK(t, dsc_forward(c, prompt, 3, 0, NULL, &e) == DSC_OK, "%s", e.msg);
+    T_CHECK(t, dsc_generate(c, s, NULL, 0, 2, -1, NULL, NULL, &st, &e) == DSC_OK && st.n_gen == 2,
+            "empty prompt after a forward: %s", e.msg);
     dsc_sampler_free(s);
     dsc_ctx_free(c);
     dsc_model_free(m);

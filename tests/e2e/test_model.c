@@ -410,6 +410,12 @@ static void test_bad_checkpoints(dsc_t *t) {
     }
     free(cfg);
 
+    /* config.json that is a directory */
+    snprintf(d, sizeof d, "%s/dirconf", t->tmpdir);
+    snprintf(p, sizeof p, "mkdir -p '%s/config.json'", d);
+    T_CHECK(t, system(p) == 0, "mkdir");
+    expect_load_fail(t, d, DSC_ERR_IO, "not a regular file");
+
     /* missing directory */
     expect_load_fail(t, "tests/fixtures/does-not-exist", DSC_ERR_IO, "does-not-exist");
 

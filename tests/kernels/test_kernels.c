@@ -689,7 +689,7 @@ static void test_softmax(dsc_t *t) {
     memcpy(a, rows, sizeof a);
     memcpy(b, rows, sizeof b);
     dsc_ref_softmax(&a[0][0], N, D);
-    dsc_k_softmax(&b[0][0], N, D);
+    dsc_k_softmax(NULL, &b[0][0], N, D);
     /* ref: double arithmetic rounded once -> 1 ulp. fast: expf (<= 1 ulp)
        times a rounded reciprocal -> 4 ulps. atol covers results that
        underflow to subnormals, where relative error is meaningless. */
@@ -716,7 +716,7 @@ static void test_softmax(dsc_t *t) {
         spread[r] = hi - lo;
     }
     dsc_ref_softmax(x, n, d);
-    dsc_k_softmax(y, n, d);
+    dsc_k_softmax(NULL, y, n, d);
     /* the fast kernel rounds x - max to fp32 before expf; exp turns that
        absolute error (|x - max| * u) into a relative one, so each row gets
        (spread + 4) * u relative: the 4 for expf, the reciprocal and the
@@ -745,7 +745,7 @@ static void test_silu_mul(dsc_t *t) {
     for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) g[i] = ext[i];
     for (int64_t i = 0; i < n; i++) want[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
     dsc_ref_silu_mul(o1, g, u, n);
-    dsc_k_silu_mul(o2, g, u, n);
+    dsc_k_silu_mul(NULL, o2, g, u, n);
     /* ref: double, rounded once -> 1 ulp. fast: expf, add, divide, multiply
        in fp32 -> 5 ulps; atol for results in the subnormal range (g << 0) */
     t_close_f64(t, "ref silu_mul", o1, want, n, 1e-40, 0x1p-23);

@@ -118,6 +118,15 @@ static void test_errors_name_field(dsc_t *t) {
     expect_err(t, ", \"num_nextn_predict_layers\": -1", DSC_ERR_CONFIG,
                "num_nextn_predict_layers");
     expect_err(t, ", \"rope_theta\": \"big\"", DSC_ERR_CONFIG, "rope_theta");
+    /* dimensions whose products would overflow are refused up front */
+    dsc_config cbig;
+    dsc_err ebig = {0};
+    const char *huge = "{\"model_type\": \"deepseek_v3\", \"vocab_size\": 10, \"hidden_size\": 8, "
+                       "\"intermediate_size\": 8, \"num_hidden_layers\": 1, "
+                       "\"num_attention_heads\": 4611686018427387905, \"kv_lora_rank\": 4, "
+                       "\"v_head_dim\": 4, \"qk_nope_head_dim\": 0, \"qk_rope_head_dim\": 4}";
+    T_CHECK(t, dsc_config_parse(huge, strlen(huge), "c", &cbig, &ebig) == DSC_ERR_CONFIG &&
+                   strstr(ebig.msg, "num_attention_heads"), "2^62 heads: %s", ebig.msg);
 
     dsc_config c;
     dsc_err e = {0};

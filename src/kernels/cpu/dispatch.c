@@ -244,16 +244,18 @@ static void softmax_row(float *x, int64_t d) {
     for (int64_t i = 0; i < d; i++) x[i] *= inv;
 }
 
-void dsc_k_softmax(float *x, int64_t n, int64_t d) {
-#pragma omp parallel for schedule(static) if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
+void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
+    const int nt = k ? k->n_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
     for (int64_t r = 0; r < n; r++) softmax_row(x + (size_t)r * (size_t)d, d);
 }
 
 /* silu(g) = g * sigmoid(g), with sigmoid from exp(-|g|) so the exponential
    never overflows: g / (1 + expf(-g)) would give 0 for g < -88.7, where the
    true value is still a normal float. */
-void dsc_k_silu_mul(float *out, const float *g, const float *u, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= 4 * ROWWISE_PARALLEL_MIN)
+void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n) {
+    const int nt = k ? k->n_threads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n >= 4 * ROWWISE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         float gv = g[i];
         float e = expf(-fabsf(gv));
@@ -355,11 +357,29 @@ int64_t dsc_k_topk_set(const float *x, int64_t n, int64_t k, int32_t *idx, float
     float thr = kth_largest(scratch, n, k);
     int64_t above = 0;
     for (int64_t i = 0; i < n; i++) above += !isnan(x[i]) && x[i] > thr;
-    /* everything above the threshold, then threshold ties by lower index */
+    /* everything above the threshold, then threshold ties by lower index,
+       real values before NaN (NaN ranks below -inf) */
     int64_t ties = k - above, m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        float v = isnan(x[i]) ? -INFINITY : x[i];
-        if (v > thr || (v == thr && ties-- > 0)) idx[m++] = (int32_t)i;
+    static const int pass_nan[2] = {0, 1};
+    for (int pass = 0; pass < 2 && ties > 0; pass++)
+        for (int64_t i = 0; i < n && ties > 0; i++) {
+            float v = isnan(x[i]) ? -INFINITY : x[i];
+            if (v == thr && isnan(x[i]) == pass_nan[pass]) {
+                idx[m++] = (int32_t)i;
+                ties--;
+            }
+        }
+    for (int64_t i = 0; i < n; i++)
+        if (!isnan(x[i]) && x[i] > thr) idx[m++] = (int32_t)i;
+    /* ascending order: insertion of the few tie entries among the rest */
+    for (int64_t i = 1; i < m; i++) {
+        int32_t v = idx[i];
+        int64_t j = i - 1;
+        while (j >= 0 && idx[j] > v) {
+            idx[j + 1] = idx[j];
+            j--;
+        }
+        idx[j + 1] = v;
     }
     return m;
 }
