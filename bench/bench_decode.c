@@ -301,6 +301,9 @@ static void fill_cache(dsc_ctx_t *c, int64_t P) {
     for (int64_t l = 0; l < cf->num_hidden_layers; l++)
         bench_fill_normal(c->cache + l * dsc_ctx_size(c) * row, P * row, 1.0f,
                           BENCH_SEED + 10 + (uint64_t)l);
+    /* dsc_forward refuses a position past n_past (no gaps since 21c2951):
+       the rows are filled, so say so (their token ids are never read) */
+    c->n_past = P;
 }
 
 /* Greedy next id; 0 when a logit is not finite (reported by the caller). */

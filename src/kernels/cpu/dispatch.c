@@ -313,7 +313,17 @@ void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr
     for (int64_t r = 0; r < nr; r++)
         for (int64_t c0 = 0; c0 < cols; c0 += 256) {
             int64_t n = min64(256, cols - c0);
-            dsc_wmat_row(w, r0 + r, c0, n, buf);
+            if (w->dtype == DSC_BF16) {
+                /* inline widening: BF16 is the top half of an fp32 */
+                const uint16_t *src = (const uint16_t *)w->data +
+                                      (size_t)(r0 + r) * (size_t)cols + (size_t)c0;
+                for (int64_t c = 0; c < n; c++) {
+                    uint32_t u = (uint32_t)src[c] << 16;
+                    memcpy(&buf[c], &u, sizeof u);
+                }
+            } else {
+                dsc_wmat_row(w, r0 + r, c0, n, buf);
+            }
             for (int64_t i = 0; i < m; i++)
                 axpy(y + (size_t)i * (size_t)ldy + (size_t)c0, buf, x[(size_t)i * (size_t)ldx + (size_t)r], n);
         }

@@ -93,11 +93,17 @@ uint16_t dsc_f32_to_f16(float f) {
 /* ---------------- e4m3fn: 1.4.3, bias 7, no inf ---------------- */
 
 float dsc_e4m3_to_f32(uint8_t b) {
-    int e = (b >> 3) & 0xf;
-    int m = b & 0x7;
-    if (e == 0xf && m == 0x7) return NAN;                  /* S.1111.111 */
-    float v = e == 0 ? ldexpf((float)m, -9)                /* (m/8) * 2^-6 */
-                     : ldexpf((float)(8 + m), e - 10);     /* (1+m/8) * 2^(e-7) */
+    uint32_t e = (b >> 3) & 0xf, m = b & 0x7;
+    if (e == 0xf && m == 0x7) return NAN; /* S.1111.111 */
+    float v;
+    if (e == 0) {
+        v = (float)m * (1.0f / 512.0f); /* (m/8) * 2^-6, exact */
+    } else {
+        /* (1+m/8) * 2^(e-7): rebias the exponent (7 -> 127), widen the
+           mantissa; built from bits because ldexpf per weight is slow */
+        uint32_t u = ((e + 120u) << 23) | (m << 20);
+        memcpy(&v, &u, sizeof v);
+    }
     return (b & 0x80) ? -v : v;
 }
 
