@@ -104,6 +104,11 @@ static void store_key(const dsc_ctx_t *c, int64_t l, int64_t pos, const float *k
 /* Keys [s0, s0 + n) of layer l as fp32 rows of D_I. */
 static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, float *out) {
     int64_t d = c->m->cfg.index_head_dim;
+    /* FP8 keys: a 256-entry table per block of keys turns each decode into
+       one load (a block holds up to KB * D_I codes) */
+    float lut[256];
+    if (c->p.index_cache == DSC_INDEX_CACHE_FP8)
+        for (int b = 0; b < 256; b++) lut[b] = dsc_e4m3_to_f32((uint8_t)b);
     for (int64_t s = 0; s < n; s++) {
         const unsigned char *row = key_row(c, l, s0 + s);
         float *o = out + s * d;
@@ -118,7 +123,7 @@ static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, floa
         } else {
             float scale;
             memcpy(&scale, row + d, sizeof scale);
-            for (int64_t i = 0; i < d; i++) o[i] = dsc_e4m3_to_f32(row[i]) * scale;
+            for (int64_t i = 0; i < d; i++) o[i] = lut[row[i]] * scale;
         }
     }
 }
