@@ -245,8 +245,8 @@ static void softmax_row(float *x, int64_t d) {
 }
 
 void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
-    const int nt = k ? k->n_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
+#pragma omp parallel for num_threads(k ? k->n_threads : 1) schedule(static) \
+    if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
     for (int64_t r = 0; r < n; r++) softmax_row(x + (size_t)r * (size_t)d, d);
 }
 
@@ -254,8 +254,8 @@ void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
    never overflows: g / (1 + expf(-g)) would give 0 for g < -88.7, where the
    true value is still a normal float. */
 void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n) {
-    const int nt = k ? k->n_threads : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (n >= 4 * ROWWISE_PARALLEL_MIN)
+#pragma omp parallel for num_threads(k ? k->n_threads : 1) schedule(static) \
+    if (n >= 4 * ROWWISE_PARALLEL_MIN)
     for (int64_t i = 0; i < n; i++) {
         float gv = g[i];
         float e = expf(-fabsf(gv));
