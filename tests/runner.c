@@ -21,6 +21,7 @@ extern const dsc_test_case dsc_tests_tokenizer[];
 extern const dsc_test_case dsc_tests_sampler[];
 extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_dsa[];
+extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_cli[];
 
 static const struct {
@@ -35,6 +36,7 @@ static const struct {
     {"sampler", dsc_tests_sampler},
     {"generate", dsc_tests_generate},
     {"dsa", dsc_tests_dsa},
+    {"train_io", dsc_tests_train_io},
     {"cli", dsc_tests_cli},
 };
 
