@@ -21,6 +21,7 @@ extern const dsc_test_case dsc_tests_tokenizer[];
 extern const dsc_test_case dsc_tests_sampler[];
 extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_dsa[];
+extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_cli[];
 
@@ -36,6 +37,7 @@ static const struct {
     {"sampler", dsc_tests_sampler},
     {"generate", dsc_tests_generate},
     {"dsa", dsc_tests_dsa},
+    {"train_ops", dsc_tests_train_ops},
     {"train_io", dsc_tests_train_io},
     {"cli", dsc_tests_cli},
 };
