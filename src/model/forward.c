@@ -253,30 +253,26 @@ static dsc_status run_layers(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_
     return DSC_OK;
 }
 
+/* logits = lm_head(RMSNorm_final(h[r0 .. r0+rows)))                 (rows, V) */
+static void head(dsc_ctx_t *c, int64_t r0, int64_t rows, float *logits) {
+    const dsc_model_t *m = c->m;
+    int64_t d = m->cfg.hidden_size;
+    dsc_k_rmsnorm(c->k, c->w.xn, c->w.x + r0 * d, &m->final_norm, rows, d,
+                  (float)m->cfg.rms_norm_eps);
+    dsc_k_matmul(c->k, logits, c->w.xn, &m->lm_head, rows);
+}
+
 dsc_status dsc_forward(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
                        float *logits, dsc_err *err) {
     DSC_TRY(run_layers(c, ids, n, pos0, err));
-    if (logits) {
-        /* logits = lm_head(RMSNorm_final(h))                      (n, V) */
-        const dsc_model_t *m = c->m;
-        int64_t d = m->cfg.hidden_size;
-        dsc_k_rmsnorm(c->k, c->w.xn, c->w.x, &m->final_norm, n, d, (float)m->cfg.rms_norm_eps);
-        dsc_k_matmul(c->k, logits, c->w.xn, &m->lm_head, n);
-    }
+    if (logits) head(c, 0, n, logits);
     return DSC_OK;
 }
 
 dsc_status dsc_forward_last(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
                             float *logits, dsc_err *err) {
     DSC_TRY(run_layers(c, ids, n, pos0, err));
-    if (logits) {
-        /* only the last row: logits = lm_head(RMSNorm_final(h[n-1]))   (V) */
-        const dsc_model_t *m = c->m;
-        int64_t d = m->cfg.hidden_size;
-        const float *last = c->w.x + (n - 1) * d;
-        dsc_k_rmsnorm(c->k, c->w.xn, last, &m->final_norm, 1, d, (float)m->cfg.rms_norm_eps);
-        dsc_k_matmul(c->k, logits, c->w.xn, &m->lm_head, 1);
-    }
+    if (logits) head(c, n - 1, 1, logits); /* only the last row */
     return DSC_OK;
 }
 
