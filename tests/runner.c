@@ -23,6 +23,7 @@ extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_dsa[];
 extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_train_io[];
+extern const dsc_test_case dsc_tests_train_model[];
 extern const dsc_test_case dsc_tests_cli[];
 
 static const struct {
@@ -39,6 +40,7 @@ static const struct {
     {"dsa", dsc_tests_dsa},
     {"train_ops", dsc_tests_train_ops},
     {"train_io", dsc_tests_train_io},
+    {"train_model", dsc_tests_train_model},
     {"cli", dsc_tests_cli},
 };
 

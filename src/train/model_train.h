@@ -1,0 +1,91 @@
+/*
+ * model_train.h - a trainable fp32 copy of a DeepSeek-V3-style model, and
+ * its forward + backward for the next-token loss.
+ *
+ * dsc_train_model_new copies every weight the inference engine binds
+ * (dequantising BF16 / F16 / FP8 block-scaled tensors) into one fp32
+ * parameter block, makes one gradient block of the same layout, and lists
+ * the tensors as dsc_param entries under their checkpoint names (for AdamW
+ * and dsc_ckpt_save). Activations for at most (B, T) tokens are allocated
+ * once, there too; a step allocates nothing.
+ *
+ * The forward is the model of spec §2 and §5, naive MLA (per-head K/V from
+ * kv_b_proj), composed from the training ops of train/ops.h:
+ *   h = Emb(x); per layer: h += MLA(RMSNorm(h)); h += FFN(RMSNorm(h))
+ *   logits = lm_head(RMSNorm(h)); loss = mean CE(logits[:, t], x[:, t+1])
+ * FFN is dense SwiGLU or DeepSeekMoE: shared experts + routed experts chosen
+ * by dsc_moe_route (the inference routing, with V3's correction bias and
+ * group limits). The choice of experts is not differentiated; the chosen
+ * experts' gate weights are (dsc_op_gate_bwd into the router).
+ *
+ * What this is not: fast (every op is the scalar reference of ops.h), or
+ * DSA-aware (deepseek_v32 models are refused), or MTP (the MTP layers of a
+ * checkpoint are not loaded by the engine and not trained here).
+ */
+#ifndef DSC_TRAIN_MODEL_TRAIN_H
+#define DSC_TRAIN_MODEL_TRAIN_H
+
+#include <stdint.h>
+
+#include "dsc.h"
+#include "train/optim.h"
+
+typedef struct dsc_train_model dsc_train_model_t;
+
+/*
+ * Copy the weights of m into a new trainable model whose activations hold
+ * up to max_b sequences of up to max_t input tokens. m is only read during
+ * the call and may be freed afterwards. DSC_ERR_ARG for max_b or max_t < 1;
+ * DSC_ERR_UNSUPPORTED for a DSA (deepseek_v32) model; DSC_ERR_OOM.
+ */
+dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t,
+                               dsc_train_model_t **out, dsc_err *err);
+void dsc_train_model_free(dsc_train_model_t *tm);
+
+/* The model's configuration (a copy of the source model's). */
+const dsc_config *dsc_train_model_config(const dsc_train_model_t *tm);
+
+/*
+ * The trainable tensors, in checkpoint order, *n receiving the count. Each
+ * entry's data / grad point into the model's two blocks; names are owned by
+ * the model. Matrices have decay = 1; norms and the routers'
+ * e_score_correction_bias have decay = 0. The correction bias is listed so
+ * that checkpoints keep it, but its gradient is always zero (it is moved by
+ * the load-balancing update, not by the loss). A tied lm_head is not a
+ * separate entry. Valid until dsc_train_model_free.
+ */
+const dsc_param *dsc_train_model_params(const dsc_train_model_t *tm, int64_t *n);
+
+/* The whole parameter / gradient block (*n floats each, same layout). */
+float *dsc_train_model_data(dsc_train_model_t *tm, int64_t *n);
+float *dsc_train_model_grad(dsc_train_model_t *tm, int64_t *n);
+
+/*
+ * One training pass over B sequences of T + 1 tokens (tokens (B, T+1),
+ * row-major): the forward over inputs tokens[:, :T], *loss = mean
+ * cross-entropy of the predictions against tokens[:, 1:] (targets < 0 are
+ * ignored and not counted), then the backward, which first zeroes the
+ * gradient block and then writes d loss / d param into it. Deterministic:
+ * the same inputs give bit-identical gradients (checked at a fixed thread
+ * count).
+ * DSC_ERR_ARG when B < 1, T < 1, T > max_t, B*T > max_b*max_t, an input id is
+ * outside [0, vocab_size) or a target is >= vocab_size.
+ */
+dsc_status dsc_train_forward_backward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B,
+                                      int64_t T, double *loss, dsc_err *err);
+
+/* The forward and the loss only (gradients untouched); same checks. */
+dsc_status dsc_train_forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B,
+                             int64_t T, double *loss, dsc_err *err);
+
+/*
+ * Of the last forward: the experts chosen for each of its B*T tokens in MoE
+ * layer l ((B*T, K) ids, in the order dsc_moe_route ranks them), or NULL
+ * for a dense layer or l out of range; and the load, tokens routed to each
+ * expert ((L, E) counts, rows of dense layers zero), for the auxiliary-loss-
+ * free bias update. Valid until the next pass.
+ */
+const int32_t *dsc_train_model_routing(const dsc_train_model_t *tm, int64_t l);
+const int64_t *dsc_train_model_expert_load(const dsc_train_model_t *tm);
+
+#endif
