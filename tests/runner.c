@@ -24,6 +24,7 @@ extern const dsc_test_case dsc_tests_dsa[];
 extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_train_model[];
+extern const dsc_test_case dsc_tests_train_parity[];
 extern const dsc_test_case dsc_tests_cli[];
 
 static const struct {
@@ -41,6 +42,7 @@ static const struct {
     {"train_ops", dsc_tests_train_ops},
     {"train_io", dsc_tests_train_io},
     {"train_model", dsc_tests_train_model},
+    {"train_parity", dsc_tests_train_parity},
     {"cli", dsc_tests_cli},
 };
 

@@ -445,6 +445,24 @@ const int32_t *dsc_train_model_routing(const dsc_train_model_t *tm, int64_t l) {
 
 const int64_t *dsc_train_model_expert_load(const dsc_train_model_t *tm) { return tm->load; }
 
+void dsc_train_update_bias(dsc_train_model_t *tm, float gamma) {
+    const dsc_config *c = &tm->cfg;
+    int64_t E = c->n_routed_experts;
+    if (gamma == 0.0f || E == 0) return;
+    for (int64_t l = 0; l < tm->n_layers; l++) {
+        float *bias = tm->layers[l].router_bias;
+        if (!bias) continue;
+        const int64_t *load = tm->load + l * E;
+        int64_t total = 0;
+        for (int64_t e = 0; e < E; e++) total += load[e];
+        double mean = (double)total / (double)E;
+        for (int64_t e = 0; e < E; e++) {
+            float sgn = mean > (double)load[e] ? 1.0f : mean < (double)load[e] ? -1.0f : 0.0f;
+            bias[e] = bias[e] + gamma * sgn;
+        }
+    }
+}
+
 /* The gradient of a parameter: same offset in the gradient half. */
 static float *G(const dsc_train_model_t *tm, const float *p) {
     return tm->grad + (p - tm->data);

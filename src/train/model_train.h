@@ -88,4 +88,14 @@ dsc_status dsc_train_forward(dsc_train_model_t *tm, const int32_t *tokens, int64
 const int32_t *dsc_train_model_routing(const dsc_train_model_t *tm, int64_t l);
 const int64_t *dsc_train_model_expert_load(const dsc_train_model_t *tm);
 
+/*
+ * Auxiliary-loss-free balancing (V3 §2.1.2; spec §5.5), after a step: for
+ * every noaux_tc MoE layer and expert, with load_i the (token, slot) picks
+ * of the last forward and mean = sum(load)/E,
+ *   b_i <- b_i + gamma * sign(mean - load_i)      (rounded to fp32)
+ * so overloaded experts are chosen less. The bias only selects experts and
+ * gets no gradient. gamma 0 disables it.
+ */
+void dsc_train_update_bias(dsc_train_model_t *tm, float gamma);
+
 #endif

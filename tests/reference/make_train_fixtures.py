@@ -478,7 +478,7 @@ def main():
     readme = readme_section(c, tok, res, runs, st, ramp, files, d)
     files.append(os.path.join(d, "README.md"))
     with open(files[-1], "w") as f:
-        f.write("\n".join(readme[1:]) + "\n")
+        f.write("\n".join(["# " + readme[0][3:]] + readme[1:]) + "\n")
     for q in files:
         print(f"  wrote {os.path.relpath(q, ROOT)}  ({os.path.getsize(q)} bytes, sha256 {mf.sha(q)})")
     assert sorted(os.listdir(d)) == sorted(os.path.basename(q) for q in files)
