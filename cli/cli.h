@@ -11,6 +11,26 @@
 
 #include "dsc.h"
 
+/* `dsc train` options (cli/train.c); defaults from cli_train_default_opts(). */
+typedef struct {
+    const char *data;         /* --data FILE: UTF-8 text, blank line between documents */
+    const char *tokenizer;    /* --tokenizer DIR (default: the -m checkpoint's)        */
+    const char *config;       /* --config FILE: config.json of a new model             */
+    int64_t steps;            /* --steps N: length of the run and of the LR schedule   */
+    int64_t stop_after;       /* --stop-after N: end after step N; 0 = at --steps      */
+    int64_t batch;            /* --batch B: sequences per step                         */
+    int64_t seq;              /* --seq T: tokens per sequence                          */
+    int64_t warmup;           /* --warmup N; -1 = min(100, steps/10)                   */
+    int64_t eval_every;       /* --eval-every N; 0 = at the end only                   */
+    int64_t save_every;       /* --save-every N; 0 = at the end only                   */
+    double lr, min_lr;        /* --lr, --min-lr (-1 = lr/10)                           */
+    double wd;                /* --wd: AdamW weight decay on matrices                  */
+    double clip;              /* --clip: max global grad norm; 0 = off                 */
+    double bias_gamma;        /* --bias-gamma: aux-loss-free balancing step; 0 = off   */
+    double val_frac;          /* --val-frac: share of documents held out               */
+    double init_std;          /* --init-std: std of a new model's matrices             */
+} cli_train_opts;
+
 typedef struct {
     const char *model_dir;
     const char *ids;          /* --ids "5,17,42"                          */
@@ -31,6 +51,7 @@ typedef struct {
     int dense;                /* --dense: DSA models attend densely        */
     dsc_index_cache_type index_cache; /* --index-cache f32|bf16|fp8       */
     int index_fp8;            /* --index-fp8: official FP8 indexer scoring */
+    cli_train_opts train;     /* train only                                */
 } cli_opts;
 
 /* Parse argv[2..] into o (argv[1] is the command); exits 2 on bad usage. */
@@ -55,5 +76,7 @@ int cmd_run(const cli_opts *o);
 int cmd_chat(const cli_opts *o);
 int cmd_tokenize(const cli_opts *o);
 int cmd_detokenize(const cli_opts *o);
+int cmd_train(const cli_opts *o);
+cli_train_opts cli_train_default_opts(void);
 
 #endif

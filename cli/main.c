@@ -26,6 +26,9 @@ static void usage(FILE *f) {
             "  chat       -m DIR                      interactive chat (DeepSeek-V3 format)\n"
             "  tokenize   -m DIR [--no-bos]           ids of the UTF-8 text on stdin\n"
             "  detokenize -m DIR --ids LIST           text of the ids\n"
+            "  train      -m OUT_DIR --data FILE --tokenizer DIR [--config CONFIG.json]\n"
+            "                                         train a model (a new one from --config\n"
+            "                                         when OUT_DIR is empty; resumes otherwise)\n"
             "\n"
             "options:\n"
             "  -m, --model DIR        Hugging Face checkpoint directory (config.json +\n"
@@ -53,6 +56,22 @@ static void usage(FILE *f) {
             "  --index-cache TYPE     DSA indexer key cache: f32 (default), bf16, fp8\n"
             "  --index-fp8            DSA: Hadamard + FP8 indexer scoring, as DeepSeek's kernels\n"
             "  -q, --quiet            no progress or timings on stderr\n"
+            "train options:\n"
+            "  --data FILE            training text (UTF-8; a blank line ends a document)\n"
+            "  --tokenizer DIR        tokenizer.json (+ tokenizer_config.json) to use and copy\n"
+            "  --config FILE          config.json of a new model (OUT_DIR without a checkpoint)\n"
+            "  --steps N              optimizer steps; the LR schedule ends there (default 100)\n"
+            "  --stop-after N         stop after step N (resumable; schedule still --steps)\n"
+            "  --batch B  --seq T     sequences per step, tokens per sequence (default 4, 64)\n"
+            "  --lr LR  --min-lr LR   peak and final learning rate (default 3e-4, lr/10)\n"
+            "  --warmup N             linear warm-up steps, then cosine (default min(100, steps/10))\n"
+            "  --wd W  --clip C       AdamW weight decay (0.1), max grad norm (1.0; 0 = off)\n"
+            "  --bias-gamma G         aux-loss-free router bias step (1e-3; 0 = off)\n"
+            "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
+            "  --save-every N         checkpoint every N steps (and at the end)\n"
+            "  --val-frac F           share of documents held out for validation (0.05)\n"
+            "  --init-std S           std of a new model's weights (0.006)\n"
+            "  --seed S               train: init, split and batch order seed (default 0)\n"
             "  -h, --help             this help\n");
 }
 
@@ -88,6 +107,7 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
     o->attn = DSC_ATTN_ABSORBED;
     o->n_predict = -1;
     o->sp = dsc_sampler_default_params();
+    o->train = cli_train_default_opts();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -162,6 +182,54 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             else if (!strcmp(m, "bf16")) o->index_cache = DSC_INDEX_CACHE_BF16;
             else if (!strcmp(m, "fp8")) o->index_cache = DSC_INDEX_CACHE_FP8;
             else cli_die_usage("--index-cache must be f32, bf16 or fp8", m);
+        } else if (IS("--data", "--data")) {
+            o->train.data = VALUE();
+        } else if (IS("--tokenizer", "--tokenizer")) {
+            o->train.tokenizer = VALUE();
+        } else if (IS("--config", "--config")) {
+            o->train.config = VALUE();
+        } else if (IS("--steps", "--steps")) {
+            o->train.steps = parse_int(VALUE(), a);
+            if (o->train.steps < 1) cli_die_usage("--steps must be >= 1", v);
+        } else if (IS("--stop-after", "--stop-after")) {
+            o->train.stop_after = parse_int(VALUE(), a);
+            if (o->train.stop_after < 0) cli_die_usage("--stop-after must be >= 0", v);
+        } else if (IS("--batch", "--batch")) {
+            o->train.batch = parse_int(VALUE(), a);
+            if (o->train.batch < 1 || o->train.batch > (1 << 20)) cli_die_usage("--batch out of range", v);
+        } else if (IS("--seq", "--seq")) {
+            o->train.seq = parse_int(VALUE(), a);
+            if (o->train.seq < 1 || o->train.seq > (1 << 24)) cli_die_usage("--seq out of range", v);
+        } else if (IS("--warmup", "--warmup")) {
+            o->train.warmup = parse_int(VALUE(), a);
+            if (o->train.warmup < 0) cli_die_usage("--warmup must be >= 0", v);
+        } else if (IS("--eval-every", "--eval-every")) {
+            o->train.eval_every = parse_int(VALUE(), a);
+            if (o->train.eval_every < 0) cli_die_usage("--eval-every must be >= 0", v);
+        } else if (IS("--save-every", "--save-every")) {
+            o->train.save_every = parse_int(VALUE(), a);
+            if (o->train.save_every < 0) cli_die_usage("--save-every must be >= 0", v);
+        } else if (IS("--lr", "--lr")) {
+            o->train.lr = parse_float(VALUE(), a);
+            if (!(o->train.lr > 0)) cli_die_usage("--lr must be > 0", v);
+        } else if (IS("--min-lr", "--min-lr")) {
+            o->train.min_lr = parse_float(VALUE(), a);
+            if (o->train.min_lr < 0) cli_die_usage("--min-lr must be >= 0", v);
+        } else if (IS("--wd", "--wd")) {
+            o->train.wd = parse_float(VALUE(), a);
+            if (o->train.wd < 0) cli_die_usage("--wd must be >= 0", v);
+        } else if (IS("--clip", "--clip")) {
+            o->train.clip = parse_float(VALUE(), a);
+            if (o->train.clip < 0) cli_die_usage("--clip must be >= 0", v);
+        } else if (IS("--bias-gamma", "--bias-gamma")) {
+            o->train.bias_gamma = parse_float(VALUE(), a);
+            if (o->train.bias_gamma < 0) cli_die_usage("--bias-gamma must be >= 0", v);
+        } else if (IS("--val-frac", "--val-frac")) {
+            o->train.val_frac = parse_float(VALUE(), a);
+            if (o->train.val_frac < 0 || o->train.val_frac > 1) cli_die_usage("--val-frac must be in [0, 1]", v);
+        } else if (IS("--init-std", "--init-std")) {
+            o->train.init_std = parse_float(VALUE(), a);
+            if (o->train.init_std < 0) cli_die_usage("--init-std must be >= 0", v);
         } else if (IS("--attn", "--attn")) {
             const char *m = VALUE();
             if (!strcmp(m, "absorbed")) o->attn = DSC_ATTN_ABSORBED;
@@ -414,6 +482,7 @@ int main(int argc, char **argv) {
     } cmds[] = {
         {"info", cmd_info},         {"logits", cmd_logits},     {"run", cmd_run},
         {"chat", cmd_chat},         {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
+        {"train", cmd_train},
     };
     if (argc < 2) {
         usage(stderr);

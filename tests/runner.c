@@ -26,6 +26,7 @@ extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_train_model[];
 extern const dsc_test_case dsc_tests_train_parity[];
 extern const dsc_test_case dsc_tests_cli[];
+extern const dsc_test_case dsc_tests_train_cli[];
 
 static const struct {
     const char *name;
@@ -44,6 +45,7 @@ static const struct {
     {"train_model", dsc_tests_train_model},
     {"train_parity", dsc_tests_train_parity},
     {"cli", dsc_tests_cli},
+    {"train_cli", dsc_tests_train_cli},
 };
 
 void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {

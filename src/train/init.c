@@ -9,6 +9,7 @@
 #include "train/init.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,8 +194,9 @@ dsc_status dsc_train_init_save(const char *dir, const dsc_config *cfg, const dsc
         if (l.t[i].ndim == 2 && !dsc_mul_ok(numel, (size_t)l.t[i].shape[1], &numel)) l.oom = 1;
         if (!dsc_add_ok(total, numel, &total)) l.oom = 1;
     }
-    if (!l.oom && !dsc_mul_ok(total, sizeof(float), &(size_t){0})) l.oom = 1;
-    if (!l.oom) block = malloc(total ? total * sizeof *block : 1);
+    size_t bytes = 0;
+    if (!l.oom && !dsc_mul_ok(total ? total : 1, sizeof(float), &bytes)) l.oom = 1;
+    if (!l.oom) block = malloc(bytes);
     if (l.oom || !block) {
         s = dsc_err_set(err, DSC_ERR_OOM, "init: cannot allocate %zu parameters", total);
         goto done;
