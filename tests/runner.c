@@ -25,6 +25,7 @@ extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_train_model[];
 extern const dsc_test_case dsc_tests_train_parity[];
+extern const dsc_test_case dsc_tests_trained_ckpt[];
 extern const dsc_test_case dsc_tests_cli[];
 extern const dsc_test_case dsc_tests_train_cli[];
 
@@ -44,6 +45,7 @@ static const struct {
     {"train_io", dsc_tests_train_io},
     {"train_model", dsc_tests_train_model},
     {"train_parity", dsc_tests_train_parity},
+    {"trained_ckpt", dsc_tests_trained_ckpt},
     {"cli", dsc_tests_cli},
     {"train_cli", dsc_tests_train_cli},
 };
