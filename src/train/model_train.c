@@ -105,7 +105,30 @@ struct dsc_train_model {
     float *dz, *dgw;               /* (N, E), (N, K)                       */
     int64_t *load;                 /* (L, E)                               */
     int64_t last_n;                /* tokens of the last forward           */
+    /* sequence-wise balance loss (spec §5.6) */
+    double bal_alpha;              /* 0: off                               */
+    double *bal_f, *bal_c;         /* (E) scratch                          */
+    double part_ce, part_bal, part_mtp;   /* of the last forward          */
+    /* MTP (spec §6, D = 1): layer n_layers of layers/act/load when has_mtp */
+    int has_mtp, mtp_ran;
+    double mtp_lambda;
+    float *mtp_enorm, *mtp_hnorm, *mtp_eh, *mtp_head_norm;   /* (d), (d), (d, 2d), (d) */
+    int32_t *mtp_ids, *mtp_tgt;    /* (N) tok[i+1], tok[i+2]               */
+    float *mtp_e, *mtp_en;         /* (N, d) Emb(tok[i+1]), enorm of it     */
+    float *mtp_h, *mtp_hn;         /* (N, d) main h_i (post-norm), hnorm    */
+    float *mtp_cat, *mtp_dcat;     /* (N, 2d) [en ; hn], its gradient       */
+    float *mtp_out, *mtp_outn;     /* (N, d) block output, shared_head.norm */
+    float *mtp_logits;             /* (N, V)                               */
+    float *mtp_dxf;                /* (N, d) MTP's gradient into main xfn   */
 };
+
+/* The MTP module's tensors in the checkpoint (bound by model_train.c: the
+   inference loader skips model.layers.{L}.*). */
+typedef struct {
+    dsc_layer ly;
+    dsc_mlp *experts;              /* [E], ly.experts                      */
+    dsc_wmat enorm, hnorm, eh, head_norm;
+} mtp_src;
 
 /* ---- carving: count on the first walk (base NULL), assign on the second ---- */
 
@@ -131,6 +154,7 @@ typedef struct {
     int64_t n_params, n_floats;
     size_t name_bytes;
     char *names;             /* pass 1: where the next name goes */
+    const mtp_src *mtp;      /* NULL: no MTP layer */
 } pwalk;
 
 /* One tensor: takes its floats from the parameter block, copies (dequantises)
@@ -179,6 +203,51 @@ static void pmlp(pwalk *pw, const dsc_mlp *src, tm_mlp *dst, const char *prefix)
     if (dst) *dst = t;
 }
 
+/* One decoder layer's tensors (index l: its checkpoint names) into tm->layers[l]. */
+static void player(pwalk *pw, const dsc_layer *ly, int64_t l) {
+    const dsc_config *c = &pw->m->cfg;
+    dsc_train_model_t *tm = pw->tm;
+    int assign = pw->pass == 1;
+    char n[256];
+    tm_layer t = {0};
+#define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
+    t.attn_norm = ptake(pw, &ly->attn_norm, NAME("input_layernorm.weight"), 0);
+    t.ffn_norm = ptake(pw, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), 0);
+    if (c->q_lora_rank > 0) {
+        t.q_a = ptake(pw, &ly->q_a, NAME("self_attn.q_a_proj.weight"), 1);
+        t.q_a_norm = ptake(pw, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), 0);
+        t.q_b = ptake(pw, &ly->q_b, NAME("self_attn.q_b_proj.weight"), 1);
+    } else {
+        t.q_b = ptake(pw, &ly->q_b, NAME("self_attn.q_proj.weight"), 1);
+    }
+    t.kv_a = ptake(pw, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"), 1);
+    t.kv_a_norm = ptake(pw, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), 0);
+    t.kv_b = ptake(pw, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"), 1);
+    t.o = ptake(pw, &ly->o, NAME("self_attn.o_proj.weight"), 1);
+    t.is_moe = ly->is_moe;
+    if (!ly->is_moe) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)l);
+        pmlp(pw, &ly->dense, &t.dense, n);
+    } else {
+        t.router = ptake(pw, &ly->router, NAME("mlp.gate.weight"), 1);
+        if (ly->router_bias.data)
+            t.router_bias =
+                ptake(pw, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), 0);
+        if (c->n_shared_experts > 0) {
+            snprintf(n, sizeof n, "model.layers.%lld.mlp.shared_experts", (long long)l);
+            pmlp(pw, &ly->shared, &t.shared, n);
+        }
+        if (assign) t.experts = tm->layers[l].experts;   /* table carved in meta */
+        for (int64_t x = 0; x < c->n_routed_experts; x++) {
+            snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld", (long long)l,
+                     (long long)x);
+            pmlp(pw, &ly->experts[x], assign ? &t.experts[x] : NULL, n);
+        }
+    }
+#undef NAME
+    if (assign) tm->layers[l] = t;
+}
+
 /* Every bound tensor in weights.c's order (the checkpoint's). */
 static void pwalk_model(pwalk *pw) {
     const dsc_model_t *m = pw->m;
@@ -191,45 +260,19 @@ static void pwalk_model(pwalk *pw) {
     int tied = m->lm_head.data == m->embed.data;
     float *lm = tied ? e : ptake(pw, &m->lm_head, "lm_head.weight", 1);
     if (assign) tm->embed = e, tm->final_norm = fn, tm->lm_head = lm;
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
-        const dsc_layer *ly = &m->layers[l];
-        tm_layer t = {0};
+    for (int64_t l = 0; l < c->num_hidden_layers; l++) player(pw, &m->layers[l], l);
+    if (pw->mtp) {
+        const mtp_src *x = pw->mtp;
+        int64_t l = c->num_hidden_layers;
 #define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
-        t.attn_norm = ptake(pw, &ly->attn_norm, NAME("input_layernorm.weight"), 0);
-        t.ffn_norm = ptake(pw, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), 0);
-        if (c->q_lora_rank > 0) {
-            t.q_a = ptake(pw, &ly->q_a, NAME("self_attn.q_a_proj.weight"), 1);
-            t.q_a_norm = ptake(pw, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), 0);
-            t.q_b = ptake(pw, &ly->q_b, NAME("self_attn.q_b_proj.weight"), 1);
-        } else {
-            t.q_b = ptake(pw, &ly->q_b, NAME("self_attn.q_proj.weight"), 1);
-        }
-        t.kv_a = ptake(pw, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"), 1);
-        t.kv_a_norm = ptake(pw, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), 0);
-        t.kv_b = ptake(pw, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"), 1);
-        t.o = ptake(pw, &ly->o, NAME("self_attn.o_proj.weight"), 1);
-        t.is_moe = ly->is_moe;
-        if (!ly->is_moe) {
-            snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)l);
-            pmlp(pw, &ly->dense, &t.dense, n);
-        } else {
-            t.router = ptake(pw, &ly->router, NAME("mlp.gate.weight"), 1);
-            if (ly->router_bias.data)
-                t.router_bias =
-                    ptake(pw, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), 0);
-            if (c->n_shared_experts > 0) {
-                snprintf(n, sizeof n, "model.layers.%lld.mlp.shared_experts", (long long)l);
-                pmlp(pw, &ly->shared, &t.shared, n);
-            }
-            if (assign) t.experts = tm->layers[l].experts;   /* table carved in meta */
-            for (int64_t x = 0; x < c->n_routed_experts; x++) {
-                snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld", (long long)l,
-                         (long long)x);
-                pmlp(pw, &ly->experts[x], assign ? &t.experts[x] : NULL, n);
-            }
-        }
+        float *en = ptake(pw, &x->enorm, NAME("enorm.weight"), 0);
+        float *hn = ptake(pw, &x->hnorm, NAME("hnorm.weight"), 0);
+        float *eh = ptake(pw, &x->eh, NAME("eh_proj.weight"), 1);
+        player(pw, &x->ly, l);
+        float *sn = ptake(pw, &x->head_norm, NAME("shared_head.norm.weight"), 0);
 #undef NAME
-        if (assign) tm->layers[l] = t;
+        if (assign)
+            tm->mtp_enorm = en, tm->mtp_hnorm = hn, tm->mtp_eh = eh, tm->mtp_head_norm = sn;
     }
 }
 
@@ -245,7 +288,7 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
     int64_t E = c->n_routed_experts, K = c->num_experts_per_tok, V = c->vocab_size;
     int64_t ff_sh = c->n_shared_experts * c->moe_intermediate_size;
     int64_t ff_max = max64(max64(c->intermediate_size, ff_sh), c->moe_intermediate_size);
-    for (int64_t l = 0; l < tm->n_layers; l++) {
+    for (int64_t l = 0; l < tm->n_layers + tm->has_mtp; l++) {
         tm_act *a = &tm->act[l];
         int moe = tm->layers[l].is_moe;
         int64_t ff = moe ? ff_sh : c->intermediate_size;
@@ -315,13 +358,139 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
     tm->du = CARVE(cv, N * ff_max, float);
     tm->dz = CARVE(cv, N * E, float);
     tm->dgw = CARVE(cv, N * K, float);
-    tm->load = CARVE(cv, tm->n_layers * E, int64_t);
+    tm->load = CARVE(cv, (tm->n_layers + tm->has_mtp) * E, int64_t);
+    int64_t Nm = tm->has_mtp ? N : 0;
+    tm->mtp_ids = CARVE(cv, Nm, int32_t);
+    tm->mtp_tgt = CARVE(cv, Nm, int32_t);
+    tm->mtp_e = CARVE(cv, Nm * d, float);
+    tm->mtp_en = CARVE(cv, Nm * d, float);
+    tm->mtp_h = CARVE(cv, Nm * d, float);
+    tm->mtp_hn = CARVE(cv, Nm * d, float);
+    tm->mtp_cat = CARVE(cv, Nm * 2 * d, float);
+    tm->mtp_dcat = CARVE(cv, Nm * 2 * d, float);
+    tm->mtp_out = CARVE(cv, Nm * d, float);
+    tm->mtp_outn = CARVE(cv, Nm * d, float);
+    tm->mtp_logits = CARVE(cv, Nm * V, float);
+    tm->mtp_dxf = CARVE(cv, Nm * d, float);
+    tm->bal_f = CARVE(cv, E, double);
+    tm->bal_c = CARVE(cv, E, double);
+}
+
+/* ---- the MTP module's tensors ---- */
+
+/* Bind `name` as (rows, cols) (cols == 0: a vector of rows) from m's files,
+   as weights.c binds the main model's. */
+static dsc_status mbind(const dsc_model_t *m, dsc_wmat *w, const char *name, int64_t rows,
+                        int64_t cols, dsc_err *err) {
+    dsc_st_tensor *t = dsc_st_find(m->st, name);
+    if (!t)
+        return dsc_err_set(err, DSC_ERR_MISSING,
+                           "MTP tensor \"%s\" is missing from the checkpoint "
+                           "(num_nextn_predict_layers = %lld)", name,
+                           (long long)m->cfg.num_nextn_predict_layers);
+    int nd = cols ? 2 : 1;
+    if (t->ndim != nd || t->shape[0] != rows || (cols && t->shape[1] != cols))
+        return dsc_err_set(err, DSC_ERR_SHAPE, "MTP tensor \"%s\" has %d dims [%lld, ...], "
+                           "expected [%lld%s%lld]", name, t->ndim, (long long)t->shape[0],
+                           (long long)rows, cols ? ", " : "", (long long)cols);
+    if (t->dtype != DSC_F32 && t->dtype != DSC_BF16 && t->dtype != DSC_F16 &&
+        t->dtype != DSC_F8_E4M3)
+        return dsc_err_set(err, DSC_ERR_UNSUPPORTED, "MTP tensor \"%s\": dtype %s", name,
+                           dsc_dtype_name(t->dtype));
+    if ((uintptr_t)t->data % dsc_dtype_size(t->dtype) != 0)
+        return dsc_err_set(err, DSC_ERR_UNSUPPORTED, "MTP tensor \"%s\": unaligned data",
+                           name);
+    memset(w, 0, sizeof *w);
+    w->dtype = t->dtype;
+    w->rows = cols ? rows : 1;
+    w->cols = cols ? cols : rows;
+    w->data = t->data;
+    if (t->dtype != DSC_F8_E4M3) return DSC_OK;
+    char sname[512];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    dsc_st_tensor *sc = dsc_st_find(m->st, sname);
+    int64_t sr = (rows + DSC_FP8_BLOCK - 1) / DSC_FP8_BLOCK;
+    int64_t scc = (cols + DSC_FP8_BLOCK - 1) / DSC_FP8_BLOCK;
+    if (!cols || !sc || sc->dtype != DSC_F32 || sc->ndim != 2 || sc->shape[0] != sr ||
+        sc->shape[1] != scc || (uintptr_t)sc->data % 4 != 0)
+        return dsc_err_set(err, DSC_ERR_SHAPE, "MTP tensor \"%s\" is F8_E4M3 without a valid "
+                           "F32 [%lld, %lld] scale \"%s\"", name, (long long)sr,
+                           (long long)scc, sname);
+    w->scale = sc->data;
+    w->scale_cols = scc;
+    return DSC_OK;
+}
+
+static dsc_status mbind_mlp(const dsc_model_t *m, dsc_mlp *mlp, const char *prefix,
+                            int64_t ff, dsc_err *err) {
+    int64_t d = m->cfg.hidden_size;
+    char n[512];
+    snprintf(n, sizeof n, "%s.gate_proj.weight", prefix);
+    DSC_TRY(mbind(m, &mlp->gate, n, ff, d, err));
+    snprintf(n, sizeof n, "%s.up_proj.weight", prefix);
+    DSC_TRY(mbind(m, &mlp->up, n, ff, d, err));
+    snprintf(n, sizeof n, "%s.down_proj.weight", prefix);
+    DSC_TRY(mbind(m, &mlp->down, n, d, ff, err));
+    return DSC_OK;
+}
+
+/* The MTP module model.layers.{L}.* (x->experts allocated by the caller). */
+static dsc_status mtp_bind(const dsc_model_t *m, mtp_src *x, dsc_err *err) {
+    const dsc_config *c = &m->cfg;
+    int64_t L = c->num_hidden_layers, d = c->hidden_size, H = c->num_attention_heads;
+    int64_t dqk = c->qk_nope_head_dim + c->qk_rope_head_dim, E = c->n_routed_experts;
+    dsc_layer *ly = &x->ly;
+    char n[512];
+#define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)L), n)
+    DSC_TRY(mbind(m, &x->enorm, NAME("enorm.weight"), d, 0, err));
+    DSC_TRY(mbind(m, &x->hnorm, NAME("hnorm.weight"), d, 0, err));
+    DSC_TRY(mbind(m, &x->eh, NAME("eh_proj.weight"), d, 2 * d, err));
+    DSC_TRY(mbind(m, &x->head_norm, NAME("shared_head.norm.weight"), d, 0, err));
+    DSC_TRY(mbind(m, &ly->attn_norm, NAME("input_layernorm.weight"), d, 0, err));
+    DSC_TRY(mbind(m, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), d, 0, err));
+    if (c->q_lora_rank > 0) {
+        DSC_TRY(mbind(m, &ly->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, err));
+        DSC_TRY(mbind(m, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank,
+                      0, err));
+        DSC_TRY(mbind(m, &ly->q_b, NAME("self_attn.q_b_proj.weight"), H * dqk, c->q_lora_rank,
+                      err));
+    } else {
+        DSC_TRY(mbind(m, &ly->q_b, NAME("self_attn.q_proj.weight"), H * dqk, d, err));
+    }
+    DSC_TRY(mbind(m, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
+                  c->kv_lora_rank + c->qk_rope_head_dim, d, err));
+    DSC_TRY(mbind(m, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), c->kv_lora_rank,
+                  0, err));
+    DSC_TRY(mbind(m, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
+                  H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, err));
+    DSC_TRY(mbind(m, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim, err));
+    ly->is_moe = dsc_config_layer_is_moe(c, L);
+    if (!ly->is_moe) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)L);
+        return mbind_mlp(m, &ly->dense, n, c->intermediate_size, err);
+    }
+    DSC_TRY(mbind(m, &ly->router, NAME("mlp.gate.weight"), E, d, err));
+    if (c->topk_method == DSC_TOPK_NOAUX_TC)
+        DSC_TRY(mbind(m, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), E, 0, err));
+#undef NAME
+    if (c->n_shared_experts > 0) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp.shared_experts", (long long)L);
+        DSC_TRY(mbind_mlp(m, &ly->shared, n, c->n_shared_experts * c->moe_intermediate_size,
+                          err));
+    }
+    ly->experts = x->experts;
+    for (int64_t e = 0; e < E; e++) {
+        snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld", (long long)L,
+                 (long long)e);
+        DSC_TRY(mbind_mlp(m, &x->experts[e], n, c->moe_intermediate_size, err));
+    }
+    return DSC_OK;
 }
 
 /* ---- creation ---- */
 
-dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t,
-                               dsc_train_model_t **out, dsc_err *err) {
+static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, int with_mtp,
+                            double mtp_weight, dsc_train_model_t **out, dsc_err *err) {
     *out = NULL;
     const dsc_config *c = &m->cfg;
     if (max_b < 1 || max_t < 1)
@@ -343,19 +512,46 @@ dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_
     tm->n_layers = c->num_hidden_layers;
     int64_t L = tm->n_layers, E = c->n_routed_experts;
 
+    /* the MTP module (D = 1), read from the checkpoint's files */
+    mtp_src mtp = {0};
+    if (with_mtp && c->num_nextn_predict_layers != 1) {
+        dsc_train_model_free(tm);
+        return dsc_err_set(err, c->num_nextn_predict_layers > 1 ? DSC_ERR_UNSUPPORTED
+                                                                : DSC_ERR_MISSING,
+                           "num_nextn_predict_layers = %lld: MTP training needs exactly one "
+                           "MTP module (D = 1)", (long long)c->num_nextn_predict_layers);
+    }
+    if (with_mtp) {
+        mtp.experts = calloc((size_t)(E > 0 ? E : 1), sizeof *mtp.experts);
+        if (!mtp.experts) {
+            dsc_train_model_free(tm);
+            return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the MTP expert table");
+        }
+        dsc_status st = mtp_bind(m, &mtp, err);
+        if (st != DSC_OK) {
+            free(mtp.experts);
+            dsc_train_model_free(tm);
+            return st;
+        }
+        tm->has_mtp = 1;
+        tm->mtp_lambda = mtp_weight;
+    }
+    int64_t LM = L + tm->has_mtp;
+
     /* count parameters and names */
-    pwalk pw = {m, tm, 0, 0, 0, 0, NULL};
+    pwalk pw = {m, tm, 0, 0, 0, 0, NULL, tm->has_mtp ? &mtp : NULL};
     pwalk_model(&pw);
     int64_t n_moe = 0;
     for (int64_t l = 0; l < L; l++) n_moe += m->layers[l].is_moe;
+    n_moe += tm->has_mtp && mtp.ly.is_moe;
 
     /* meta: params, names, layers, expert tables, activation table */
     carver mc = {NULL, 0};
     for (int k = 0; k < 2; k++) {
         mc.used = 0;
         tm->params = CARVE(&mc, pw.n_params, dsc_param);
-        tm->layers = CARVE(&mc, L, tm_layer);
-        tm->act = CARVE(&mc, L, tm_act);
+        tm->layers = CARVE(&mc, LM, tm_layer);
+        tm->act = CARVE(&mc, LM, tm_act);
         tm_mlp *pool = CARVE(&mc, n_moe * E, tm_mlp);
         char *names = CARVE(&mc, (int64_t)pw.name_bytes, char);
         if (k == 0) {
@@ -363,8 +559,9 @@ dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_
             if (!tm->meta) break;
             mc.base = tm->meta;
         } else {
-            for (int64_t l = 0; l < L; l++)
-                if (m->layers[l].is_moe) tm->layers[l].experts = pool, pool += E;
+            for (int64_t l = 0; l < LM; l++)
+                if (l < L ? m->layers[l].is_moe : mtp.ly.is_moe)
+                    tm->layers[l].experts = pool, pool += E;
             pw.names = names;
         }
     }
@@ -391,6 +588,7 @@ dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_
             carve_acts(tm, &ac);
         }
     }
+    free(mtp.experts);
     if (!ok) {
         dsc_train_model_free(tm);
         return dsc_err_set(err, DSC_ERR_OOM,
@@ -411,6 +609,16 @@ dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_
     dsc_rope_tables(&rp, max_t, tm->rope_cos, tm->rope_sin);
     *out = tm;
     return DSC_OK;
+}
+
+dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t,
+                               dsc_train_model_t **out, dsc_err *err) {
+    return model_new(m, max_b, max_t, 0, 0.0, out, err);
+}
+
+dsc_status dsc_train_model_new_mtp(const dsc_model_t *m, int64_t max_b, int64_t max_t,
+                                   double mtp_weight, dsc_train_model_t **out, dsc_err *err) {
+    return model_new(m, max_b, max_t, 1, mtp_weight, out, err);
 }
 
 void dsc_train_model_free(dsc_train_model_t *tm) {
@@ -439,17 +647,29 @@ float *dsc_train_model_grad(dsc_train_model_t *tm, int64_t *n) {
 }
 
 const int32_t *dsc_train_model_routing(const dsc_train_model_t *tm, int64_t l) {
-    if (l < 0 || l >= tm->n_layers || !tm->layers[l].is_moe) return NULL;
+    if (l < 0 || l >= tm->n_layers + tm->has_mtp || !tm->layers[l].is_moe) return NULL;
     return tm->act[l].sel;
 }
 
 const int64_t *dsc_train_model_expert_load(const dsc_train_model_t *tm) { return tm->load; }
 
+void dsc_train_set_balance_alpha(dsc_train_model_t *tm, double alpha) { tm->bal_alpha = alpha; }
+
+int dsc_train_model_has_mtp(const dsc_train_model_t *tm) { return tm->has_mtp; }
+
+void dsc_train_set_mtp_weight(dsc_train_model_t *tm, double lambda) { tm->mtp_lambda = lambda; }
+
+void dsc_train_loss_parts(const dsc_train_model_t *tm, double *ce, double *bal, double *mtp) {
+    if (ce) *ce = tm->part_ce;
+    if (bal) *bal = tm->part_bal;
+    if (mtp) *mtp = tm->part_mtp;
+}
+
 void dsc_train_update_bias(dsc_train_model_t *tm, float gamma) {
     const dsc_config *c = &tm->cfg;
     int64_t E = c->n_routed_experts;
     if (gamma == 0.0f || E == 0) return;
-    for (int64_t l = 0; l < tm->n_layers; l++) {
+    for (int64_t l = 0; l < tm->n_layers + tm->has_mtp; l++) {
         float *bias = tm->layers[l].router_bias;
         if (!bias) continue;
         const int64_t *load = tm->load + l * E;
@@ -575,6 +795,52 @@ static void moe_fwd(dsc_train_model_t *tm, int64_t l, int64_t N) {
     }
 }
 
+/*
+ * Sequence-wise balance loss of MoE layer l (spec §5.6) over B sequences of
+ * T tokens: per sequence b, f_i = E/(K T) #{t : i chosen for t} (the routed
+ * selection: biased scores, group limits; a constant), s'_t = s_t / sum_j
+ * s_jt with s = score(z) over all E experts (no bias), P_i = mean_t s'_it,
+ * L_b = alpha sum_i f_i P_i; returns mean_b L_b. With dz != NULL, adds
+ * d(mean_b L_b)/dz into dz (N, E) (through P only):
+ *   dL/dz_jt = (c_j - sum_i c_i s'_it) s'_jt (1 - s_jt for sigmoid),
+ *   c_i = alpha f_i / (B T).
+ */
+static double bal_term(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dz) {
+    const dsc_config *c = &tm->cfg;
+    const tm_act *a = &tm->act[l];
+    int64_t E = c->n_routed_experts, K = c->num_experts_per_tok;
+    int sig = c->scoring_func == DSC_SCORE_SIGMOID;
+    double alpha = tm->bal_alpha, total = 0.0;
+    double *f = tm->bal_f, *s = tm->bal_c;
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t i = 0; i < E; i++) f[i] = 0.0;
+        for (int64_t r = b * T * K; r < (b + 1) * T * K; r++) f[a->sel[r]] += 1.0;
+        for (int64_t i = 0; i < E; i++) f[i] *= (double)E / (double)(K * T);
+        double lb = 0.0;
+        for (int64_t t = b * T; t < (b + 1) * T; t++) {
+            const float *zt = a->z + t * E;
+            double mx = zt[0], S = 0.0, dot = 0.0;
+            for (int64_t i = 1; i < E; i++) mx = zt[i] > mx ? zt[i] : mx;
+            for (int64_t i = 0; i < E; i++) {
+                s[i] = sig ? 1.0 / (1.0 + exp(-(double)zt[i])) : exp((double)zt[i] - mx);
+                S += s[i];
+            }
+            for (int64_t i = 0; i < E; i++) {
+                lb += f[i] * s[i] / S;
+                dot += f[i] * s[i] / S;
+            }
+            if (!dz) continue;
+            double cs = alpha / (double)(B * T);
+            for (int64_t j = 0; j < E; j++) {
+                double sp = s[j] / S;
+                dz[t * E + j] += (float)(cs * (f[j] - dot) * sp * (sig ? 1.0 - s[j] : 1.0));
+            }
+        }
+        total += alpha * lb / (double)T;
+    }
+    return total / (double)B;
+}
+
 static dsc_status check_call(const dsc_train_model_t *tm, const int32_t *tokens, int64_t B,
                              int64_t T, dsc_err *err) {
     int64_t V = tm->cfg.vocab_size;
@@ -594,6 +860,54 @@ static dsc_status check_call(const dsc_train_model_t *tm, const int32_t *tokens,
     return DSC_OK;
 }
 
+/* Decoder layer l over B sequences of T tokens: tm->act[l].x in, out (N, d). */
+static void layer_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *out) {
+    const tm_layer *w = &tm->layers[l];
+    tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = tm->cfg.hidden_size;
+    double eps = tm->cfg.rms_norm_eps;
+    /* h = h + MLA(RMSNorm(h)) */
+    dsc_op_rmsnorm_fwd_f32(a->xn, a->x, w->attn_norm, N, d, eps);
+    mla_fwd(tm, w, a, B, T);
+    for (int64_t i = 0; i < N * d; i++) a->xm[i] = a->x[i] + tm->y[i];
+    /* h = h + FFN(RMSNorm(h)) */
+    dsc_op_rmsnorm_fwd_f32(a->xn2, a->xm, w->ffn_norm, N, d, eps);
+    if (w->is_moe)
+        moe_fwd(tm, l, N);
+    else
+        mlp_fwd(&w->dense, a->xn2, N, d, a->fg, a->fu, a->fh, tm->y);
+    for (int64_t i = 0; i < N * d; i++) out[i] = a->xm[i] + tm->y[i];
+}
+
+/*
+ * The MTP module (D = 1; spec §6) after the main forward: for i < T-1,
+ *   x_i = eh_proj([enorm(Emb(tok[i+1])) ; hnorm(h_i)])   (h_i = main xfn row)
+ * then decoder layer L causally over the T-1 positions (RoPE 0..T-2),
+ * shared_head.norm, the shared lm_head; returns the mean CE against tok[i+2].
+ */
+static double mtp_fwd(dsc_train_model_t *tm, int64_t B, int64_t T) {
+    const dsc_config *c = &tm->cfg;
+    int64_t L = tm->n_layers, Tm = T - 1, Nm = B * Tm, d = c->hidden_size, V = c->vocab_size;
+    double eps = c->rms_norm_eps;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < Tm; i++) {
+            int64_t r = b * Tm + i, src = b * T + i;
+            tm->mtp_ids[r] = tm->ids[src + 1];
+            tm->mtp_tgt[r] = tm->tgt[src + 1];
+            memcpy(tm->mtp_h + r * d, tm->xfn + src * d, (size_t)d * sizeof(float));
+        }
+    dsc_op_embed_fwd_f32(tm->mtp_e, tm->embed, tm->mtp_ids, Nm, d);
+    dsc_op_rmsnorm_fwd_f32(tm->mtp_en, tm->mtp_e, tm->mtp_enorm, Nm, d, eps);
+    dsc_op_rmsnorm_fwd_f32(tm->mtp_hn, tm->mtp_h, tm->mtp_hnorm, Nm, d, eps);
+    dsc_op_copy_cols_f32(tm->mtp_cat, 2 * d, tm->mtp_en, d, Nm, d);
+    dsc_op_copy_cols_f32(tm->mtp_cat + d, 2 * d, tm->mtp_hn, d, Nm, d);
+    dsc_op_linear_fwd_f32(tm->act[L].x, tm->mtp_cat, tm->mtp_eh, Nm, 2 * d, d);
+    layer_fwd(tm, L, B, Tm, tm->mtp_out);
+    dsc_op_rmsnorm_fwd_f32(tm->mtp_outn, tm->mtp_out, tm->mtp_head_norm, Nm, d, eps);
+    dsc_op_linear_fwd_f32(tm->mtp_logits, tm->mtp_outn, tm->lm_head, Nm, d, V);
+    return dsc_op_xent_f32(NULL, tm->mtp_logits, tm->mtp_tgt, Nm, V, 1.0);
+}
+
 /* The forward over tokens (B, T+1); returns the mean loss. */
 static double forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
@@ -605,30 +919,26 @@ static double forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B, i
             tm->tgt[b * T + t] = tokens[b * (T + 1) + t + 1];
         }
     tm->last_n = N;
-    memset(tm->load, 0, (size_t)(tm->n_layers * c->n_routed_experts) * sizeof *tm->load);
+    memset(tm->load, 0,
+           (size_t)((tm->n_layers + tm->has_mtp) * c->n_routed_experts) * sizeof *tm->load);
     /* h = Emb(x) */
     float *h = tm->n_layers > 0 ? tm->act[0].x : tm->xf;
     dsc_op_embed_fwd_f32(h, tm->embed, tm->ids, N, d);
-    for (int64_t l = 0; l < tm->n_layers; l++) {
-        const tm_layer *w = &tm->layers[l];
-        tm_act *a = &tm->act[l];
-        float *next = l + 1 < tm->n_layers ? tm->act[l + 1].x : tm->xf;
-        /* h = h + MLA(RMSNorm(h)) */
-        dsc_op_rmsnorm_fwd_f32(a->xn, a->x, w->attn_norm, N, d, eps);
-        mla_fwd(tm, w, a, B, T);
-        for (int64_t i = 0; i < N * d; i++) a->xm[i] = a->x[i] + tm->y[i];
-        /* h = h + FFN(RMSNorm(h)) */
-        dsc_op_rmsnorm_fwd_f32(a->xn2, a->xm, w->ffn_norm, N, d, eps);
-        if (w->is_moe)
-            moe_fwd(tm, l, N);
-        else
-            mlp_fwd(&w->dense, a->xn2, N, d, a->fg, a->fu, a->fh, tm->y);
-        for (int64_t i = 0; i < N * d; i++) next[i] = a->xm[i] + tm->y[i];
-    }
+    for (int64_t l = 0; l < tm->n_layers; l++)
+        layer_fwd(tm, l, B, T, l + 1 < tm->n_layers ? tm->act[l + 1].x : tm->xf);
     /* logits = lm_head(RMSNorm(h)); loss = mean CE */
     dsc_op_rmsnorm_fwd_f32(tm->xfn, tm->xf, tm->final_norm, N, d, eps);
     dsc_op_linear_fwd_f32(tm->logits, tm->xfn, tm->lm_head, N, d, V);
-    return dsc_op_xent_f32(NULL, tm->logits, tm->tgt, N, V, 1.0);
+    double ce = dsc_op_xent_f32(NULL, tm->logits, tm->tgt, N, V, 1.0), bal = 0.0;
+    if (tm->bal_alpha != 0.0)
+        for (int64_t l = 0; l < tm->n_layers; l++)
+            if (tm->layers[l].is_moe) bal += bal_term(tm, l, B, T, NULL);
+    tm->mtp_ran = tm->has_mtp && tm->mtp_lambda != 0.0 && T >= 2;
+    double mtp = tm->mtp_ran ? mtp_fwd(tm, B, T) : 0.0;
+    tm->part_ce = ce;
+    tm->part_bal = bal;
+    tm->part_mtp = mtp;
+    return ce + bal + (tm->mtp_ran ? tm->mtp_lambda * mtp : 0.0);
 }
 
 /* ---- backward ---- */
@@ -649,7 +959,9 @@ static void mlp_bwd(dsc_train_model_t *tm, const tm_mlp *w, const float *x, int6
 }
 
 /* MoE backward: dy (N, d) in, adds into dx (N, d) and the layer's gradients. */
-static void moe_bwd(dsc_train_model_t *tm, int64_t l, int64_t N, const float *dy, float *dx) {
+static void moe_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                    float *dx) {
+    int64_t N = B * T;
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     const tm_act *a = &tm->act[l];
@@ -687,6 +999,7 @@ static void moe_bwd(dsc_train_model_t *tm, int64_t l, int64_t N, const float *dy
                              c->routed_scaling_factor};
     zero(tm->dz, N * E);
     dsc_op_gate_bwd_f32(tm->dz, tm->dgw, a->z, a->sel, N, &gp);
+    if (tm->bal_alpha != 0.0 && l < tm->n_layers) bal_term(tm, l, B, T, tm->dz);
     dsc_op_linear_bwd_f32(dx, G(tm, w->router), tm->dz, a->xn2, w->router, N, d, E);
 }
 
@@ -745,37 +1058,80 @@ static void mla_bwd(dsc_train_model_t *tm, const tm_layer *w, const tm_act *a, i
     }
 }
 
+/* Decoder layer l's backward: tm->dx holds d out on entry, d x on return. */
+static void layer_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+    const tm_layer *w = &tm->layers[l];
+    const tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = tm->cfg.hidden_size;
+    double eps = tm->cfg.rms_norm_eps;
+    /* h_out = xm + FFN(norm(xm)): dx stays, plus the path through the FFN */
+    zero(tm->dxn, N * d);
+    if (w->is_moe)
+        moe_bwd(tm, l, B, T, tm->dx, tm->dxn);
+    else
+        mlp_bwd(tm, &w->dense, a->xn2, N, d, a->fg, a->fu, a->fh, tm->dx, tm->dxn);
+    dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, w->ffn_norm), tm->dxn, a->xm, w->ffn_norm, N, d, eps);
+    /* xm = x + MLA(norm(x)) */
+    zero(tm->dxn, N * d);
+    mla_bwd(tm, w, a, B, T, tm->dx, tm->dxn);
+    dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, w->attn_norm), tm->dxn, a->x, w->attn_norm, N, d, eps);
+}
+
+/* The MTP module's backward (weight mtp_lambda): its gradients added, and
+   tm->mtp_dxf (B*T, d) = its gradient w.r.t. the main model's xfn. */
+static void mtp_bwd(dsc_train_model_t *tm, int64_t B, int64_t T) {
+    const dsc_config *c = &tm->cfg;
+    int64_t L = tm->n_layers, Tm = T - 1, Nm = B * Tm, d = c->hidden_size, V = c->vocab_size;
+    double eps = c->rms_norm_eps;
+    zero(tm->dlogits, Nm * V);
+    dsc_op_xent_f32(tm->dlogits, tm->mtp_logits, tm->mtp_tgt, Nm, V, tm->mtp_lambda);
+    zero(tm->dxn, Nm * d);
+    dsc_op_linear_bwd_f32(tm->dxn, G(tm, tm->lm_head), tm->dlogits, tm->mtp_outn, tm->lm_head,
+                          Nm, d, V);
+    zero(tm->dx, Nm * d);
+    dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, tm->mtp_head_norm), tm->dxn, tm->mtp_out,
+                           tm->mtp_head_norm, Nm, d, eps);
+    layer_bwd(tm, L, B, Tm);
+    /* x = eh_proj([en ; hn]) */
+    zero(tm->mtp_dcat, Nm * 2 * d);
+    dsc_op_linear_bwd_f32(tm->mtp_dcat, G(tm, tm->mtp_eh), tm->dx, tm->mtp_cat, tm->mtp_eh, Nm,
+                          2 * d, d);
+    /* en = enorm(Emb(tok[i+1])) */
+    zero(tm->dxn, Nm * d);
+    dsc_op_add_cols_f32(tm->dxn, d, tm->mtp_dcat, 2 * d, Nm, d);
+    zero(tm->dx, Nm * d);
+    dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, tm->mtp_enorm), tm->dxn, tm->mtp_e, tm->mtp_enorm, Nm,
+                           d, eps);
+    dsc_op_embed_bwd_f32(G(tm, tm->embed), tm->dx, tm->mtp_ids, Nm, d);
+    /* hn = hnorm(h_i), h_i = row (b, i) of the main xfn */
+    zero(tm->dxn, Nm * d);
+    dsc_op_add_cols_f32(tm->dxn, d, tm->mtp_dcat + d, 2 * d, Nm, d);
+    zero(tm->dx, Nm * d);
+    dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, tm->mtp_hnorm), tm->dxn, tm->mtp_h, tm->mtp_hnorm, Nm,
+                           d, eps);
+    zero(tm->mtp_dxf, B * T * d);
+    for (int64_t b = 0; b < B; b++)
+        memcpy(tm->mtp_dxf + b * T * d, tm->dx + b * Tm * d, (size_t)(Tm * d) * sizeof(float));
+}
+
 static void backward(dsc_train_model_t *tm, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
     int64_t N = B * T, d = c->hidden_size, V = c->vocab_size;
     double eps = c->rms_norm_eps;
     zero(tm->grad, tm->n_floats);
+    if (tm->mtp_ran) mtp_bwd(tm, B, T);
     /* loss -> logits -> final norm -> residual stream dx */
     zero(tm->dlogits, N * V);
     dsc_op_xent_f32(tm->dlogits, tm->logits, tm->tgt, N, V, 1.0);
     zero(tm->dxn, N * d);
     dsc_op_linear_bwd_f32(tm->dxn, G(tm, tm->lm_head), tm->dlogits, tm->xfn, tm->lm_head, N, d,
                           V);
+    if (tm->mtp_ran)
+        for (int64_t i = 0; i < N * d; i++) tm->dxn[i] += tm->mtp_dxf[i];
     zero(tm->dx, N * d);
     dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, tm->final_norm), tm->dxn, tm->xf, tm->final_norm, N, d,
                            eps);
-    for (int64_t l = tm->n_layers - 1; l >= 0; l--) {
-        const tm_layer *w = &tm->layers[l];
-        const tm_act *a = &tm->act[l];
-        /* h_out = xm + FFN(norm(xm)): dx stays, plus the path through the FFN */
-        zero(tm->dxn, N * d);
-        if (w->is_moe)
-            moe_bwd(tm, l, N, tm->dx, tm->dxn);
-        else
-            mlp_bwd(tm, &w->dense, a->xn2, N, d, a->fg, a->fu, a->fh, tm->dx, tm->dxn);
-        dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, w->ffn_norm), tm->dxn, a->xm, w->ffn_norm, N, d,
-                               eps);
-        /* xm = x + MLA(norm(x)) */
-        zero(tm->dxn, N * d);
-        mla_bwd(tm, w, a, B, T, tm->dx, tm->dxn);
-        dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, w->attn_norm), tm->dxn, a->x, w->attn_norm, N, d,
-                               eps);
-    }
+    for (int64_t l = tm->n_layers - 1; l >= 0; l--) layer_bwd(tm, l, B, T);
     dsc_op_embed_bwd_f32(G(tm, tm->embed), tm->dx, tm->ids, N, d);
 }
 

@@ -18,9 +18,12 @@
  * group limits). The choice of experts is not differentiated; the chosen
  * experts' gate weights are (dsc_op_gate_bwd into the router).
  *
+ * Optional terms: the sequence-wise balance loss (dsc_train_set_balance_alpha)
+ * and, for a checkpoint with num_nextn_predict_layers = 1, the MTP module
+ * (spec §6, D = 1; see dsc_train_set_mtp_weight).
+ *
  * What this is not: fast (every op is the scalar reference of ops.h), or
- * DSA-aware (deepseek_v32 models are refused), or MTP (the MTP layers of a
- * checkpoint are not loaded by the engine and not trained here).
+ * DSA-aware (deepseek_v32 models are refused), or MTP with D > 1 (refused).
  */
 #ifndef DSC_TRAIN_MODEL_TRAIN_H
 #define DSC_TRAIN_MODEL_TRAIN_H
@@ -36,10 +39,25 @@ typedef struct dsc_train_model dsc_train_model_t;
  * Copy the weights of m into a new trainable model whose activations hold
  * up to max_b sequences of up to max_t input tokens. m is only read during
  * the call and may be freed afterwards. DSC_ERR_ARG for max_b or max_t < 1;
- * DSC_ERR_UNSUPPORTED for a DSA (deepseek_v32) model; DSC_ERR_OOM.
+ * DSC_ERR_UNSUPPORTED for a DSA (deepseek_v32) model; DSC_ERR_OOM. An MTP
+ * module in m's checkpoint is ignored (not loaded, not trained, not listed).
  */
 dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t,
                                dsc_train_model_t **out, dsc_err *err);
+
+/*
+ * The same plus the MTP module (spec §6, D = 1; see dsc_train_set_mtp_weight)
+ * with loss weight mtp_weight (V3: 0.3, later 0.1). m's config must have
+ * num_nextn_predict_layers = 1 (0: DSC_ERR_MISSING, > 1: DSC_ERR_UNSUPPORTED).
+ * The module model.layers.{L}.* (L = num_hidden_layers; the inference loader
+ * skips it) is read from m's safetensors files (DSC_ERR_MISSING /
+ * DSC_ERR_SHAPE when a tensor is absent or misshapen; F32/BF16/F16/FP8 as the
+ * main weights). Its stored copies model.layers.{L}.embed_tokens.weight and
+ * .shared_head.head.weight are not read: the module uses (and adds its
+ * gradients into) the main embedding and lm_head.
+ */
+dsc_status dsc_train_model_new_mtp(const dsc_model_t *m, int64_t max_b, int64_t max_t,
+                                   double mtp_weight, dsc_train_model_t **out, dsc_err *err);
 void dsc_train_model_free(dsc_train_model_t *tm);
 
 /* The model's configuration (a copy of the source model's). */
@@ -52,7 +70,12 @@ const dsc_config *dsc_train_model_config(const dsc_train_model_t *tm);
  * e_score_correction_bias have decay = 0. The correction bias is listed so
  * that checkpoints keep it, but its gradient is always zero (it is moved by
  * the load-balancing update, not by the loss). A tied lm_head is not a
- * separate entry. Valid until dsc_train_model_free.
+ * separate entry. With MTP, the module's tensors follow the main model's,
+ * under their checkpoint names: model.layers.{L}.enorm.weight, .hnorm.weight,
+ * .eh_proj.weight (d, 2d), the decoder block's tensors (as a main layer's),
+ * .shared_head.norm.weight (the two shared copies are not listed, so a
+ * checkpoint saved from the list lacks them). Valid until
+ * dsc_train_model_free.
  */
 const dsc_param *dsc_train_model_params(const dsc_train_model_t *tm, int64_t *n);
 
@@ -83,17 +106,60 @@ dsc_status dsc_train_forward(dsc_train_model_t *tm, const int32_t *tokens, int64
  * layer l ((B*T, K) ids, in the order dsc_moe_route ranks them), or NULL
  * for a dense layer or l out of range; and the load, tokens routed to each
  * expert ((L, E) counts, rows of dense layers zero), for the auxiliary-loss-
- * free bias update. Valid until the next pass.
+ * free bias update. With MTP, l = L is the MTP layer (its B*(T-1) tokens)
+ * and the load has L + 1 rows (row L zero when the MTP did not run). Valid
+ * until the next pass.
  */
 const int32_t *dsc_train_model_routing(const dsc_train_model_t *tm, int64_t l);
 const int64_t *dsc_train_model_expert_load(const dsc_train_model_t *tm);
+
+/*
+ * Sequence-wise balance loss (spec §5.6; V3 eq. 17-20), added to the loss of
+ * every following pass with weight alpha (0, the default, turns it off):
+ * for each MoE layer and each sequence b of the batch,
+ *   f_i = E/(K T) #{t : expert i among the K routed for token t}
+ *   P_i = mean_t s_it / sum_j s_jt     (s = sigmoid/softmax of the router
+ *                                       logits over all E experts, no bias)
+ *   L_b = alpha sum_i f_i P_i;
+ * the term is the mean of L_b over the B sequences, summed over the MoE
+ * layers of the main model (not the MTP layer). f is the selection actually
+ * routed (correction bias, group limits) and is a constant: the gradient
+ * flows through P into the router weights and the hidden state.
+ */
+void dsc_train_set_balance_alpha(dsc_train_model_t *tm, double alpha);
+
+/*
+ * The parts of the last forward's loss: the next-token cross-entropy, the
+ * balance term (alpha included; 0 when off) and the MTP cross-entropy
+ * (unweighted; 0 without MTP). The loss returned is
+ * ce + bal + mtp_weight * mtp.
+ */
+void dsc_train_loss_parts(const dsc_train_model_t *tm, double *ce, double *bal, double *mtp);
+
+/*
+ * Multi-token prediction (spec §6, D = 1), for a model made from a
+ * checkpoint with an MTP module. For each sequence and i = 0..T-2, with h_i
+ * the main model's final hidden state after model.norm:
+ *   x_i = eh_proj([enorm(Emb(tok[i+1])) ; hnorm(h_i)])   (embedding first)
+ * then the module's decoder block (MLA + FFN/MoE, causal over the T-1
+ * positions, RoPE positions 0..T-2), shared_head.norm and the shared
+ * lm_head predict tok[i+2]; mtp = mean CE over the counted (B, T-1)
+ * targets, and the loss becomes ce + bal + lambda * mtp. lambda is set by
+ * dsc_train_model_new_mtp and changed here (e.g. V3's 0.3 -> 0.1); 0 skips
+ * the module (no forward, zero gradients for its tensors; no effect without
+ * a module). T = 1 has no MTP target (mtp 0).
+ * The balance loss does not include the MTP layer; the bias update
+ * (dsc_train_update_bias) does.
+ */
+int dsc_train_model_has_mtp(const dsc_train_model_t *tm);
+void dsc_train_set_mtp_weight(dsc_train_model_t *tm, double lambda);
 
 /*
  * Auxiliary-loss-free balancing (V3 §2.1.2; spec §5.5), after a step: for
  * every noaux_tc MoE layer and expert, with load_i the (token, slot) picks
  * of the last forward and mean = sum(load)/E,
  *   b_i <- b_i + gamma * sign(mean - load_i)      (rounded to fp32)
- * so overloaded experts are chosen less. The bias only selects experts and
+ * so overloaded experts are chosen less (MTP layer included). The bias only selects experts and
  * gets no gradient. gamma 0 disables it.
  */
 void dsc_train_update_bias(dsc_train_model_t *tm, float gamma);
