@@ -29,6 +29,7 @@ typedef struct {
     double bias_gamma;        /* --bias-gamma: aux-loss-free balancing step; 0 = off   */
     double val_frac;          /* --val-frac: share of documents held out               */
     double init_std;          /* --init-std: std of a new model's matrices             */
+    double balance_alpha;     /* --balance-alpha: sequence-wise balance loss; 0 = off  */
 } cli_train_opts;
 
 typedef struct {

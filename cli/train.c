@@ -219,6 +219,7 @@ int cmd_train(const cli_opts *o) {
     dsc_model_t *m = cli_load_model(o, NULL);
     dsc_train_model_t *tm = NULL;
     if (dsc_train_model_new(m, B, T, &tm, &e) != DSC_OK) cli_die(&e);
+    dsc_train_set_balance_alpha(tm, a->balance_alpha);
     dsc_model_free(m);
     const dsc_config *c = dsc_train_model_config(tm);
     if (dsc_tokenizer_vocab(tok) > c->vocab_size) {
