@@ -57,6 +57,10 @@ void dsc_ref_sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t l
 /* C[m][n] = A[m][k] . B[k][n]  (+ C if accumulate) */
 void dsc_ref_sgemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                       const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
+/* C[m][n] = A[k][m]^T . B[k][n]  (+ C if accumulate): the weight gradient of
+   a linear layer, dW += dy^T x, without transposing dy. */
+void dsc_ref_sgemm_tn(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
 /* y[i][:] = w * x[i][:] / sqrt(mean(x[i]^2) + eps), n rows of dim d; y may alias x.
    w holds d values (shape 1 x d or d x 1) in any dtype (norm weights are BF16
    in checkpoints). */
@@ -123,6 +127,8 @@ void dsc_k_matmul(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int6
 void dsc_k_sgemm_nt(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
 void dsc_k_sgemm_nn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
+                    const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
+void dsc_k_sgemm_tn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate);
 /*
  * Single-threaded row-range products, for callers that parallelise on their

@@ -75,6 +75,7 @@ typedef struct {
 struct dsc_train_model {
     dsc_config cfg;
     int64_t max_b, max_t, n_layers;
+    dsc_kctx *k;       /* fp32 GEMMs of the linear layers (OpenBLAS / packed) */
     /* meta */
     void *meta;
     dsc_param *params;
@@ -121,6 +122,21 @@ struct dsc_train_model {
     float *mtp_logits;             /* (N, V)                               */
     float *mtp_dxf;                /* (N, d) MTP's gradient into main xfn   */
 };
+
+/* The linear layers through the fast fp32 GEMMs (the same contracts as
+   dsc_op_linear_fwd/bwd_f32, which stay the tested reference):
+   y = x W^T; dx += dy W; dW += dy^T x (NULL pointers skip a gradient). */
+static void lin_fwd(dsc_train_model_t *tm, float *y, const float *x, const float *W, int64_t n,
+                    int64_t din, int64_t dout) {
+    dsc_k_sgemm_nt(tm->k, n, dout, din, x, din, W, din, y, dout, 0);
+}
+
+static void lin_bwd(dsc_train_model_t *tm, float *dx, float *dW, const float *dy, const float *x,
+                    const float *W, int64_t n, int64_t din, int64_t dout) {
+    if (dx) dsc_k_sgemm_nn(tm->k, n, din, dout, dy, dout, W, din, dx, din, 1);
+    if (dW) dsc_k_sgemm_tn(tm->k, dout, din, n, dy, dout, x, din, dW, din, 1);
+}
+
 
 /* The MTP module's tensors in the checkpoint (bound by model_train.c: the
    inference loader skips model.layers.{L}.*). */
@@ -506,6 +522,11 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
                            (long long)max_b, (long long)max_t);
     dsc_train_model_t *tm = calloc(1, sizeof *tm);
     if (!tm) return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the training model");
+    dsc_status ks = dsc_kctx_new(0, 1, &tm->k, err);
+    if (ks != DSC_OK) {
+        free(tm);
+        return ks;
+    }
     tm->cfg = *c;
     tm->max_b = max_b;
     tm->max_t = max_t;
@@ -623,6 +644,7 @@ dsc_status dsc_train_model_new_mtp(const dsc_model_t *m, int64_t max_b, int64_t 
 
 void dsc_train_model_free(dsc_train_model_t *tm) {
     if (!tm) return;
+    dsc_kctx_free(tm->k);
     free(tm->acts);
     free(tm->data);
     free(tm->meta);
@@ -695,12 +717,12 @@ static void zero(float *x, int64_t n) {
 /* ---- forward ---- */
 
 /* SwiGLU MLP on n rows: g = x Wg^T, u = x Wu^T, h = silu(g)*u, y = h Wd^T. */
-static void mlp_fwd(const tm_mlp *w, const float *x, int64_t n, int64_t d, float *g, float *u,
-                    float *h, float *y) {
-    dsc_op_linear_fwd_f32(g, x, w->gate, n, d, w->ff);
-    dsc_op_linear_fwd_f32(u, x, w->up, n, d, w->ff);
+static void mlp_fwd(dsc_train_model_t *tm, const tm_mlp *w, const float *x, int64_t n, int64_t d,
+                    float *g, float *u, float *h, float *y) {
+    lin_fwd(tm, g, x, w->gate, n, d, w->ff);
+    lin_fwd(tm, u, x, w->up, n, d, w->ff);
     dsc_op_swiglu_fwd_f32(h, g, u, n * w->ff);
-    dsc_op_linear_fwd_f32(y, h, w->down, n, w->ff, d);
+    lin_fwd(tm, y, h, w->down, n, w->ff, d);
 }
 
 /* MLA (spec §2): a->xn in, tm->y out (B*T, d). */
@@ -711,18 +733,18 @@ static void mla_fwd(dsc_train_model_t *tm, const tm_layer *w, tm_act *a, int64_t
     int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr, lkv = H * (dn + dv);
     /* q = W^UQ RMSNorm(W^DQ x)  or  q = W^Q x                    (N, H*dqk) */
     if (dq > 0) {
-        dsc_op_linear_fwd_f32(a->qa, a->xn, w->q_a, N, d, dq);
+        lin_fwd(tm, a->qa, a->xn, w->q_a, N, d, dq);
         dsc_op_rmsnorm_fwd_f32(a->qan, a->qa, w->q_a_norm, N, dq, LATENT_EPS);
-        dsc_op_linear_fwd_f32(a->q, a->qan, w->q_b, N, dq, H * dqk);
+        lin_fwd(tm, a->q, a->qan, w->q_b, N, dq, H * dqk);
     } else {
-        dsc_op_linear_fwd_f32(a->q, a->xn, w->q_b, N, d, H * dqk);
+        lin_fwd(tm, a->q, a->xn, w->q_b, N, d, H * dqk);
     }
     /* [c ; k_pe] = W^DKV x; cn = RMSNorm(c); kv = W^UKV cn        */
-    dsc_op_linear_fwd_f32(tm->kva, a->xn, w->kv_a, N, d, dc + dr);
+    lin_fwd(tm, tm->kva, a->xn, w->kv_a, N, d, dc + dr);
     dsc_op_copy_cols_f32(a->c, dc, tm->kva, dc + dr, N, dc);
     dsc_op_copy_cols_f32(a->kpe, dr, tm->kva + dc, dc + dr, N, dr);
     dsc_op_rmsnorm_fwd_f32(a->cn, a->c, w->kv_a_norm, N, dc, LATENT_EPS);
-    dsc_op_linear_fwd_f32(a->kv, a->cn, w->kv_b, N, dc, lkv);
+    lin_fwd(tm, a->kv, a->cn, w->kv_b, N, dc, lkv);
     /* decoupled RoPE on q_pe (per head) and the shared k_pe, positions 0..T-1 */
     dsc_op_rope_slice qs = {T, H * dqk, H, dqk, dn, dr}, ks = {T, dr, 1, dr, 0, dr};
     for (int64_t b = 0; b < B; b++) {
@@ -743,7 +765,7 @@ static void mla_fwd(dsc_train_model_t *tm, const tm_layer *w, tm_act *a, int64_t
                             a->kv + b * T * lkv + h * (dn + dv) + dn, &ad, c->softmax_scale);
     }
     /* y = W^O o */
-    dsc_op_linear_fwd_f32(tm->y, a->o, w->o, N, H * dv, d);
+    lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
 }
 
 /* DeepSeekMoE (spec §5): a->xn2 in, tm->y out. */
@@ -754,7 +776,7 @@ static void moe_fwd(dsc_train_model_t *tm, int64_t l, int64_t N) {
     int64_t d = c->hidden_size, E = c->n_routed_experts, K = c->num_experts_per_tok;
     int64_t mf = c->moe_intermediate_size;
     /* z = W_gate x; the inference routing chooses; gate_fwd weighs */
-    dsc_op_linear_fwd_f32(a->z, a->xn2, w->router, N, d, E);
+    lin_fwd(tm, a->z, a->xn2, w->router, N, d, E);
     dsc_moe_route(c, a->z, w->router_bias, N, tm->scores, tm->sel_score, tm->group_ws, a->sel,
                   tm->sel_w);
     dsc_op_gate_params gp = {E, K, c->scoring_func, c->norm_topk_prob,
@@ -775,7 +797,7 @@ static void moe_fwd(dsc_train_model_t *tm, int64_t l, int64_t N) {
     }
     /* shared experts, weight 1 */
     if (w->shared.ff > 0)
-        mlp_fwd(&w->shared, a->xn2, N, d, a->fg, a->fu, a->fh, tm->y);
+        mlp_fwd(tm, &w->shared, a->xn2, N, d, a->fg, a->fu, a->fh, tm->y);
     else
         zero(tm->y, N * d);
     /* routed experts on their gathered rows; y[t] += g * FFN_e(x[t]) */
@@ -784,7 +806,7 @@ static void moe_fwd(dsc_train_model_t *tm, int64_t l, int64_t N) {
         if (!ne) continue;
         for (int64_t j = 0; j < ne; j++)
             memcpy(tm->xe + j * d, a->xn2 + (int64_t)a->tok[r0 + j] * d, (size_t)d * sizeof(float));
-        mlp_fwd(&w->experts[e], tm->xe, ne, d, a->eg + r0 * mf, a->eu + r0 * mf,
+        mlp_fwd(tm, &w->experts[e], tm->xe, ne, d, a->eg + r0 * mf, a->eu + r0 * mf,
                 a->eh + r0 * mf, a->ey + r0 * d);
         for (int64_t j = 0; j < ne; j++) {
             float g = a->gw[a->slot[r0 + j]];
@@ -875,7 +897,7 @@ static void layer_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, fl
     if (w->is_moe)
         moe_fwd(tm, l, N);
     else
-        mlp_fwd(&w->dense, a->xn2, N, d, a->fg, a->fu, a->fh, tm->y);
+        mlp_fwd(tm, &w->dense, a->xn2, N, d, a->fg, a->fu, a->fh, tm->y);
     for (int64_t i = 0; i < N * d; i++) out[i] = a->xm[i] + tm->y[i];
 }
 
@@ -901,10 +923,10 @@ static double mtp_fwd(dsc_train_model_t *tm, int64_t B, int64_t T) {
     dsc_op_rmsnorm_fwd_f32(tm->mtp_hn, tm->mtp_h, tm->mtp_hnorm, Nm, d, eps);
     dsc_op_copy_cols_f32(tm->mtp_cat, 2 * d, tm->mtp_en, d, Nm, d);
     dsc_op_copy_cols_f32(tm->mtp_cat + d, 2 * d, tm->mtp_hn, d, Nm, d);
-    dsc_op_linear_fwd_f32(tm->act[L].x, tm->mtp_cat, tm->mtp_eh, Nm, 2 * d, d);
+    lin_fwd(tm, tm->act[L].x, tm->mtp_cat, tm->mtp_eh, Nm, 2 * d, d);
     layer_fwd(tm, L, B, Tm, tm->mtp_out);
     dsc_op_rmsnorm_fwd_f32(tm->mtp_outn, tm->mtp_out, tm->mtp_head_norm, Nm, d, eps);
-    dsc_op_linear_fwd_f32(tm->mtp_logits, tm->mtp_outn, tm->lm_head, Nm, d, V);
+    lin_fwd(tm, tm->mtp_logits, tm->mtp_outn, tm->lm_head, Nm, d, V);
     return dsc_op_xent_f32(NULL, tm->mtp_logits, tm->mtp_tgt, Nm, V, 1.0);
 }
 
@@ -928,7 +950,7 @@ static double forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B, i
         layer_fwd(tm, l, B, T, l + 1 < tm->n_layers ? tm->act[l + 1].x : tm->xf);
     /* logits = lm_head(RMSNorm(h)); loss = mean CE */
     dsc_op_rmsnorm_fwd_f32(tm->xfn, tm->xf, tm->final_norm, N, d, eps);
-    dsc_op_linear_fwd_f32(tm->logits, tm->xfn, tm->lm_head, N, d, V);
+    lin_fwd(tm, tm->logits, tm->xfn, tm->lm_head, N, d, V);
     double ce = dsc_op_xent_f32(NULL, tm->logits, tm->tgt, N, V, 1.0), bal = 0.0;
     if (tm->bal_alpha != 0.0)
         for (int64_t l = 0; l < tm->n_layers; l++)
@@ -952,10 +974,10 @@ static void mlp_bwd(dsc_train_model_t *tm, const tm_mlp *w, const float *x, int6
     zero(tm->dh, m);
     zero(tm->dg, m);
     zero(tm->du, m);
-    dsc_op_linear_bwd_f32(tm->dh, G(tm, w->down), dy, h, w->down, n, w->ff, d);
+    lin_bwd(tm, tm->dh, G(tm, w->down), dy, h, w->down, n, w->ff, d);
     dsc_op_swiglu_bwd_f32(tm->dg, tm->du, tm->dh, g, u, m);
-    dsc_op_linear_bwd_f32(dx, G(tm, w->gate), tm->dg, x, w->gate, n, d, w->ff);
-    dsc_op_linear_bwd_f32(dx, G(tm, w->up), tm->du, x, w->up, n, d, w->ff);
+    lin_bwd(tm, dx, G(tm, w->gate), tm->dg, x, w->gate, n, d, w->ff);
+    lin_bwd(tm, dx, G(tm, w->up), tm->du, x, w->up, n, d, w->ff);
 }
 
 /* MoE backward: dy (N, d) in, adds into dx (N, d) and the layer's gradients. */
@@ -1000,7 +1022,7 @@ static void moe_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, cons
     zero(tm->dz, N * E);
     dsc_op_gate_bwd_f32(tm->dz, tm->dgw, a->z, a->sel, N, &gp);
     if (tm->bal_alpha != 0.0 && l < tm->n_layers) bal_term(tm, l, B, T, tm->dz);
-    dsc_op_linear_bwd_f32(dx, G(tm, w->router), tm->dz, a->xn2, w->router, N, d, E);
+    lin_bwd(tm, dx, G(tm, w->router), tm->dz, a->xn2, w->router, N, d, E);
 }
 
 /* MLA backward: dy (N, d) in, adds into dx (N, d) and the layer's gradients. */
@@ -1011,7 +1033,7 @@ static void mla_bwd(dsc_train_model_t *tm, const tm_layer *w, const tm_act *a, i
     int64_t dq = c->q_lora_rank, dc = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr, lkv = H * (dn + dv);
     zero(tm->dO, N * H * dv);
-    dsc_op_linear_bwd_f32(tm->dO, G(tm, w->o), dy, a->o, w->o, N, H * dv, d);
+    lin_bwd(tm, tm->dO, G(tm, w->o), dy, a->o, w->o, N, H * dv, d);
     zero(tm->dq, N * H * dqk);
     zero(tm->dk, N * H * dqk);
     zero(tm->dkv, N * lkv);
@@ -1037,24 +1059,24 @@ static void mla_bwd(dsc_train_model_t *tm, const tm_layer *w, const tm_act *a, i
     }
     /* kv = W^UKV RMSNorm(c); [c ; k_pe] = W^DKV x */
     zero(tm->dcn, N * dc);
-    dsc_op_linear_bwd_f32(tm->dcn, G(tm, w->kv_b), tm->dkv, a->cn, w->kv_b, N, dc, lkv);
+    lin_bwd(tm, tm->dcn, G(tm, w->kv_b), tm->dkv, a->cn, w->kv_b, N, dc, lkv);
     zero(tm->dc, N * dc);
     dsc_op_rmsnorm_bwd_f32(tm->dc, G(tm, w->kv_a_norm), tm->dcn, a->c, w->kv_a_norm, N, dc,
                            LATENT_EPS);
     zero(tm->dkva, N * (dc + dr));
     dsc_op_add_cols_f32(tm->dkva, dc + dr, tm->dc, dc, N, dc);
     dsc_op_add_cols_f32(tm->dkva + dc, dc + dr, tm->dkpe, dr, N, dr);
-    dsc_op_linear_bwd_f32(dx, G(tm, w->kv_a), tm->dkva, a->xn, w->kv_a, N, d, dc + dr);
+    lin_bwd(tm, dx, G(tm, w->kv_a), tm->dkva, a->xn, w->kv_a, N, d, dc + dr);
     /* q */
     if (dq > 0) {
         zero(tm->dqan, N * dq);
-        dsc_op_linear_bwd_f32(tm->dqan, G(tm, w->q_b), tm->dq, a->qan, w->q_b, N, dq, H * dqk);
+        lin_bwd(tm, tm->dqan, G(tm, w->q_b), tm->dq, a->qan, w->q_b, N, dq, H * dqk);
         zero(tm->dqa, N * dq);
         dsc_op_rmsnorm_bwd_f32(tm->dqa, G(tm, w->q_a_norm), tm->dqan, a->qa, w->q_a_norm, N, dq,
                                LATENT_EPS);
-        dsc_op_linear_bwd_f32(dx, G(tm, w->q_a), tm->dqa, a->xn, w->q_a, N, d, dq);
+        lin_bwd(tm, dx, G(tm, w->q_a), tm->dqa, a->xn, w->q_a, N, d, dq);
     } else {
-        dsc_op_linear_bwd_f32(dx, G(tm, w->q_b), tm->dq, a->xn, w->q_b, N, d, H * dqk);
+        lin_bwd(tm, dx, G(tm, w->q_b), tm->dq, a->xn, w->q_b, N, d, H * dqk);
     }
 }
 
@@ -1086,7 +1108,7 @@ static void mtp_bwd(dsc_train_model_t *tm, int64_t B, int64_t T) {
     zero(tm->dlogits, Nm * V);
     dsc_op_xent_f32(tm->dlogits, tm->mtp_logits, tm->mtp_tgt, Nm, V, tm->mtp_lambda);
     zero(tm->dxn, Nm * d);
-    dsc_op_linear_bwd_f32(tm->dxn, G(tm, tm->lm_head), tm->dlogits, tm->mtp_outn, tm->lm_head,
+    lin_bwd(tm, tm->dxn, G(tm, tm->lm_head), tm->dlogits, tm->mtp_outn, tm->lm_head,
                           Nm, d, V);
     zero(tm->dx, Nm * d);
     dsc_op_rmsnorm_bwd_f32(tm->dx, G(tm, tm->mtp_head_norm), tm->dxn, tm->mtp_out,
@@ -1094,7 +1116,7 @@ static void mtp_bwd(dsc_train_model_t *tm, int64_t B, int64_t T) {
     layer_bwd(tm, L, B, Tm);
     /* x = eh_proj([en ; hn]) */
     zero(tm->mtp_dcat, Nm * 2 * d);
-    dsc_op_linear_bwd_f32(tm->mtp_dcat, G(tm, tm->mtp_eh), tm->dx, tm->mtp_cat, tm->mtp_eh, Nm,
+    lin_bwd(tm, tm->mtp_dcat, G(tm, tm->mtp_eh), tm->dx, tm->mtp_cat, tm->mtp_eh, Nm,
                           2 * d, d);
     /* en = enorm(Emb(tok[i+1])) */
     zero(tm->dxn, Nm * d);
@@ -1124,7 +1146,7 @@ static void backward(dsc_train_model_t *tm, int64_t B, int64_t T) {
     zero(tm->dlogits, N * V);
     dsc_op_xent_f32(tm->dlogits, tm->logits, tm->tgt, N, V, 1.0);
     zero(tm->dxn, N * d);
-    dsc_op_linear_bwd_f32(tm->dxn, G(tm, tm->lm_head), tm->dlogits, tm->xfn, tm->lm_head, N, d,
+    lin_bwd(tm, tm->dxn, G(tm, tm->lm_head), tm->dlogits, tm->xfn, tm->lm_head, N, d,
                           V);
     if (tm->mtp_ran)
         for (int64_t i = 0; i < N * d; i++) tm->dxn[i] += tm->mtp_dxf[i];

@@ -767,6 +767,40 @@ static int ranks_before(float a, int ia, float b, int ib) {
 
 /* dsc_k_topk_set (quickselect, O(n)) selects exactly the set the O(n*k)
    reference ranks first, ties and NaN included, and lists it ascending. */
+/* C = A^T B (training weight gradients) against the reference, with and
+   without accumulation, 1 and 2 threads; tolerance as for the other GEMMs:
+   fp32 sums of k terms in another order, relative to sum |a b|. */
+static void test_sgemm_tn(dsc_t *t) {
+    t_rng rng = {31};
+    const int64_t shapes[][3] = {{1, 1, 1}, {7, 33, 5}, {64, 96, 130}, {131, 17, 64}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t m = shapes[si][0], n = shapes[si][1], kk = shapes[si][2];
+        int64_t lda = m + 3, ldb = n + 1, ldc = n + 2;
+        float *a = malloc((size_t)(kk * lda) * sizeof *a), *b = malloc((size_t)(kk * ldb) * sizeof *b);
+        float *c = malloc((size_t)(m * ldc) * sizeof *c), *r = malloc((size_t)(m * ldc) * sizeof *r);
+        for (int64_t i = 0; i < kk * lda; i++) a[i] = t_rng_normal(&rng);
+        for (int64_t i = 0; i < kk * ldb; i++) b[i] = t_rng_normal(&rng);
+        for (int th = 1; th <= 2; th++)
+            for (int acc = 0; acc < 2; acc++) {
+                for (int64_t i = 0; i < m * ldc; i++) c[i] = r[i] = 0.5f;
+                dsc_kctx *k = NULL;
+                dsc_err e = {0};
+                T_CHECK(t, dsc_kctx_new(th, 64, &k, &e) == DSC_OK, "%s", e.msg);
+                dsc_k_sgemm_tn(k, m, n, kk, a, lda, b, ldb, c, ldc, acc);
+                dsc_ref_sgemm_tn(m, n, kk, a, lda, b, ldb, r, ldc, acc);
+                dsc_kctx_free(k);
+                char what[64];
+                snprintf(what, sizeof what, "tn %lldx%lldx%lld t%d acc%d", (long long)m,
+                         (long long)n, (long long)kk, th, acc);
+                t_close_f32(t, what, c, r, m * ldc, 1e-5 * sqrt((double)kk) * 4, 1e-5);
+            }
+        free(a);
+        free(b);
+        free(c);
+        free(r);
+    }
+}
+
 static void test_topk_set(dsc_t *t) {
     t_rng rng = {77};
     enum { N = 3000 };
@@ -986,6 +1020,7 @@ const dsc_test_case dsc_tests_kernels[] = {
     {"silu_mul", test_silu_mul},
     {"topk", test_topk},
     {"topk_set", test_topk_set},
+    {"sgemm_tn", test_sgemm_tn},
     {"rope_freq", test_rope_freq},
     {"rope_rotate", test_rope_rotate},
     {NULL, NULL},

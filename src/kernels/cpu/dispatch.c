@@ -168,6 +168,22 @@ void dsc_k_sgemm_nn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *
     sgemm_split(k, 0, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
 }
 
+/* C = A^T B: threads own column ranges of C (columns of B), so every thread
+   reads all of A and each element is summed by one thread in one order. */
+void dsc_k_sgemm_tn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
+                    const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+    if (m <= 0 || n <= 0) return;
+    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
+    const int nt = dsc_kcpu_threads_for(k, (double)m * (double)n * (double)kk);
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++) {
+        int64_t lo, hi;
+        dsc_kcpu_split(n, nt, t, ROW_ALIGN, &lo, &hi);
+        if (hi > lo)
+            dsc_kcpu_sgemm_tn_1t(ops, m, hi - lo, kk, a, lda, b + lo, ldb, c + lo, ldc, accumulate);
+    }
+}
+
 /* ---------------- element-wise and row-wise ops ---------------- */
 
 /* Columns of the norm weight converted per step (a stack buffer). */

@@ -74,3 +74,22 @@ void dsc_kcpu_sgemm_nn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t
                           int64_t ldc, int accumulate) {
     gemm_1t(ops, m, n, k, a, lda, b, ldb, 0, c, ldc, accumulate);
 }
+
+/* C += A^T B as rank-1 row updates: row i of C gathers A[p][i] * B[p][:]
+   over p; the inner loop is a plain axpy the compiler vectorizes. Slower
+   than the packed kernel, but only the training weight gradients use it. */
+static void axpy_row(float *restrict c, const float *restrict b, float a, int64_t n) {
+    for (int64_t j = 0; j < n; j++) c[j] += a * b[j];
+}
+
+void dsc_kcpu_sgemm_tn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k,
+                          const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                          int64_t ldc, int accumulate) {
+    (void)ops;
+    for (int64_t i = 0; i < m; i++) {
+        float *ci = c + (size_t)i * (size_t)ldc;
+        if (!accumulate) memset(ci, 0, (size_t)n * sizeof *ci);
+        for (int64_t p = 0; p < k; p++)
+            axpy_row(ci, b + (size_t)p * (size_t)ldb, a[(size_t)p * (size_t)lda + (size_t)i], n);
+    }
+}

@@ -59,3 +59,12 @@ void dsc_kcpu_sgemm_nn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a,
                 (int)lda, b, (int)ldb, accumulate ? 1.0f : 0.0f, c, (int)ldc);
 }
+
+void dsc_kcpu_sgemm_tn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k,
+                          const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                          int64_t ldc, int accumulate) {
+    (void)ops;
+    if (!prepare(m, n, k, c, ldc, accumulate)) return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a,
+                (int)lda, b, (int)ldb, accumulate ? 1.0f : 0.0f, c, (int)ldc);
+}

@@ -62,6 +62,9 @@ struct dsc_kctx {
 void dsc_kcpu_sgemm_nt_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k,
                           const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                           int64_t ldc, int accumulate);
+void dsc_kcpu_sgemm_tn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k,
+                          const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                          int64_t ldc, int accumulate);
 void dsc_kcpu_sgemm_nn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k,
                           const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                           int64_t ldc, int accumulate);

@@ -44,6 +44,19 @@ void dsc_ref_sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t l
     }
 }
 
+void dsc_ref_sgemm_tn(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0.0;
+            for (int64_t p = 0; p < k; p++)
+                acc += (double)a[(size_t)p * (size_t)lda + (size_t)i] *
+                       (double)b[(size_t)p * (size_t)ldb + (size_t)j];
+            float *cij = &c[(size_t)i * (size_t)ldc + (size_t)j];
+            *cij = accumulate ? (float)((double)*cij + acc) : (float)acc;
+        }
+}
+
 void dsc_ref_sgemm_nn(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                       const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
     for (int64_t i = 0; i < m; i++) {
