@@ -2,7 +2,9 @@
 #
 #   make            libdsc.a, the dsc CLI, the test runner and the benchmarks
 #   make test       build and run the test suite (ends with "N passed, N failed")
-#   make demo       the main job on the bundled tiny model
+#   make demo       the main job: train a tiny DeepSeek-V3-style model on the
+#                   bundled corpus, then generate from it (a few minutes)
+#   make tour       info / logits / run on the bundled tiny fixture models
 #   make SAN=1 ...  the same with AddressSanitizer + UBSan, in build-san/
 #   NO_OMP=1        build without OpenMP      NO_BLAS=1  without OpenBLAS
 #
@@ -84,7 +86,7 @@ $(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -ma
 
 SETTINGS := CC=$(CC) OPT=$(OPT) SAN=$(SAN) NO_OMP=$(NO_OMP) NO_BLAS=$(NO_BLAS)
 
-.PHONY: all test demo clean settings bench
+.PHONY: all test demo tour clean settings bench
 all: $(BUILD)/libdsc.a $(BUILD)/dsc $(BUILD)/dsc_tests $(BENCH_BIN)
 
 settings:
@@ -120,6 +122,9 @@ test: $(BUILD)/dsc $(BUILD)/dsc_tests
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(BUILD)/dsc_tests --dsc $(BUILD)/dsc
 
 demo: $(BUILD)/dsc
+	./scripts/train-demo.sh $(BUILD)/dsc
+
+tour: $(BUILD)/dsc
 	./scripts/demo.sh $(BUILD)/dsc
 
 clean:
