@@ -30,6 +30,7 @@ typedef struct {
     double val_frac;          /* --val-frac: share of documents held out               */
     double init_std;          /* --init-std: std of a new model's matrices             */
     double balance_alpha;     /* --balance-alpha: sequence-wise balance loss; 0 = off  */
+    double mtp_weight;        /* --mtp-weight: MTP loss weight (models with MTP); 0 = off */
 } cli_train_opts;
 
 typedef struct {

@@ -68,6 +68,7 @@ static void usage(FILE *f) {
             "  --wd W  --clip C       AdamW weight decay (0.1), max grad norm (1.0; 0 = off)\n"
             "  --bias-gamma G         aux-loss-free router bias step (1e-3; 0 = off)\n"
             "  --balance-alpha A      sequence-wise balance loss weight (V3: 1e-4; default 0)\n"
+            "  --mtp-weight W         MTP loss weight, models with num_nextn_predict_layers 1 (0.3; 0 = off)\n"
             "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
             "  --save-every N         checkpoint every N steps (and at the end)\n"
             "  --val-frac F           share of documents held out for validation (0.05)\n"
@@ -231,6 +232,9 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--balance-alpha", "--balance-alpha")) {
             o->train.balance_alpha = parse_float(VALUE(), a);
             if (o->train.balance_alpha < 0) cli_die_usage("--balance-alpha must be >= 0", v);
+        } else if (IS("--mtp-weight", "--mtp-weight")) {
+            o->train.mtp_weight = parse_float(VALUE(), a);
+            if (!(o->train.mtp_weight >= 0 && o->train.mtp_weight <= 1e30)) cli_die_usage("--mtp-weight must be finite and >= 0", v);
         } else if (IS("--init-std", "--init-std")) {
             o->train.init_std = parse_float(VALUE(), a);
             if (o->train.init_std < 0) cli_die_usage("--init-std must be >= 0", v);

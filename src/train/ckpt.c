@@ -227,6 +227,12 @@ static dsc_status save_optimizer(const char *tmp, dsc_adamw_t *o, const dsc_trai
     return s;
 }
 
+static const dsc_ckpt_tensor *find_tensor(const dsc_ckpt_save_params *p, const char *name) {
+    for (int64_t i = 0; i < p->n_tensors; i++)
+        if (p->tensors[i].name && !strcmp(p->tensors[i].name, name)) return &p->tensors[i];
+    return NULL;
+}
+
 static dsc_status save_into(const char *tmp, const dsc_ckpt_save_params *p, dsc_err *err) {
     char path[PATH_CAP];
     char *cfg = NULL;
@@ -236,14 +242,41 @@ static dsc_status save_into(const char *tmp, const dsc_ckpt_save_params *p, dsc_
     free(cfg);
     DSC_TRY(s);
 
-    dsc_st_write_entry *e = calloc((size_t)p->n_tensors, sizeof *e);
-    if (!e) return dsc_err_set(err, DSC_ERR_OOM, "ckpt: out of memory");
-    for (int64_t i = 0; i < p->n_tensors && s == DSC_OK; i++)
+    /* MTP layers: room for the two stored copies of each (see ckpt.h) */
+    int64_t n_mtp = p->cfg->num_nextn_predict_layers > 0 ? p->cfg->num_nextn_predict_layers : 0;
+    if (n_mtp > 1024) n_mtp = 1024;
+    dsc_st_write_entry *e = calloc((size_t)(p->n_tensors + 2 * n_mtp), sizeof *e);
+    char *copy_names = calloc((size_t)(2 * n_mtp + 1), 96);
+    if (!e || !copy_names) {
+        free(e);
+        free(copy_names);
+        return dsc_err_set(err, DSC_ERR_OOM, "ckpt: out of memory");
+    }
+    int64_t n = p->n_tensors;
+    for (int64_t i = 0; i < n && s == DSC_OK; i++)
         s = fill_entry(&e[i], p->tensors[i].name, p->tensors[i].ndim, p->tensors[i].shape,
                        p->tensors[i].data, err);
+    const dsc_ckpt_tensor *emb = find_tensor(p, "model.embed_tokens.weight");
+    const dsc_ckpt_tensor *head = find_tensor(p, "lm_head.weight");
+    if (!head) head = emb;   /* tied */
+    for (int64_t k = 0; k < n_mtp && s == DSC_OK && emb; k++) {
+        long long L = (long long)(p->cfg->num_hidden_layers + k);
+        char probe[96];
+        snprintf(probe, sizeof probe, "model.layers.%lld.enorm.weight", L);
+        if (!find_tensor(p, probe)) continue;   /* the module is not in the list */
+        static const char *const what[2] = {"embed_tokens.weight", "shared_head.head.weight"};
+        for (int w = 0; w < 2 && s == DSC_OK; w++) {
+            char *nm = copy_names + (2 * k + w) * 96;
+            snprintf(nm, 96, "model.layers.%lld.%s", L, what[w]);
+            if (find_tensor(p, nm)) continue;   /* the caller gave it */
+            const dsc_ckpt_tensor *src = w ? head : emb;
+            s = fill_entry(&e[n++], nm, src->ndim, src->shape, src->data, err);
+        }
+    }
     if (s == DSC_OK) s = join(path, tmp, "model.safetensors", err);
-    if (s == DSC_OK) s = dsc_st_write(path, e, p->n_tensors, err);
+    if (s == DSC_OK) s = dsc_st_write(path, e, n, err);
     free(e);
+    free(copy_names);
     DSC_TRY(s);
 
     if (p->tokenizer_dir) {
@@ -294,6 +327,28 @@ dsc_status dsc_ckpt_save(const char *dir, const dsc_ckpt_save_params *p, dsc_err
     }
     if (had_old) rm_tree(old);
     return DSC_OK;
+}
+
+dsc_status dsc_ckpt_check_writable(const char *dir, dsc_err *err) {
+    if (!dir || !*dir) return dsc_err_set(err, DSC_ERR_ARG, "ckpt: no directory");
+    if (strlen(dir) > PATH_CAP - 64)
+        return dsc_err_set(err, DSC_ERR_ARG, "ckpt: directory name too long");
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode))
+        return dsc_err_set(err, DSC_ERR_IO, "%s exists and is not a directory", dir);
+    char tmp[PATH_CAP], probe[PATH_CAP + 16];
+    snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", dir);
+    if (!mkdtemp(tmp))
+        return dsc_err_set(err, DSC_ERR_IO, "cannot write checkpoints to %s: creating %s "
+                           "failed: %s", dir, tmp, strerror(errno));
+    dsc_status s = DSC_OK;
+    snprintf(probe, sizeof probe, "%s/probe", tmp);
+    FILE *f = fopen(probe, "wb");
+    if (!f || fclose(f) != 0)
+        s = dsc_err_set(err, DSC_ERR_IO, "cannot write checkpoints to %s: writing %s failed: "
+                        "%s", dir, probe, strerror(errno));
+    rm_tree(tmp);
+    return s;
 }
 
 dsc_status dsc_ckpt_load_optimizer(const char *dir, dsc_adamw_t *o, dsc_train_state *state,

@@ -4,7 +4,15 @@
  * dsc_ckpt_save writes a directory that dsc_model_load (and transformers)
  * can read as it is:
  *   config.json             from a dsc_config (every field config.c reads)
- *   model.safetensors       the given tensors, F32, under the caller's names
+ *   model.safetensors       the given tensors, F32, under the caller's names;
+ *                           for a config with num_nextn_predict_layers > 0,
+ *                           each MTP layer L present in the list (it has
+ *                           model.layers.{L}.enorm.weight) also gets the
+ *                           stored copies DeepSeek-V3's files hold (spec
+ *                           §6.3), unless given: model.layers.{L}.embed_tokens
+ *                           .weight = model.embed_tokens.weight and
+ *                           model.layers.{L}.shared_head.head.weight =
+ *                           lm_head.weight (the embedding when tied)
  *   tokenizer.json, tokenizer_config.json   copied when tokenizer_dir is set
  *   optimizer.safetensors   <name>.exp_avg / <name>.exp_avg_sq per parameter
  *   trainer_state.json      {"step", "lr", "seed", "data_batches"}
@@ -48,6 +56,12 @@ typedef struct {
 /* Write the checkpoint directory `dir` (see above). DSC_ERR_ARG for a bad
    tensor entry or config; DSC_ERR_IO naming the file that failed. */
 dsc_status dsc_ckpt_save(const char *dir, const dsc_ckpt_save_params *p, dsc_err *err);
+
+/* Whether checkpoints can be written to dir: it must be a directory or not
+   exist, and a temporary sibling "<dir>.tmp.XXXXXX" (where dsc_ckpt_save
+   writes) must be creatable and writable; the probe is removed again.
+   DSC_ERR_IO with a message naming dir otherwise. */
+dsc_status dsc_ckpt_check_writable(const char *dir, dsc_err *err);
 
 /* The config.json text for cfg (malloc'd, caller frees). Parsing it with
    the loader gives back cfg field for field. */

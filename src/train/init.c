@@ -74,62 +74,76 @@ static void add_mlp(tlist *l, const char *prefix, int64_t d, int64_t ff) {
     add(l, INIT_NORMAL, d, ff, "%s.down_proj.weight", prefix);
 }
 
-/* Every tensor weights.c binds for c, in its order. */
-static void build_list(tlist *l, const dsc_config *c) {
+/* One decoder block's tensors under model.layers.{i}. (weights.c's order):
+   norms, MLA, the DSA indexer for deepseek_v32, dense MLP or MoE. */
+static void add_block(tlist *l, const dsc_config *c, int64_t i) {
     int64_t d = c->hidden_size, H = c->num_attention_heads;
     int64_t dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    long long li = (long long)i;
+#define P "model.layers.%lld."
+    add(l, INIT_ONES, d, 0, P "input_layernorm.weight", li);
+    add(l, INIT_ONES, d, 0, P "post_attention_layernorm.weight", li);
+    /* MLA (spec §2.1) */
+    if (c->q_lora_rank > 0) {
+        add(l, INIT_NORMAL, c->q_lora_rank, d, P "self_attn.q_a_proj.weight", li);
+        add(l, INIT_ONES, c->q_lora_rank, 0, P "self_attn.q_a_layernorm.weight", li);
+        add(l, INIT_NORMAL, H * dqk, c->q_lora_rank, P "self_attn.q_b_proj.weight", li);
+    } else {
+        add(l, INIT_NORMAL, H * dqk, d, P "self_attn.q_proj.weight", li);
+    }
+    add(l, INIT_NORMAL, c->kv_lora_rank + c->qk_rope_head_dim, d,
+        P "self_attn.kv_a_proj_with_mqa.weight", li);
+    add(l, INIT_ONES, c->kv_lora_rank, 0, P "self_attn.kv_a_layernorm.weight", li);
+    add(l, INIT_NORMAL, H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
+        P "self_attn.kv_b_proj.weight", li);
+    add(l, INIT_NORMAL, d, H * c->v_head_dim, P "self_attn.o_proj.weight", li);
+    /* DSA lightning indexer (spec §4.2) */
+    if (c->index_topk > 0) {
+        int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+        add(l, INIT_NORMAL, HI * DI, c->q_lora_rank, P "self_attn.indexer.wq_b.weight", li);
+        add(l, INIT_NORMAL, DI, d, P "self_attn.indexer.wk.weight", li);
+        add(l, INIT_ONES, DI, 0, P "self_attn.indexer.k_norm.weight", li);
+        add(l, INIT_ZEROS, DI, 0, P "self_attn.indexer.k_norm.bias", li);
+        add(l, INIT_NORMAL, HI, d, P "self_attn.indexer.weights_proj.weight", li);
+    }
+    char prefix[128];
+    if (!dsc_config_layer_is_moe(c, i)) {
+        snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp", li);
+        add_mlp(l, prefix, d, c->intermediate_size);
+        return;
+    }
+    /* DeepSeekMoE (spec §5): router, correction bias, shared, routed */
+    int64_t E = c->n_routed_experts;
+    add(l, INIT_NORMAL, E, d, P "mlp.gate.weight", li);
+    if (c->topk_method == DSC_TOPK_NOAUX_TC)
+        add(l, INIT_ZEROS, E, 0, P "mlp.gate.e_score_correction_bias", li);
+    if (c->n_shared_experts > 0) {
+        snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp.shared_experts", li);
+        add_mlp(l, prefix, d, c->n_shared_experts * c->moe_intermediate_size);
+    }
+    for (int64_t e = 0; e < E; e++) {
+        snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp.experts.%lld", li, (long long)e);
+        add_mlp(l, prefix, d, c->moe_intermediate_size);
+    }
+#undef P
+}
+
+/* Every tensor weights.c binds for c, in its order, then the MTP layers
+   (spec §6.3; their stored copies of the embedding and head are added by
+   dsc_ckpt_save). */
+static void build_list(tlist *l, const dsc_config *c) {
+    int64_t d = c->hidden_size;
     add(l, INIT_NORMAL, c->vocab_size, d, "model.embed_tokens.weight");
     add(l, INIT_ONES, d, 0, "model.norm.weight");
     if (!c->tie_word_embeddings) add(l, INIT_NORMAL, c->vocab_size, d, "lm_head.weight");
-    for (int64_t i = 0; i < c->num_hidden_layers; i++) {
-        long long li = (long long)i;
-#define P "model.layers.%lld."
-        add(l, INIT_ONES, d, 0, P "input_layernorm.weight", li);
-        add(l, INIT_ONES, d, 0, P "post_attention_layernorm.weight", li);
-        /* MLA (spec §2.1) */
-        if (c->q_lora_rank > 0) {
-            add(l, INIT_NORMAL, c->q_lora_rank, d, P "self_attn.q_a_proj.weight", li);
-            add(l, INIT_ONES, c->q_lora_rank, 0, P "self_attn.q_a_layernorm.weight", li);
-            add(l, INIT_NORMAL, H * dqk, c->q_lora_rank, P "self_attn.q_b_proj.weight", li);
-        } else {
-            add(l, INIT_NORMAL, H * dqk, d, P "self_attn.q_proj.weight", li);
-        }
-        add(l, INIT_NORMAL, c->kv_lora_rank + c->qk_rope_head_dim, d,
-            P "self_attn.kv_a_proj_with_mqa.weight", li);
-        add(l, INIT_ONES, c->kv_lora_rank, 0, P "self_attn.kv_a_layernorm.weight", li);
-        add(l, INIT_NORMAL, H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
-            P "self_attn.kv_b_proj.weight", li);
-        add(l, INIT_NORMAL, d, H * c->v_head_dim, P "self_attn.o_proj.weight", li);
-        /* DSA lightning indexer (spec §4.2) */
-        if (c->index_topk > 0) {
-            int64_t HI = c->index_n_heads, DI = c->index_head_dim;
-            add(l, INIT_NORMAL, HI * DI, c->q_lora_rank, P "self_attn.indexer.wq_b.weight", li);
-            add(l, INIT_NORMAL, DI, d, P "self_attn.indexer.wk.weight", li);
-            add(l, INIT_ONES, DI, 0, P "self_attn.indexer.k_norm.weight", li);
-            add(l, INIT_ZEROS, DI, 0, P "self_attn.indexer.k_norm.bias", li);
-            add(l, INIT_NORMAL, HI, d, P "self_attn.indexer.weights_proj.weight", li);
-        }
-        char prefix[128];
-        if (!dsc_config_layer_is_moe(c, i)) {
-            snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp", li);
-            add_mlp(l, prefix, d, c->intermediate_size);
-            continue;
-        }
-        /* DeepSeekMoE (spec §5): router, correction bias, shared, routed */
-        int64_t E = c->n_routed_experts;
-        add(l, INIT_NORMAL, E, d, P "mlp.gate.weight", li);
-        if (c->topk_method == DSC_TOPK_NOAUX_TC)
-            add(l, INIT_ZEROS, E, 0, P "mlp.gate.e_score_correction_bias", li);
-        if (c->n_shared_experts > 0) {
-            snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp.shared_experts", li);
-            add_mlp(l, prefix, d, c->n_shared_experts * c->moe_intermediate_size);
-        }
-        for (int64_t e = 0; e < E; e++) {
-            snprintf(prefix, sizeof prefix, "model.layers.%lld.mlp.experts.%lld", li,
-                     (long long)e);
-            add_mlp(l, prefix, d, c->moe_intermediate_size);
-        }
-#undef P
+    for (int64_t i = 0; i < c->num_hidden_layers; i++) add_block(l, c, i);
+    for (int64_t k = 0; k < c->num_nextn_predict_layers; k++) {
+        long long li = (long long)(c->num_hidden_layers + k);
+        add(l, INIT_ONES, d, 0, "model.layers.%lld.enorm.weight", li);
+        add(l, INIT_ONES, d, 0, "model.layers.%lld.hnorm.weight", li);
+        add(l, INIT_NORMAL, d, 2 * d, "model.layers.%lld.eh_proj.weight", li);
+        add_block(l, c, c->num_hidden_layers + k);
+        add(l, INIT_ONES, d, 0, "model.layers.%lld.shared_head.norm.weight", li);
     }
 }
 
@@ -167,9 +181,10 @@ static void fill(float *x, int64_t n, init_kind k, double std, uint64_t seed) {
 static int config_ok(const dsc_config *c) {
     if (c->vocab_size < 1 || c->hidden_size < 1 || c->num_hidden_layers < 0 ||
         c->num_attention_heads < 1 || c->kv_lora_rank < 1 || c->qk_rope_head_dim < 0 ||
-        c->qk_nope_head_dim < 0 || c->v_head_dim < 1 || c->q_lora_rank < 0)
+        c->qk_nope_head_dim < 0 || c->v_head_dim < 1 || c->q_lora_rank < 0 ||
+        c->num_nextn_predict_layers < 0)
         return 0;
-    for (int64_t l = 0; l < c->num_hidden_layers; l++) {
+    for (int64_t l = 0; l < c->num_hidden_layers + c->num_nextn_predict_layers; l++) {
         int moe = dsc_config_layer_is_moe(c, l);
         if (!moe && c->intermediate_size < 1) return 0;
         if (moe && (c->n_routed_experts < 1 || c->moe_intermediate_size < 1)) return 0;

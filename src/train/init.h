@@ -8,10 +8,17 @@
  *   q_a_layernorm + q_b_proj, or q_proj; kv_a_proj_with_mqa, kv_a_layernorm,
  *   kv_b_proj, o_proj), the DSA indexer for deepseek_v32, and either the dense
  *   SwiGLU MLP or the MoE (gate, e_score_correction_bias for noaux_tc,
- *   shared_experts.*, experts.E.*).
+ *   shared_experts.*, experts.E.*);
+ * then, when num_nextn_predict_layers > 0, each MTP layer L (L =
+ * num_hidden_layers, ...) with DeepSeek-V3's names (spec §6.3):
+ *   model.layers.{L}.enorm.weight, .hnorm.weight, .eh_proj.weight (d, 2d),
+ *   the decoder block under model.layers.{L}. (as a main layer L would be:
+ *   MLA + dense MLP or MoE per the config), .shared_head.norm.weight, and
+ *   (added by dsc_ckpt_save) the stored copies .embed_tokens.weight and
+ *   .shared_head.head.weight of model.embed_tokens.weight / lm_head.weight.
  * Values (DeepSeek-V3 paper §4.2): every matrix ~ N(0, std^2), std 0.006 by
  * default; RMSNorm / LayerNorm weights 1; the LayerNorm bias and the router's
- * e_score_correction_bias 0. MTP layers are not written.
+ * e_score_correction_bias 0 (the same for the MTP layers' tensors).
  *
  * Deterministic: each tensor draws from its own stream, seeded by
  * hash(seed, tensor name), so a tensor's values depend only on the seed, its

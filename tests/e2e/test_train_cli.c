@@ -5,12 +5,20 @@
  * Checks: exit 0; the loss falls; two runs with one seed log identical
  * losses; a run stopped at step 10 and resumed logs exactly the uninterrupted
  * run's steps 11..20; the result runs under `dsc run`; bad usage exits 2/1.
+ * MTP: a config with num_nextn_predict_layers 1 trains with the MTP loss
+ * logged, writes the module under DeepSeek-V3's names with the stored copies
+ * of the embedding and head, and still runs. Bad input (empty / non-UTF-8
+ * corpus, --seq over max_position_embeddings, unwritable OUT_DIR, a loss
+ * that turns NaN/inf) exits 1 with a clear message; the last good
+ * checkpoint survives the NaN and loads.
  * Dims are tiny so that the suite stays fast under ASan.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 
+#include "io/safetensors.h"
 #include "test.h"
 
 #define TOKDIR "tests/fixtures/tokenizer_brown"
@@ -144,6 +152,178 @@ static void test_train(dsc_t *t) {
     free(o);
 }
 
+/* CONFIG with num_nextn_predict_layers 1 (the MTP layer is layer 2, MoE). */
+static char *mtp_config(void) {
+    const char *k = "\"num_nextn_predict_layers\": 0";
+    const char *p = strstr(CONFIG, k);
+    char *c = malloc(strlen(CONFIG) + 1);
+    if (!c || !p) return c;
+    memcpy(c, CONFIG, strlen(CONFIG) + 1);
+    c[p - CONFIG + strlen(k) - 1] = '1';
+    return c;
+}
+
+static void test_train_mtp(dsc_t *t) {
+    char cfg[512], data[512], args[3072], path[600];
+    snprintf(cfg, sizeof cfg, "%s/mtp_config.json", t->tmpdir);
+    char *ctext = mtp_config();
+    T_CHECK(t, ctext && t_write_file(cfg, ctext, strlen(ctext)) == 0, "cannot write %s", cfg);
+    free(ctext);
+    write_data(t, data, sizeof data);
+    snprintf(args, sizeof args,
+             "train -m %s/m --data %s --tokenizer " TOKDIR " --config %s --steps 6 --batch 2 "
+             "--seq 16 --lr 1e-2 --warmup 1 --val-frac 0.2 --seed 3 -t 2",
+             t->tmpdir, data, cfg);
+    char *o = NULL;
+    int st = run(t, "m.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    T_CHECK(t, o && strstr(o, "MTP (D = 1) weight 0.3") && strstr(o, "step 6/6  loss ") &&
+               strstr(o, "  main ") && strstr(o, "  mtp ") && strstr(o, "val loss"),
+            "no MTP loss parts logged: %s", o ? o : "");
+    /* total = main + 0.3 mtp on a logged step */
+    double tot = 0, main_ = 0, mtp = 0;
+    const char *p = o ? strstr(o, "step 6/6") : NULL;
+    int n = p ? sscanf(p, "step 6/6 loss %lf main %lf mtp %lf", &tot, &main_, &mtp) : 0;
+    T_CHECK(t, n == 3 && tot > 0 && mtp > 0 && fabs(tot - (main_ + 0.3 * mtp)) < 1e-5,
+            "loss parts %d: %g vs %g + 0.3 x %g", n, tot, main_, mtp);
+    free(o);
+    if (st != 0) return;
+
+    /* the module under DeepSeek-V3's names, with the stored copies */
+    snprintf(path, sizeof path, "%s/m/model.safetensors", t->tmpdir);
+    dsc_st_set *set = NULL;
+    dsc_err e = {0};
+    T_CHECK(t, dsc_st_set_open_file(path, &set, &e) == DSC_OK, "%s: %s", path, e.msg);
+    if (!set) return;
+    static const char *const names[] = {
+        "model.layers.2.enorm.weight", "model.layers.2.hnorm.weight",
+        "model.layers.2.eh_proj.weight", "model.layers.2.input_layernorm.weight",
+        "model.layers.2.self_attn.q_a_proj.weight", "model.layers.2.self_attn.kv_b_proj.weight",
+        "model.layers.2.mlp.gate.weight", "model.layers.2.mlp.gate.e_score_correction_bias",
+        "model.layers.2.mlp.shared_experts.down_proj.weight",
+        "model.layers.2.mlp.experts.3.up_proj.weight", "model.layers.2.shared_head.norm.weight",
+        "model.layers.2.embed_tokens.weight", "model.layers.2.shared_head.head.weight"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        T_CHECK(t, dsc_st_find(set, names[i]) != NULL, "%s: no %s", path, names[i]);
+    dsc_st_tensor *eh = dsc_st_find(set, "model.layers.2.eh_proj.weight");
+    T_CHECK(t, eh && eh->ndim == 2 && eh->shape[0] == 16 && eh->shape[1] == 32,
+            "eh_proj is not (d, 2d)");
+    const char *pairs[2][2] = {{"model.layers.2.embed_tokens.weight", "model.embed_tokens.weight"},
+                               {"model.layers.2.shared_head.head.weight", "lm_head.weight"}};
+    for (int i = 0; i < 2; i++) {
+        dsc_st_tensor *x = dsc_st_find(set, pairs[i][0]), *y = dsc_st_find(set, pairs[i][1]);
+        T_CHECK(t, x && y && x->nbytes == y->nbytes && !memcmp(x->data, y->data, x->nbytes),
+                "%s is not a copy of %s", pairs[i][0], pairs[i][1]);
+    }
+    dsc_st_set_close(set);
+
+    /* inference skips the module and runs */
+    snprintf(args, sizeof args, "info -m %s/m", t->tmpdir);
+    st = run(t, "m_info.txt", args, &o);
+    T_CHECK(t, st == 0 && o && strstr(o, "mtp") && strstr(o, "1 layer(s)"),
+            "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    snprintf(args, sizeof args, "run -m %s/m --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
+             t->tmpdir);
+    st = run(t, "m_run.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+
+    /* resume with --mtp-weight 0: the module stays in the files */
+    snprintf(args, sizeof args,
+             "train -m %s/m --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --warmup 1 "
+             "--val-frac 0.2 --mtp-weight 0 -t 2", t->tmpdir, data);
+    st = run(t, "m2.txt", args, &o);
+    T_CHECK(t, st == 0 && o && strstr(o, "resumed") && strstr(o, "not trained (weight 0)") &&
+               !strstr(o, "  mtp "), "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    set = NULL;
+    T_CHECK(t, dsc_st_set_open_file(path, &set, &e) == DSC_OK, "%s: %s", path, e.msg);
+    T_CHECK(t, set && dsc_st_find(set, "model.layers.2.eh_proj.weight") &&
+               dsc_st_find(set, "model.layers.2.shared_head.head.weight"),
+            "MTP module lost after --mtp-weight 0");
+    if (set) dsc_st_set_close(set);
+}
+
+/* Exit 1 with `want` in the output. */
+static void expect_fail(dsc_t *t, const char *name, const char *args, const char *want) {
+    char *o = NULL;
+    int st = run(t, name, args, &o);
+    T_CHECK(t, st == 1 && o && strstr(o, want), "dsc %s: exit %d (want 1, \"%s\"): %s", args,
+            st, want, o ? o : "");
+    free(o);
+}
+
+static void test_train_bad_input(dsc_t *t) {
+    char cfg[512], data[512], bad[512], args[4096], common[1024];
+    snprintf(cfg, sizeof cfg, "%s/tiny_config.json", t->tmpdir);
+    T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
+    write_data(t, data, sizeof data);
+    snprintf(common, sizeof common,
+             "--tokenizer " TOKDIR " --config %s --steps 20 --batch 2 --seq 16 --warmup 2 "
+             "--val-frac 0.2 --seed 5 -t 2", cfg);
+
+    /* empty corpus (and one of blank lines only) */
+    snprintf(bad, sizeof bad, "%s/empty.txt", t->tmpdir);
+    T_CHECK(t, t_write_file(bad, "", 0) == 0, "cannot write %s", bad);
+    snprintf(args, sizeof args, "train -m %s/e1 --data %s %s", t->tmpdir, bad, common);
+    expect_fail(t, "e1.txt", args, "holds no text");
+    T_CHECK(t, t_write_file(bad, "\n  \n\n", 5) == 0, "cannot write %s", bad);
+    expect_fail(t, "e1b.txt", args, "holds no text");
+
+    /* not UTF-8 */
+    snprintf(bad, sizeof bad, "%s/latin1.txt", t->tmpdir);
+    T_CHECK(t, t_write_file(bad, "caf\xe9 au lait.\n", 15) == 0, "cannot write %s", bad);
+    snprintf(args, sizeof args, "train -m %s/e2 --data %s %s", t->tmpdir, bad, common);
+    expect_fail(t, "e2.txt", args, "not UTF-8");
+
+    /* --seq over max_position_embeddings (128) */
+    snprintf(args, sizeof args, "train -m %s/e3 --data %s %s --seq 129", t->tmpdir, data, common);
+    expect_fail(t, "e3.txt", args, "max_position_embeddings");
+
+    /* unwritable OUT_DIR: under a regular file (fails even as root) */
+    snprintf(args, sizeof args, "train -m %s/data.txt/out --data %s %s", t->tmpdir, data, common);
+    expect_fail(t, "e4.txt", args, "cannot write checkpoints");
+    snprintf(args, sizeof args, "train -m %s --data %s %s", data, data, common);
+    expect_fail(t, "e4b.txt", args, "not a directory");
+
+    /* NaN/inf: 4 good steps (checkpoint of step 4), then an absurd lr */
+    char *o = NULL;
+    snprintf(args, sizeof args, "train -m %s/nan --data %s %s --lr 1e-2 --stop-after 4",
+             t->tmpdir, data, common);
+    int st = run(t, "n1.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    snprintf(args, sizeof args, "train -m %s/nan --data %s %s --lr 1e30 --save-every 1 "
+             "--eval-every 1", t->tmpdir, data, common);
+    st = run(t, "n2.txt", args, &o);
+    const char *p = o ? strstr(o, "keeps the last good checkpoint (step ") : NULL;
+    T_CHECK(t, st == 1 && o && strstr(o, "not finite") && p, "lr 1e30: exit %d: %s", st,
+            o ? o : "");
+    long long good = p ? atoll(p + strlen("keeps the last good checkpoint (step ")) : -1;
+    free(o);
+    T_CHECK(t, good >= 4 && good < 20, "last good step %lld", good);
+    char path[600];
+    snprintf(path, sizeof path, "%s/nan/trainer_state.json", t->tmpdir);
+    char *js = t_read_file(path, NULL), want[64];
+    snprintf(want, sizeof want, "\"step\": %lld,", good);
+    T_CHECK(t, js && strstr(js, want), "%s is not of step %lld: %s", path, good, js ? js : "");
+    free(js);
+    snprintf(args, sizeof args, "run -m %s/nan --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
+             t->tmpdir);
+    st = run(t, "n3.txt", args, &o);
+    int ids[4], n = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
+    T_CHECK(t, st == 0 && n == 4, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    /* and training resumes from it */
+    snprintf(args, sizeof args, "train -m %s/nan --data %s %s --lr 1e-2 --stop-after %lld",
+             t->tmpdir, data, common, good + 1);
+    st = run(t, "n4.txt", args, &o);
+    T_CHECK(t, st == 0 && o && strstr(o, "resumed"), "dsc %s: exit %d: %s", args, st,
+            o ? o : "");
+    free(o);
+}
+
 static void test_train_usage(dsc_t *t) {
     char args[1024];
     char *o = NULL;
@@ -166,5 +346,7 @@ static void test_train_usage(dsc_t *t) {
 const dsc_test_case dsc_tests_train_cli[] = {
     {"train_cli", test_train},
     {"train_cli_usage", test_train_usage},
+    {"train_cli_mtp", test_train_mtp},
+    {"train_cli_bad_input", test_train_bad_input},
     {NULL, NULL},
 };
