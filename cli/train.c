@@ -151,14 +151,14 @@ static double val_loss(dsc_train_model_t *tm, const dsc_dataset_t *ds, int64_t B
     return n ? sum / (double)n : NAN;
 }
 
-/* A non-finite loss: stop at once, leaving OUT_DIR's last good checkpoint. */
-static _Noreturn void die_nonfinite(const char *what, int64_t step, double loss, const char *dir,
-                                    int64_t good_step) {
+/* A non-finite loss: say so; the caller stops at once (through its normal
+   cleanup), leaving OUT_DIR's last good checkpoint. */
+static void report_nonfinite(const char *what, int64_t step, double loss, const char *dir,
+                             int64_t good_step) {
     fprintf(stderr, "dsc: step %lld: the %s is %g (not finite); training stopped. %s keeps "
             "the last good checkpoint (step %lld%s). Lower --lr, or raise --warmup, or set "
             "--clip.\n", (long long)step, what, loss, dir, (long long)good_step,
             good_step == 0 ? ": the initial weights" : "");
-    exit(1);
 }
 
 /* One line: max/mean tokens per expert of each MoE layer in the last pass. */
@@ -360,14 +360,18 @@ int cmd_train(const cli_opts *o) {
        the end the validation loss or one more forward. */
     double t_all = cli_now(), loss = NAN;
     int64_t done0 = st.step, good_step = st.step;
-    int pending = 0;
+    int pending = 0, failed = 0;
     dsc_train_state pst = st;
     for (int64_t step = st.step; step < end; step++) {
         double t0 = cli_now();
         dsc_data_iter_next(it, ids, NULL);
         st.data_batches++;
         if (dsc_train_forward_backward(tm, ids, B, T, &loss, &e) != DSC_OK) cli_die(&e);
-        if (!isfinite(loss)) die_nonfinite("loss", step + 1, loss, dir, good_step);
+        if (!isfinite(loss)) {
+            report_nonfinite("loss", step + 1, loss, dir, good_step);
+            failed = 1;
+            break;
+        }
         if (pending) {
             save(dir, tm, ct, tokdir, opt, &pst);
             good_step = pst.step;
@@ -401,9 +405,12 @@ int cmd_train(const cli_opts *o) {
             if (n_val > 0) {
                 int64_t seen = 0;
                 double vm = 0, vl = val_loss(tm, ds, B, T, ids, &seen, &vm);
-                if (!isfinite(vl) || !isfinite(vm))
-                    die_nonfinite("validation loss", st.step, isfinite(vl) ? vm : vl, dir,
-                                  good_step);
+                if (!isfinite(vl) || !isfinite(vm)) {
+                    report_nonfinite("validation loss", st.step, isfinite(vl) ? vm : vl, dir,
+                                     good_step);
+                    failed = 1;
+                    break;
+                }
                 checked = 1;
                 if (!o->quiet) {
                     char parts[64] = "";
@@ -422,7 +429,11 @@ int cmd_train(const cli_opts *o) {
                 double l = 0;
                 dsc_data_iter_next(it, ids, NULL);
                 if (dsc_train_forward(tm, ids, B, T, &l, &e) != DSC_OK) cli_die(&e);
-                if (!isfinite(l)) die_nonfinite("loss", st.step + 1, l, dir, good_step);
+                if (!isfinite(l)) {
+                    report_nonfinite("loss", st.step + 1, l, dir, good_step);
+                    failed = 1;
+                    break;
+                }
             }
             save(dir, tm, ct, tokdir, opt, &pst);
             good_step = pst.step;
@@ -430,7 +441,7 @@ int cmd_train(const cli_opts *o) {
             if (!o->quiet) fprintf(stderr, "step %-6lld saved %s\n", (long long)pst.step, dir);
         }
     }
-    if (!o->quiet && st.step > done0) {
+    if (!failed && !o->quiet && st.step > done0) {
         double dt = cli_now() - t_all;
         fprintf(stderr, "dsc: %lld steps in %.1f s (%.0f tok/s), final loss %.6f\n",
                 (long long)(st.step - done0), dt,
@@ -443,6 +454,6 @@ int cmd_train(const cli_opts *o) {
     dsc_adamw_free(opt);
     dsc_train_model_free(tm);
     dsc_tokenizer_free(tok);
-    return 0;
+    return failed ? 1 : 0;
 }
 
