@@ -25,3 +25,10 @@ int32_t *t_fixture_ids(const char *name, const char *file, int64_t *n) {
     *n = (int64_t)(len / 4);
     return ids;
 }
+
+dsc_ctx_t *t_new_ctx(dsc_t *t, const dsc_model_t *m, const dsc_ctx_params *p) {
+    dsc_ctx_t *c = NULL;
+    dsc_err e = {0};
+    T_CHECK(t, dsc_ctx_new(m, p, &c, &e) == DSC_OK, "ctx: %s", e.msg);
+    return c;
+}

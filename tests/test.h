@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "dsc.h"
+
 typedef struct {
     const char *name;     /* current case */
     int failures;         /* failures recorded in the current case */
@@ -56,8 +58,9 @@ int t_write_file(const char *path, const void *data, size_t len);
 /* fixture_util.c: the model in tests/fixtures/<name> (a failed load is
    recorded as a failure; NULL then), and an int32 file of that directory
    (*n ids; NULL when missing). Callers free / dsc_model_free. */
-struct dsc_model;
-struct dsc_model *t_load_fixture(dsc_t *t, const char *name);
+dsc_model_t *t_load_fixture(dsc_t *t, const char *name);
 int32_t *t_fixture_ids(const char *name, const char *file, int64_t *n);
+/* A context for m with parameters p (a failure is recorded; NULL then). */
+dsc_ctx_t *t_new_ctx(dsc_t *t, const dsc_model_t *m, const dsc_ctx_params *p);
 
 #endif

@@ -373,6 +373,18 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
     return DSC_OK;
 }
 
+void dsc_config_rope_params(const dsc_config *c, dsc_rope_params *rp) {
+    memset(rp, 0, sizeof *rp);
+    rp->dim = c->qk_rope_head_dim;
+    rp->theta = c->rope_theta;
+    rp->yarn = c->yarn;
+    rp->factor = c->yarn_factor;
+    rp->beta_fast = c->yarn_beta_fast;
+    rp->beta_slow = c->yarn_beta_slow;
+    rp->original_max_pos = c->yarn_original_max_pos;
+    rp->attention_factor = c->yarn_attention_factor;
+}
+
 int dsc_config_layer_is_moe(const dsc_config *c, int64_t l) {
     return c->n_routed_experts > 0 && l >= c->first_k_dense_replace &&
            l % c->moe_layer_freq == 0;

@@ -178,15 +178,8 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         at += pl.bytes[i];
     }
 
-    dsc_rope_params rp = {0};
-    rp.dim = dr;
-    rp.theta = cf->rope_theta;
-    rp.yarn = cf->yarn;
-    rp.factor = cf->yarn_factor;
-    rp.beta_fast = cf->yarn_beta_fast;
-    rp.beta_slow = cf->yarn_beta_slow;
-    rp.original_max_pos = cf->yarn_original_max_pos;
-    rp.attention_factor = cf->yarn_attention_factor;
+    dsc_rope_params rp;
+    dsc_config_rope_params(cf, &rp);
     dsc_rope_tables(&rp, p.n_ctx, w->rope_cos, w->rope_sin);
     c->pending = -1;
     *out = c;

@@ -21,6 +21,9 @@
 /* config.c: parse config.json text (path is used in messages only). */
 dsc_status dsc_config_parse(const char *json_text, size_t len, const char *path,
                             dsc_config *cfg, dsc_err *err);
+/* The RoPE/YaRN table parameters a config implies (MLA and the DSA indexer
+   share them; the trainer builds the same tables). */
+void dsc_config_rope_params(const dsc_config *c, dsc_rope_params *rp);
 /* Whether layer l uses MoE (else a dense SwiGLU FFN). */
 int dsc_config_layer_is_moe(const dsc_config *c, int64_t l);
 

@@ -617,16 +617,8 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
                            "%lld)", (long long)pw.n_floats, (long long)max_b, (long long)max_t);
     }
 
-    int64_t dr = c->qk_rope_head_dim;
-    dsc_rope_params rp = {0};
-    rp.dim = dr;
-    rp.theta = c->rope_theta;
-    rp.yarn = c->yarn;
-    rp.factor = c->yarn_factor;
-    rp.beta_fast = c->yarn_beta_fast;
-    rp.beta_slow = c->yarn_beta_slow;
-    rp.original_max_pos = c->yarn_original_max_pos;
-    rp.attention_factor = c->yarn_attention_factor;
+    dsc_rope_params rp;
+    dsc_config_rope_params(c, &rp);
     dsc_rope_tables(&rp, max_t, tm->rope_cos, tm->rope_sin);
     *out = tm;
     return DSC_OK;

@@ -21,10 +21,7 @@ static dsc_ctx_t *mkctx(dsc_t *t, dsc_model_t *m, int64_t n_ctx, int64_t n_batch
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
     p.index_cache = ic;
-    dsc_ctx_t *c = NULL;
-    dsc_err e = {0};
-    T_CHECK(t, dsc_ctx_new(m, &p, &c, &e) == DSC_OK, "ctx: %s", e.msg);
-    return c;
+    return t_new_ctx(t, m, &p);
 }
 
 /* Logits of the whole sequence in one call, in batches of n_batch. */

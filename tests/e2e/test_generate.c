@@ -28,10 +28,7 @@ static dsc_ctx_t *ctx_for(dsc_t *t, dsc_model_t *m, int64_t n_ctx, int64_t n_bat
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
     p.attn = mode;
-    dsc_ctx_t *c = NULL;
-    dsc_err e = {0};
-    T_CHECK(t, dsc_ctx_new(m, &p, &c, &e) == DSC_OK, "ctx: %s", e.msg);
-    return c;
+    return t_new_ctx(t, m, &p);
 }
 
 static dsc_sampler_t *greedy(dsc_t *t, const dsc_model_t *m) {
