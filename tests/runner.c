@@ -14,6 +14,7 @@
 #include "test.h"
 
 extern const dsc_test_case dsc_tests_kernels[];
+extern const dsc_test_case dsc_tests_kernels_exp[];
 extern const dsc_test_case dsc_tests_safetensors[];
 extern const dsc_test_case dsc_tests_config[];
 extern const dsc_test_case dsc_tests_model[];
@@ -22,6 +23,7 @@ extern const dsc_test_case dsc_tests_sampler[];
 extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_dsa[];
 extern const dsc_test_case dsc_tests_train_ops[];
+extern const dsc_test_case dsc_tests_tk[];
 extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_train_model[];
 extern const dsc_test_case dsc_tests_train_parity[];
@@ -34,6 +36,7 @@ static const struct {
     const dsc_test_case *cases;
 } suites[] = {
     {"kernels", dsc_tests_kernels},
+    {"kernels_exp", dsc_tests_kernels_exp},
     {"safetensors", dsc_tests_safetensors},
     {"config", dsc_tests_config},
     {"model", dsc_tests_model},
@@ -42,6 +45,7 @@ static const struct {
     {"generate", dsc_tests_generate},
     {"dsa", dsc_tests_dsa},
     {"train_ops", dsc_tests_train_ops},
+    {"tk", dsc_tests_tk},
     {"train_io", dsc_tests_train_io},
     {"train_model", dsc_tests_train_model},
     {"train_parity", dsc_tests_train_parity},

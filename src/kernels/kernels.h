@@ -150,7 +150,24 @@ void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr
 int64_t dsc_k_topk_set(const float *x, int64_t n, int64_t k, int32_t *idx, float *scratch);
 void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t n,
                    int64_t d, float eps);
-/* k may be NULL (one thread); otherwise at most k's thread count is used. */
+/*
+ * y[i] = exp(x[i]) for i < n, single-threaded, the SIMD variant of k (k
+ * NULL: the best this CPU runs). y may alias x (y == x: in place; no other
+ * overlap). Accuracy contract, for every variant:
+ *  - normal results: within 2 ulp of the correctly rounded exp (checked
+ *    over every float input: avx2/avx512 within 1 ulp, 0.874 ulp of the
+ *    exact value; scalar is the C library's expf);
+ *  - subnormal results (-103.97 < x < -87.34) are computed (gradual
+ *    underflow), within 1 ulp of the subnormal grid; exp(x) = +0 for
+ *    x <= -103.972084 and for x = -inf;
+ *  - exp(x) = +inf for x > 88.7228317 (where exp overflows) and x = +inf;
+ *    exp(+-0) = 1 exactly; NaN in, NaN out.
+ * A result depends only on x[i] and the variant, never on i or n (tails
+ * give the same bits as the vector body).
+ */
+void dsc_k_exp(const dsc_kctx *k, float *y, const float *x, int64_t n);
+/* k may be NULL (one thread, the best SIMD variant); otherwise at most k's
+   thread count is used. Both use the SIMD variant's exp (see dsc_k_exp). */
 void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d);
 void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n);
 

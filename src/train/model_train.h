@@ -22,8 +22,12 @@
  * and, for a checkpoint with num_nextn_predict_layers = 1, the MTP module
  * (spec §6, D = 1; see dsc_train_set_mtp_weight).
  *
- * What this is not: fast (every op is the scalar reference of ops.h), or
- * DSA-aware (deepseek_v32 models are refused), or MTP with D > 1 (refused).
+ * Speed: the linears run on the fp32 GEMMs, attention on GEMM tiles, norms,
+ * SwiGLU and the loss on the SIMD kernels of tk.h (each tested against its
+ * ops.h reference). The attention of a layer sits behind one seam
+ * (tm_attn_ops, tm_impl.h) for DSA / NSA to plug into.
+ * What this is not (yet): DSA-aware (deepseek_v32 models are refused), or
+ * MTP with D > 1 (refused).
  */
 #ifndef DSC_TRAIN_MODEL_TRAIN_H
 #define DSC_TRAIN_MODEL_TRAIN_H

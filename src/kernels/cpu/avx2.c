@@ -245,10 +245,86 @@ static void avx2_ukernel(int64_t kc, const float *a, int64_t lda, const float *b
     }
 }
 
+/* ---------------- exp ----------------
+ * The same algorithm and constants as avx512.c (see the note there): exact
+ * Cody-Waite reduction, degree-7 polynomial, exponent-field scaling when
+ * every lane's result is normal or 0, the general path (subnormals,
+ * overflow, NaN) otherwise. */
+#define EXP_HI 0x1.62e42ep+6f     /* 88.7228317: largest x whose exp is finite */
+#define EXP_LO -0x1.9fe368p+6f    /* -103.972076: smallest x whose exp is not 0 */
+#define EXP_FAST_LO -87.33f       /* from here up, 2^q * exp(s) is normal */
+
+INLINE __m256 exp8_reduced(__m256 x, __m256i *q) {
+    const __m256 shifter = _mm256_set1_ps(0x1.8p23f);
+    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), shifter);
+    __m256 qf = _mm256_sub_ps(t, shifter);
+    *q = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(shifter));
+    __m256 s = _mm256_fnmadd_ps(qf, _mm256_set1_ps(0x1.62e43p-1f), x);
+    s = _mm256_fnmadd_ps(qf, _mm256_set1_ps(-0x1.05c61p-29f), s);
+    __m256 p = _mm256_set1_ps(0.000198527617612853646278381f);
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.00139304355252534151077271f));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.00833336077630519866943359f));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.0416664853692054748535156f));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.166666671633720397949219f));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.0f));
+    return _mm256_fmadd_ps(p, s, _mm256_set1_ps(1.0f));
+}
+
+/* 2^k for -126 <= k <= 127 */
+INLINE __m256 pow2i8(__m256i k) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
+}
+
+/* Any x; lanes outside [EXP_LO, EXP_HI] (and NaN) compute exp(0) and are
+   replaced afterwards; results below 2^-125 come from rounding
+   p * 2^(q+149) to an integer, their bit pattern (see avx512.c). */
+static __attribute__((noinline)) __m256 exp8_general(__m256 x) {
+    __m256 in = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_GE_OQ),
+                              _mm256_cmp_ps(x, _mm256_set1_ps(EXP_HI), _CMP_LE_OQ));
+    __m256i q;
+    __m256 p = exp8_reduced(_mm256_and_ps(x, in), &q); /* -150 <= q <= 128 */
+    __m256i bits = _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(q, 23));
+    __m256i tiny = _mm256_cmpgt_epi32(_mm256_set1_epi32(-125), q); /* q <= -126 */
+    __m256 ps = _mm256_mul_ps(p, pow2i8(_mm256_add_epi32(q, _mm256_set1_epi32(149))));
+    bits = _mm256_blendv_epi8(bits, _mm256_cvtps_epi32(ps), tiny); /* MXCSR: nearest even */
+    __m256 y = _mm256_and_ps(_mm256_castsi256_ps(bits), in); /* x < EXP_LO: 0 */
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY),
+                         _mm256_cmp_ps(x, _mm256_set1_ps(EXP_HI), _CMP_GT_OQ));
+    return _mm256_blendv_ps(y, _mm256_add_ps(x, x), _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+/* Fast when every lane's result is normal or 0 (x < EXP_LO, -inf included). */
+INLINE __m256 exp8(__m256 x) {
+    __m256 zero = _mm256_cmp_ps(x, _mm256_set1_ps(EXP_LO), _CMP_LT_OQ);
+    __m256 normal = _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(EXP_FAST_LO), _CMP_GE_OQ),
+                                  _mm256_cmp_ps(x, _mm256_set1_ps(EXP_HI), _CMP_LE_OQ));
+    if (__builtin_expect(_mm256_movemask_ps(_mm256_or_ps(zero, normal)) != 0xff, 0))
+        return exp8_general(x);
+    __m256i q;
+    __m256 p = exp8_reduced(x, &q);
+    __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(q, 23)));
+    return _mm256_and_ps(y, normal);
+}
+
+/* The tail (< 8 elements) goes through exp8 from a zeroed stack buffer, so
+   each element gets the value it would get in the body. */
+static void avx2_vexp(float *y, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float buf[8] = {0};
+        memcpy(buf, x + i, (size_t)(n - i) * sizeof(float));
+        _mm256_storeu_ps(buf, exp8(_mm256_loadu_ps(buf)));
+        memcpy(y + i, buf, (size_t)(n - i) * sizeof(float));
+    }
+}
+
 const dsc_simd_ops dsc_simd_avx2 = {
     .name = "avx2",
     .matvec = avx2_matvec,
     .pack_panel = avx2_pack_panel,
     .gemm_ukernel = avx2_ukernel,
     .gemm_mr = MR2,
+    .vexp = avx2_vexp,
 };

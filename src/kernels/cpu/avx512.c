@@ -243,10 +243,107 @@ static void avx512_ukernel(int64_t kc, const float *a, int64_t lda, const float 
     }
 }
 
+/* ---------------- exp ----------------
+ *
+ * exp(x) = 2^q * exp(s) with q = round(x * log2(e)) and s = x - q*ln2, so
+ * |s| <= ln2/2. The reduction is exact to well below an ulp: q is rounded
+ * inside the FMA that forms x*log2(e) (the 1.5*2^23 shifter leaves q in the
+ * low mantissa bits), x - q*LN2_HI is exact in one FMA (LN2_HI = ln2 to 24
+ * bits, |q| <= 150), and q*LN2_LO adds the next 24 bits of ln2. exp(s) is
+ * a degree-7 minimax polynomial (Horner, FMA, ending in two FMAs with 1;
+ * coefficients as in SLEEF's expf). Checked over every float input: within
+ * 0.874 ulp of the exact exp, so at most 1 ulp from the correctly rounded
+ * result (tests/kernels/test_exp.c holds it to 2).
+ *
+ * Scaling by 2^q: when every lane's result is a normal float or 0 (the
+ * common case: -87.33 <= x <= EXP_HI, or x < EXP_LO, -inf included) q is
+ * added to the exponent field. Otherwise (gradual underflow, overflow,
+ * +inf, NaN) the vector takes the general path, which also rounds results
+ * below 2^-125 into the subnormal grid (once, nearest even) and blends in
+ * the overflow / underflow cuts and NaN. Both paths give bit-identical
+ * results wherever both apply, so a lane's result does not depend on its
+ * neighbours (or on whether it sits in a tail).
+ */
+#define EXP_HI 0x1.62e42ep+6f     /* 88.7228317: largest x whose exp is finite */
+#define EXP_LO -0x1.9fe368p+6f    /* -103.972076: smallest x whose exp is not 0 */
+#define EXP_FAST_LO -87.33f       /* from here up, 2^q * exp(s) is normal */
+
+/* exp(s) for the reduced s, and q (as int32) in *q. */
+INLINE __m512 exp16_reduced(__m512 x, __m512i *q) {
+    const __m512 shifter = _mm512_set1_ps(0x1.8p23f);
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), shifter);
+    __m512 qf = _mm512_sub_ps(t, shifter);
+    *q = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(shifter));
+    __m512 s = _mm512_fnmadd_ps(qf, _mm512_set1_ps(0x1.62e43p-1f), x);
+    s = _mm512_fnmadd_ps(qf, _mm512_set1_ps(-0x1.05c61p-29f), s);
+    __m512 p = _mm512_set1_ps(0.000198527617612853646278381f);
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.00139304355252534151077271f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.00833336077630519866943359f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.0416664853692054748535156f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.166666671633720397949219f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.0f));
+    return _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.0f));
+}
+
+/* 2^k for -126 <= k <= 127 */
+INLINE __m512 pow2i16(__m512i k) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
+}
+
+/* The general path: any x, subnormal results computed. Lanes outside
+   [EXP_LO, EXP_HI] (and NaN) compute exp(0) and are replaced afterwards.
+   Where q <= -126 the result is below 2^-125, where a float's bit pattern
+   is its value in units of 2^-149: p * 2^(q+149) (exact, a normal float)
+   rounded to an integer (nearest even, once) is the result's bits,
+   subnormal or not, with no subnormal arithmetic (which costs a micro-code
+   assist on many CPUs, and would be flushed under FTZ). */
+static __attribute__((noinline)) __m512 exp16_general(__m512 x) {
+    __mmask16 in = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LO), _CMP_GE_OQ);
+    in = _mm512_mask_cmp_ps_mask(in, x, _mm512_set1_ps(EXP_HI), _CMP_LE_OQ);
+    __m512i q;
+    __m512 p = exp16_reduced(_mm512_maskz_mov_ps(in, x), &q); /* -150 <= q <= 128 */
+    __m512i bits = _mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(q, 23));
+    __mmask16 tiny = _mm512_cmp_epi32_mask(q, _mm512_set1_epi32(-126), _MM_CMPINT_LE);
+    __m512 ps = _mm512_mul_ps(p, pow2i16(_mm512_add_epi32(q, _mm512_set1_epi32(149))));
+    bits = _mm512_mask_mov_epi32(
+        bits, tiny, _mm512_cvt_roundps_epi32(ps, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m512 y = _mm512_maskz_mov_ps(in, _mm512_castsi512_ps(bits)); /* x < EXP_LO: 0 */
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_HI), _CMP_GT_OQ),
+                           _mm512_set1_ps(INFINITY));
+    return _mm512_mask_add_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x, x);
+}
+
+/* Fast when every lane's result is normal or 0 (x < EXP_LO: -inf is common,
+   the masked entries of causal attention rows); zero lanes compute garbage
+   that the zero-masked exponent add drops. */
+INLINE __m512 exp16(__m512 x) {
+    __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_LO), _CMP_LT_OQ);
+    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(EXP_FAST_LO), _CMP_GE_OQ);
+    normal = _mm512_mask_cmp_ps_mask(normal, x, _mm512_set1_ps(EXP_HI), _CMP_LE_OQ);
+    if (__builtin_expect((__mmask16)(zero | normal) != 0xffff, 0)) return exp16_general(x);
+    __m512i q;
+    __m512 p = exp16_reduced(x, &q);
+    return _mm512_castsi512_ps(
+        _mm512_maskz_add_epi32(normal, _mm512_castps_si512(p), _mm512_slli_epi32(q, 23)));
+}
+
+/* The tail goes through the same exp16 with masked loads/stores (lanes past
+   n read as 0 and are not stored). */
+static void avx512_vexp(float *y, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 mk = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, mk, exp16(_mm512_maskz_loadu_ps(mk, x + i)));
+    }
+}
+
 const dsc_simd_ops dsc_simd_avx512 = {
     .name = "avx512",
     .matvec = avx512_matvec,
     .pack_panel = avx512_pack_panel,
     .gemm_ukernel = avx512_ukernel,
     .gemm_mr = MR512,
+    .vexp = avx512_vexp,
 };

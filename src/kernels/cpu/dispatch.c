@@ -1,6 +1,6 @@
 /*
  * dispatch.c - the fast kernels the model calls: weight matmul, fp32 GEMMs,
- * RMSNorm, softmax, SiLU-gate.
+ * RMSNorm, exp, softmax, SiLU-gate.
  *
  * dsc_k_matmul has two paths:
  *  - m < GEMM_MIN_M (decode, small batches): one pass over W computing up to
@@ -240,9 +240,14 @@ void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int
 /* Rows shorter than this product are not worth a thread fork. */
 #define ROWWISE_PARALLEL_MIN 32768
 
-/* One row: exps of x - max (<= 0, so no overflow), their sum in double so a
+void dsc_k_exp(const dsc_kctx *k, float *y, const float *x, int64_t n) {
+    if (n > 0) (k ? k->ops : dsc_simd_best())->vexp(y, x, n);
+}
+
+/* One row: x - max (<= 0, so exp cannot overflow) into the row, the SIMD
+   exp in place, then the sum in double (8 lanes, as in rmsnorm_row) so a
    long attention row (100k+ keys) loses nothing to the order of addition. */
-static void softmax_row(float *x, int64_t d) {
+static void softmax_row(const dsc_simd_ops *ops, float *x, int64_t d) {
     float mx = -INFINITY;
     for (int64_t i = 0; i < d; i++) mx = x[i] > mx ? x[i] : mx;
     if (mx == -INFINITY) {
@@ -250,33 +255,44 @@ static void softmax_row(float *x, int64_t d) {
         memset(x, 0, (size_t)d * sizeof(float));
         return;
     }
-    double sum = 0.0;
-    for (int64_t i = 0; i < d; i++) {
-        float e = expf(x[i] - mx);
-        x[i] = e;
-        sum += e;
-    }
+    for (int64_t i = 0; i < d; i++) x[i] -= mx; /* -inf stays -inf: exp gives 0 */
+    ops->vexp(x, x, d);
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += (double)x[i + j];
+    for (; i < d; i++) s[0] += (double)x[i];
+    const double sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     const float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < d; i++) x[i] *= inv;
+    for (i = 0; i < d; i++) x[i] *= inv;
 }
 
 void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
+    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
 #pragma omp parallel for num_threads(k ? k->n_threads : 1) schedule(static) \
     if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
-    for (int64_t r = 0; r < n; r++) softmax_row(x + (size_t)r * (size_t)d, d);
+    for (int64_t r = 0; r < n; r++) softmax_row(ops, x + (size_t)r * (size_t)d, d);
 }
 
 /* silu(g) = g * sigmoid(g), with sigmoid from exp(-|g|) so the exponential
-   never overflows: g / (1 + expf(-g)) would give 0 for g < -88.7, where the
-   true value is still a normal float. */
+   never overflows: g / (1 + exp(-g)) would give 0 for g < -88.7, where the
+   true value is still a normal float. exp(-|g|) runs through the SIMD exp a
+   stack chunk at a time; out may alias g or u (each element is read before
+   it is written). */
 void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n) {
+    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
 #pragma omp parallel for num_threads(k ? k->n_threads : 1) schedule(static) \
     if (n >= 4 * ROWWISE_PARALLEL_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        float gv = g[i];
-        float e = expf(-fabsf(gv));
-        float sig = gv >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-        out[i] = gv * sig * u[i];
+    for (int64_t c0 = 0; c0 < n; c0 += VEC_CHUNK) {
+        const int64_t m = min64(VEC_CHUNK, n - c0);
+        float e[VEC_CHUNK];
+        for (int64_t i = 0; i < m; i++) e[i] = -fabsf(g[c0 + i]);
+        ops->vexp(e, e, m);
+        for (int64_t i = 0; i < m; i++) {
+            float gv = g[c0 + i];
+            float sig = gv >= 0.0f ? 1.0f / (1.0f + e[i]) : e[i] / (1.0f + e[i]);
+            out[c0 + i] = gv * sig * u[c0 + i];
+        }
     }
 }
 

@@ -34,6 +34,8 @@ typedef struct {
     void (*gemm_ukernel)(int64_t kc, const float *a, int64_t lda, const float *bp, float *c,
                          int64_t ldc, int64_t mr, int64_t nr, int load_c);
     int gemm_mr;
+    /* y[i] = exp(x[i]) for i < n, the contract of dsc_k_exp (y may equal x). */
+    void (*vexp)(float *y, const float *x, int64_t n);
 } dsc_simd_ops;
 
 extern const dsc_simd_ops dsc_simd_scalar;

@@ -1,0 +1,178 @@
+/*
+ * tm_impl.h - private to src/train/: the layout of the trainable model
+ * (parameters, saved activations, scratch) shared by its three files:
+ *   model_train.c  creation: parameters, activations, the public getters;
+ *   train_step.c   the forward and backward of the whole model;
+ *   attn_mla.c     MLA, the attention of a layer, behind tm_attn_ops.
+ *
+ * The attention seam. A decoder layer reaches its attention only through
+ * tm_attn_ops (forward: a->xn -> tm->y; backward: dy -> dx and the
+ * attention's parameter gradients), so that another attention (DSA's
+ * indexer on top of MLA, NSA) is a new table plus its tensors in
+ * model_train.c's parameter walk and its saved activations in carve_acts;
+ * the layer loop, MoE, MTP, the loss, the optimizer and the checkpoints do
+ * not change. An attention may add a loss of its own (DSA's indexer KL
+ * loss): fwd returns it (0 for MLA), the step adds it to the total, and
+ * bwd adds its gradient with the LM loss's (DSA's detached indexer inputs
+ * are then the attention's own business).
+ */
+#ifndef DSC_TRAIN_TM_IMPL_H
+#define DSC_TRAIN_TM_IMPL_H
+
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "model/model.h"
+#include "train/model_train.h"
+#include "train/ops.h"
+#include "train/tk.h"
+
+/* q_a_layernorm / kv_a_layernorm eps, fixed as in mla.c and transformers. */
+#define LATENT_EPS 1e-6
+
+typedef struct {
+    float *gate, *up, *down;   /* gate/up: (ff, d)  down: (d, ff) */
+    int64_t ff;
+} tm_mlp;
+
+typedef struct tm_attn_ops tm_attn_ops;
+
+typedef struct {
+    const tm_attn_ops *attn;       /* the layer's attention (MLA)      */
+    float *attn_norm, *ffn_norm;   /* (d)                              */
+    float *q_a, *q_a_norm;         /* (dq, d), (dq); NULL when dq == 0  */
+    float *q_b;                    /* (H*dqk, dq) or q_proj (H*dqk, d)  */
+    float *kv_a, *kv_a_norm;       /* (dc + dr, d), (dc)                */
+    float *kv_b;                   /* (H*(dn+dv), dc)                   */
+    float *o;                      /* (d, H*dv)                         */
+    int is_moe;
+    tm_mlp dense, shared;          /* shared.ff == 0: no shared experts */
+    float *router, *router_bias;   /* (E, d), (E) or NULL               */
+    tm_mlp *experts;               /* [E]                               */
+} tm_layer;
+
+/* What one layer's backward needs, for N = B*T tokens (rows). */
+typedef struct {
+    float *x;        /* (N, d) residual stream entering the layer      */
+    float *xn;       /* (N, d) attn_norm(x)                            */
+    float *qa;       /* (N, dq) q_a_proj(xn)                           */
+    float *qan;      /* (N, dq) q_a_layernorm(qa)                      */
+    float *q;        /* (N, H*dqk) per head [q_nope ; RoPE(q_pe)]      */
+    float *c;        /* (N, dc) latent before kv_a_layernorm           */
+    float *cn;       /* (N, dc) normed latent                          */
+    float *kpe;      /* (N, dr) RoPE(k_pe), shared by the heads        */
+    float *kv;       /* (N, H*(dn+dv)) kv_b_proj(cn)                   */
+    float *k;        /* (B, H, T, dqk) per-head keys [k_nope ; kpe]    */
+    float *o;        /* (N, H*dv) attention outputs                    */
+    float *lse;      /* (B, H, T) log-sum-exp of each attention row    */
+    float *xm;       /* (N, d) residual after attention                */
+    float *xn2;      /* (N, d) ffn_norm(xm)                            */
+    float *fg, *fu, *fh; /* (N, ff) dense or shared: gate, up, silu(g)*u */
+    /* MoE */
+    float *z;        /* (N, E) router logits                           */
+    int32_t *sel;    /* (N, K) chosen experts                          */
+    float *gw;       /* (N, K) their gate weights (gate_fwd)           */
+    int32_t *row_of; /* (N*K) row of (t, j) in the expert buffers      */
+    int32_t *tok;    /* (N*K) token of each expert row, grouped by expert */
+    int32_t *slot;   /* (N*K) t*K + j of each expert row               */
+    int64_t *off;    /* (E+1) first row of each expert                 */
+    float *eg, *eu, *eh; /* (N*K, moe_ff) experts' gate, up, hidden    */
+    float *ey;       /* (N*K, d) experts' outputs (before the gate weight) */
+} tm_act;
+
+struct dsc_train_model {
+    dsc_config cfg;
+    int64_t max_b, max_t, n_layers;
+    dsc_kctx *k;       /* fp32 GEMMs of the linear layers (OpenBLAS / packed) */
+    /* meta */
+    void *meta;
+    dsc_param *params;
+    int64_t n_params;
+    tm_layer *layers;
+    /* parameters, then gradients */
+    float *data, *grad;
+    int64_t n_floats;
+    float *embed, *final_norm, *lm_head;   /* lm_head == embed when tied */
+    /* activations */
+    float *acts;
+    tm_act *act;                   /* [L] (in meta)                       */
+    float *rope_cos, *rope_sin;    /* (max_t, dr/2) YaRN tables            */
+    int32_t *ids, *tgt;            /* (N) inputs, targets                  */
+    float *kva;                    /* (N, dc + dr)                         */
+    float *y;                      /* (N, d) block output                  */
+    float *xf, *xfn;               /* (N, d) final residual, final_norm    */
+    float *logits;                 /* (N, V); its gradient after the loss */
+    float *scores, *sel_score;     /* (N, E) routing scratch               */
+    float *sel_w;                  /* (N, K)                               */
+    float *group_ws;               /* (n_group)                            */
+    float *xe, *dxe, *dye;         /* (N, d) one expert's rows             */
+    float *dx, *dxn;               /* (N, d)                               */
+    float *dq, *dqan, *dqa;        /* (N, H*dqk), (N, dq), (N, dq)         */
+    float *dkva, *dc, *dcn, *dkpe; /* (N, dc+dr), (N, dc), (N, dc), (N, dr) */
+    float *dkv, *dk, *dO;          /* (N, H*(dn+dv)), (B,H,T,dqk), (N, H*dv) */
+    float *dh, *dg, *du;           /* (N, ff_max)                          */
+    float *dz, *dgw;               /* (N, E), (N, K)                       */
+    float *attn_ws;                /* [n_threads][dsc_tk_attn_scratch(max_t)] */
+    int64_t attn_ws_floats;        /* per thread                           */
+    int n_threads;                 /* of k                                 */
+    double *row_loss;              /* (N) cross-entropy terms              */
+    int64_t *load;                 /* (L, E)                               */
+    int64_t last_n;                /* tokens of the last forward           */
+    /* sequence-wise balance loss (spec §5.6) */
+    double bal_alpha;              /* 0: off                               */
+    double *bal_f, *bal_c;         /* (E) scratch                          */
+    double part_ce, part_bal, part_mtp;   /* of the last forward          */
+    /* MTP (spec §6, D = 1): layer n_layers of layers/act/load when has_mtp */
+    int has_mtp, mtp_ran;
+    double mtp_lambda;
+    float *mtp_enorm, *mtp_hnorm, *mtp_eh, *mtp_head_norm;   /* (d), (d), (d, 2d), (d) */
+    int32_t *mtp_ids, *mtp_tgt;    /* (N) tok[i+1], tok[i+2]               */
+    float *mtp_e, *mtp_en;         /* (N, d) Emb(tok[i+1]), enorm of it     */
+    float *mtp_h, *mtp_hn;         /* (N, d) main h_i (post-norm), hnorm    */
+    float *mtp_cat, *mtp_dcat;     /* (N, 2d) [en ; hn], its gradient       */
+    float *mtp_out, *mtp_outn;     /* (N, d) block output, shared_head.norm */
+    float *mtp_logits;             /* (N, V)                               */
+    float *mtp_dxf;                /* (N, d) MTP's gradient into main xfn   */
+};
+
+/* The linear layers through the fast fp32 GEMMs (the same contracts as
+   dsc_op_linear_fwd/bwd_f32, which stay the tested reference):
+   y = x W^T; dx += dy W; dW += dy^T x (NULL pointers skip a gradient). */
+static inline void lin_fwd(dsc_train_model_t *tm, float *y, const float *x, const float *W,
+                           int64_t n, int64_t din, int64_t dout) {
+    dsc_k_sgemm_nt(tm->k, n, dout, din, x, din, W, din, y, dout, 0);
+}
+
+static inline void lin_bwd(dsc_train_model_t *tm, float *dx, float *dW, const float *dy,
+                           const float *x, const float *W, int64_t n, int64_t din, int64_t dout) {
+    if (dx) dsc_k_sgemm_nn(tm->k, n, din, dout, dy, dout, W, din, dx, din, 1);
+    if (dW) dsc_k_sgemm_tn(tm->k, dout, din, n, dy, dout, x, din, dW, din, 1);
+}
+
+
+
+/* The gradient of a parameter: same offset in the gradient half. */
+static inline float *G(const dsc_train_model_t *tm, const float *p) {
+    return tm->grad + (p - tm->data);
+}
+
+static inline void zero(float *x, int64_t n) {
+    if (n > 0) memset(x, 0, (size_t)n * sizeof *x);
+}
+
+/* An attention for decoder layer l over B sequences of T tokens, whose
+   input is tm->act[l].xn (N, d), N = B*T. */
+struct tm_attn_ops {
+    const char *name;
+    /* output into tm->y (N, d); returns the attention's own loss term
+       (already weighted; 0 when it has none) */
+    double (*fwd)(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T);
+    /* dy (N, d) in; adds into dx (N, d) and the attention's gradients */
+    void (*bwd)(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                float *dx);
+};
+
+/* MLA in its training (naive) form, spec §2 (attn_mla.c). */
+extern const tm_attn_ops dsc_tattn_mla;
+
+#endif
