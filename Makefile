@@ -83,6 +83,8 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 $(TEST_OBJ): CFLAGS += -Itests
 $(BUILD)/src/kernels/cpu/avx2.o:   CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
+# the row loops of the training kernels rely on the vectoriser (see tk.c)
+$(BUILD)/src/train/tk.o:           CFLAGS += -O3
 
 SETTINGS := CC=$(CC) OPT=$(OPT) SAN=$(SAN) NO_OMP=$(NO_OMP) NO_BLAS=$(NO_BLAS)
 

@@ -7,6 +7,25 @@
 
 #include "train/tk.h"
 
+/*
+ * Vectorisation. The row loops below (max, sums, scaling, the SwiGLU and
+ * RMSNorm formulas) are plain C that the compiler vectorises (this file
+ * is built with -O3, see the Makefile). TK_ROW marks the functions holding
+ * them: with GCC on x86-64 each is built three times, for AVX-512
+ * (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline, and the loader
+ * picks the one this CPU runs (an ifunc). The variants differ only in
+ * vector width, so in the order of the partial sums (none of which
+ * crosses a value returned to the caller unrounded). The exps are
+ * dsc_k_exp, SIMD on its own. ISO C mode keeps fp-contract off, so no
+ * variant fuses a multiply-add the others round twice.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(DSC_TK_NO_CLONES)
+#define TK_ROW __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define TK_ROW
+#endif
+
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Threads for a row-wise pass over `work` elements: forking costs
@@ -16,26 +35,71 @@ static int row_threads(const dsc_kctx *k, int64_t work) {
     return work < 32768 ? 1 : nt;
 }
 
+/* Max and double sum of n floats, each over eight interleaved partials:
+   a single running max or sum is a chain of dependent instructions (4+
+   cycles each), eight independent chains vectorise and overlap. NaN
+   entries are skipped by the max (they still poison the sum). */
+static inline float row_max(const float *x, int64_t n) {
+    float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                  -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int q = 0; q < 8; q++) m[q] = x[j + q] > m[q] ? x[j + q] : m[q];
+    for (; j < n; j++) m[0] = x[j] > m[0] ? x[j] : m[0];
+    for (int q = 1; q < 8; q++) m[0] = m[q] > m[0] ? m[q] : m[0];
+    return m[0];
+}
+
+static inline double row_sum(const float *x, int64_t n) {
+    double s[8] = {0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int q = 0; q < 8; q++) s[q] += x[j + q];
+    for (; j < n; j++) s[0] += x[j];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 /* ---- attention ---- */
 
 int64_t dsc_tk_attn_scratch(int64_t n) { return 2 * DSC_TK_QB * (n > 0 ? n : 1); }
 
-/* Row of scores s (lk wide) of a query that sees keys [0, vis): becomes
-   softmax(scale s) over them and 0 past them; returns its log-sum-exp. */
-static float softmax_row(float *s, int64_t vis, int64_t lk, float scale) {
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < vis; j++) {
-        s[j] *= scale;
-        mx = s[j] > mx ? s[j] : mx;
+/* Rows [i0, i0+rows) of a score tile S (rows, lk): row r sees keys
+   [0, i0+r+1) and becomes softmax(scale s) over them, 0 past them; its
+   log-sum-exp goes to lse[r]. */
+TK_ROW static void softmax_tile(float *S, float *lse, int64_t rows, int64_t lk, int64_t i0,
+                                float scale) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *s = S + r * lk;
+        int64_t vis = i0 + r + 1;
+        for (int64_t j = 0; j < vis; j++) s[j] *= scale;
+        float mx = row_max(s, vis);
+        for (int64_t j = 0; j < vis; j++) s[j] -= mx;
+        dsc_k_exp(NULL, s, s, vis);
+        double sum = row_sum(s, vis);
+        float inv = (float)(1.0 / sum);
+        for (int64_t j = 0; j < vis; j++) s[j] *= inv;
+        if (lk > vis) memset(s + vis, 0, (size_t)(lk - vis) * sizeof *s);
+        lse[r] = (float)((double)mx + log(sum));
     }
-    for (int64_t j = 0; j < vis; j++) s[j] -= mx;
-    dsc_k_exp(NULL, s, s, vis);
-    double sum = 0.0;
-    for (int64_t j = 0; j < vis; j++) sum += s[j];
-    float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < vis; j++) s[j] *= inv;
-    if (lk > vis) memset(s + vis, 0, (size_t)(lk - vis) * sizeof *s);
-    return (float)((double)mx + log(sum));
+}
+
+/* The backward's tiles: P = exp(scale S - lse) (masked to 0), then
+   dS = scale P (dP - D) with D_r = dO_r . O_r, dP given in dS. */
+TK_ROW static void attn_bwd_tile(float *P, float *dS, const float *lse, const float *dOb,
+                                 const float *Ob, int64_t ldo, int64_t dv, int64_t rows,
+                                 int64_t lk, int64_t i0, float scale) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *p = P + r * lk, l = lse[r];
+        int64_t vis = i0 + r + 1;
+        for (int64_t j = 0; j < vis; j++) p[j] = p[j] * scale - l;
+        dsc_k_exp(NULL, p, p, vis);
+        if (lk > vis) memset(p + vis, 0, (size_t)(lk - vis) * sizeof *p);
+        const float *go = dOb + r * ldo, *o = Ob + r * ldo;
+        double Di = 0.0;
+        for (int64_t c = 0; c < dv; c++) Di += (double)go[c] * o[c];
+        float D = (float)Di, *ds = dS + r * lk;
+        for (int64_t j = 0; j < lk; j++) ds[j] = scale * p[j] * (ds[j] - D);
+    }
 }
 
 void dsc_tk_attn_fwd(float *O, float *lse, const float *Q, const float *K, const float *V,
@@ -45,8 +109,7 @@ void dsc_tk_attn_fwd(float *O, float *lse, const float *Q, const float *K, const
     for (int64_t i0 = 0; i0 < n; i0 += DSC_TK_QB) {
         int64_t rows = min64(DSC_TK_QB, n - i0), lk = i0 + rows;
         dsc_k_sgemm_nt(NULL, rows, lk, dqk, Q + i0 * d->ldq, d->ldq, K, d->ldk, S, lk, 0);
-        for (int64_t r = 0; r < rows; r++)
-            lse[i0 + r] = softmax_row(S + r * lk, i0 + r + 1, lk, scale);
+        softmax_tile(S, lse + i0, rows, lk, i0, scale);
         dsc_k_sgemm_nn(NULL, rows, dv, lk, S, lk, V, d->ldv, O + i0 * d->ldo, d->ldo, 0);
     }
 }
@@ -61,23 +124,9 @@ void dsc_tk_attn_bwd(float *dQ, float *dK, float *dV, const float *dO, const flo
         const float *Qb = Q + i0 * d->ldq, *dOb = dO + i0 * d->ldo;
         /* P = exp(scale Q K^T - lse), recomputed */
         dsc_k_sgemm_nt(NULL, rows, lk, dqk, Qb, d->ldq, K, d->ldk, P, lk, 0);
-        for (int64_t r = 0; r < rows; r++) {
-            float *p = P + r * lk, l = lse[i0 + r];
-            int64_t vis = i0 + r + 1;
-            for (int64_t j = 0; j < vis; j++) p[j] = p[j] * scale - l;
-            dsc_k_exp(NULL, p, p, vis);
-            if (lk > vis) memset(p + vis, 0, (size_t)(lk - vis) * sizeof *p);
-        }
         /* dP = dO V^T; dS = scale P (dP - D), D_i = dO_i . O_i */
         dsc_k_sgemm_nt(NULL, rows, lk, dv, dOb, d->ldo, V, d->ldv, dS, lk, 0);
-        for (int64_t r = 0; r < rows; r++) {
-            const float *go = dOb + r * d->ldo, *o = O + (i0 + r) * d->ldo;
-            double Di = 0.0;
-            for (int64_t c = 0; c < dv; c++) Di += (double)go[c] * o[c];
-            float D = (float)Di, *ds = dS + r * lk;
-            const float *p = P + r * lk;
-            for (int64_t j = 0; j < lk; j++) ds[j] = scale * p[j] * (ds[j] - D);
-        }
+        attn_bwd_tile(P, dS, lse + i0, dOb, O + i0 * d->ldo, d->ldo, dv, rows, lk, i0, scale);
         if (dQ) dsc_k_sgemm_nn(NULL, rows, dqk, lk, dS, lk, K, d->ldk, dQ + i0 * d->ldq, d->ldq, 1);
         if (dK) dsc_k_sgemm_tn(NULL, lk, dqk, rows, dS, lk, Qb, d->ldq, dK, d->ldk, 1);
         if (dV) dsc_k_sgemm_tn(NULL, lk, dv, rows, P, lk, dOb, d->ldo, dV, d->ldv, 1);
@@ -89,16 +138,28 @@ void dsc_tk_attn_bwd(float *dQ, float *dK, float *dV, const float *dO, const flo
 /* Exps summed in chunks through a stack buffer, logits left as they are. */
 #define XCHUNK 512
 
-static double sum_exp(const float *z, int64_t V, float mx) {
-    float buf[XCHUNK];
+/* One row's loss term lse(z) - z[y]; with grad, z becomes
+   gscale (softmax(z) - onehot(y)). */
+TK_ROW static double xent_row(float *z, int64_t V, int32_t y, int grad, double gscale) {
+    float mx = row_max(z, V), zy = z[y];
     double sum = 0.0;
-    for (int64_t v0 = 0; v0 < V; v0 += XCHUNK) {
-        int64_t m = min64(XCHUNK, V - v0);
-        for (int64_t i = 0; i < m; i++) buf[i] = z[v0 + i] - mx;
-        dsc_k_exp(NULL, buf, buf, m);
-        for (int64_t i = 0; i < m; i++) sum += buf[i];
+    if (grad) {
+        for (int64_t v = 0; v < V; v++) z[v] -= mx;
+        dsc_k_exp(NULL, z, z, V);
+        sum = row_sum(z, V);
+        float g = (float)(gscale / sum);
+        for (int64_t v = 0; v < V; v++) z[v] *= g;
+        z[y] -= (float)gscale;
+    } else {
+        float buf[XCHUNK];
+        for (int64_t v0 = 0; v0 < V; v0 += XCHUNK) {
+            int64_t m = min64(XCHUNK, V - v0);
+            for (int64_t i = 0; i < m; i++) buf[i] = z[v0 + i] - mx;
+            dsc_k_exp(NULL, buf, buf, m);
+            sum += row_sum(buf, m);
+        }
     }
-    return sum;
+    return log(sum) - ((double)zy - (double)mx);
 }
 
 double dsc_tk_xent(dsc_kctx *k, float *logits, const int32_t *targets, int64_t n, int64_t V,
@@ -111,28 +172,12 @@ double dsc_tk_xent(dsc_kctx *k, float *logits, const int32_t *targets, int64_t n
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < n; t++) {
         float *z = logits + t * V;
-        int32_t y = targets[t];
-        row_loss[t] = 0.0;
-        if (y < 0) {
+        if (targets[t] < 0) {
+            row_loss[t] = 0.0;
             if (grad) memset(z, 0, (size_t)V * sizeof *z);
-            continue;
-        }
-        float mx = -INFINITY;
-        for (int64_t v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-        float zy = z[y];
-        double sum;
-        if (grad) {
-            for (int64_t v = 0; v < V; v++) z[v] -= mx;
-            dsc_k_exp(NULL, z, z, V);
-            sum = 0.0;
-            for (int64_t v = 0; v < V; v++) sum += z[v];
-            float g = (float)(gscale / sum);
-            for (int64_t v = 0; v < V; v++) z[v] *= g;
-            z[y] -= (float)gscale;
         } else {
-            sum = sum_exp(z, V, mx);
+            row_loss[t] = xent_row(z, V, targets[t], grad, gscale);
         }
-        row_loss[t] = log(sum) - ((double)zy - (double)mx);
     }
     double total = 0.0;
     for (int64_t t = 0; t < n; t++) total += row_loss[t];
@@ -145,7 +190,7 @@ double dsc_tk_xent(dsc_kctx *k, float *logits, const int32_t *targets, int64_t n
    loop still vectorises): a float sum of squares overflows for |x| ~ 1e19,
    which would turn a diverged model's rows into zeros and hide the
    divergence behind a finite loss. */
-static float rms_inv(const float *x, int64_t d, float eps) {
+static inline float rms_inv(const float *x, int64_t d, float eps) {
     double acc[8] = {0};
     int64_t j = 0;
     for (; j + 8 <= d; j += 8)
@@ -157,7 +202,7 @@ static float rms_inv(const float *x, int64_t d, float eps) {
 }
 
 /* sum_j a_j b_j c_j, in double as above. */
-static double dot3(const float *a, const float *b, const float *c, int64_t d) {
+static inline double dot3(const float *a, const float *b, const float *c, int64_t d) {
     double acc[8] = {0};
     int64_t j = 0;
     for (; j + 8 <= d; j += 8)
@@ -168,11 +213,9 @@ static double dot3(const float *a, const float *b, const float *c, int64_t d) {
     return s;
 }
 
-void dsc_tk_rmsnorm_fwd(dsc_kctx *k, float *y, const float *x, const float *w, int64_t n,
-                        int64_t d, float eps) {
-    const int nt = row_threads(k, n * d);
-    (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(static)
+/* Rows [0, n) of width d. */
+TK_ROW static void rmsnorm_fwd_rows(float *y, const float *x, const float *w, int64_t n,
+                                    int64_t d, float eps) {
     for (int64_t t = 0; t < n; t++) {
         const float *xr = x + t * d;
         float *yr = y + t * d, r = rms_inv(xr, d, eps);
@@ -180,72 +223,83 @@ void dsc_tk_rmsnorm_fwd(dsc_kctx *k, float *y, const float *x, const float *w, i
     }
 }
 
-/* dx_k += r w_k dy_k - (r^3 / d) x_k sum_j w_j dy_j x_j (computed as below);
-   dw_j += sum_t dy_tj x_tj r_t (rows in order, so the sum is fixed). */
+/* dx = r (w g - xhat m), xhat = r x, m = mean(w g xhat): no r^3 factor,
+   which underflows for large rows. */
+TK_ROW static void rmsnorm_dx_rows(float *dx, const float *dy, const float *x, const float *w,
+                                   int64_t n, int64_t d, float eps) {
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = x + t * d, *g = dy + t * d;
+        float r = rms_inv(xr, d, eps);
+        float m = (float)(dot3(w, g, xr, d) * r / (double)d);
+        float *o = dx + t * d;
+        for (int64_t j = 0; j < d; j++) o[j] += r * (w[j] * g[j] - (r * xr[j]) * m);
+    }
+}
+
+/* dw_j += sum_t dy_tj x_tj r_t, rows in order (a fixed sum). */
+TK_ROW static void rmsnorm_dw_rows(float *dw, const float *dy, const float *x, int64_t n,
+                                   int64_t d, float eps) {
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = x + t * d, *g = dy + t * d;
+        float r = rms_inv(xr, d, eps);
+        for (int64_t j = 0; j < d; j++) dw[j] += g[j] * xr[j] * r;
+    }
+}
+
+/* Rows split in nt contiguous parts, one per thread. */
+#define FOR_ROW_PARTS(nt, n, lo, hi)                                              \
+    _Pragma("omp parallel for num_threads(nt) schedule(static, 1)")             \
+    for (int part = 0; part < (nt); part++)                                       \
+        for (int64_t lo = (n) * part / (nt), hi = (n) * (part + 1) / (nt); lo < hi; lo = hi)
+
+void dsc_tk_rmsnorm_fwd(dsc_kctx *k, float *y, const float *x, const float *w, int64_t n,
+                        int64_t d, float eps) {
+    const int nt = row_threads(k, n * d);
+    FOR_ROW_PARTS(nt, n, lo, hi)
+    rmsnorm_fwd_rows(y + lo * d, x + lo * d, w, hi - lo, d, eps);
+}
+
 void dsc_tk_rmsnorm_bwd(dsc_kctx *k, float *dx, float *dw, const float *dy, const float *x,
                         const float *w, int64_t n, int64_t d, float eps) {
     const int nt = row_threads(k, n * d);
-    (void)nt;
     if (dx) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t t = 0; t < n; t++) {
-            const float *xr = x + t * d, *g = dy + t * d;
-            float r = rms_inv(xr, d, eps);
-            /* dx = r (w g - xhat m), xhat = r x, m = mean(w g xhat): no
-               r^3 factor, which underflows for large rows */
-            float m = (float)(dot3(w, g, xr, d) * r / (double)d);
-            float *o = dx + t * d;
-            for (int64_t j = 0; j < d; j++) o[j] += r * (w[j] * g[j] - (r * xr[j]) * m);
-        }
+        FOR_ROW_PARTS(nt, n, lo, hi)
+        rmsnorm_dx_rows(dx + lo * d, dy + lo * d, x + lo * d, w, hi - lo, d, eps);
     }
-    if (dw) {
-        for (int64_t t = 0; t < n; t++) {
-            const float *xr = x + t * d, *g = dy + t * d;
-            float r = rms_inv(xr, d, eps);
-            for (int64_t j = 0; j < d; j++) dw[j] += g[j] * xr[j] * r;
-        }
-    }
+    if (dw) rmsnorm_dw_rows(dw, dy, x, n, d, eps);
 }
 
 /* ---- SwiGLU ---- */
 
-/* sigmoid of m values from exp(-|g|) (never overflows), through dsc_k_exp. */
-static void sigmoid_chunk(float *sig, const float *g, int64_t m) {
+#define SCHUNK 256
+
+/* sigmoid of m <= SCHUNK values from exp(-|g|) (never overflows), through
+   dsc_k_exp; branch-free (the signs of g are random): numerator 1 for
+   g >= 0, e otherwise. */
+static inline void sigmoid_chunk(float *sig, const float *g, int64_t m) {
     for (int64_t i = 0; i < m; i++) sig[i] = -fabsf(g[i]);
     dsc_k_exp(NULL, sig, sig, m);
-    /* branch-free (the signs of g are random, a branch mispredicts half
-       the time): numerator 1 for g >= 0, e otherwise */
     for (int64_t i = 0; i < m; i++) {
         float e = sig[i], num = g[i] >= 0.0f ? 1.0f : e;
         sig[i] = num / (1.0f + e);
     }
 }
 
-#define SCHUNK 256
-
-void dsc_tk_swiglu_fwd(dsc_kctx *k, float *h, const float *g, const float *u, int64_t m) {
-    int64_t nc = (m + SCHUNK - 1) / SCHUNK;
-    const int nt = row_threads(k, m);
-    (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t c = 0; c < nc; c++) {
-        float sig[SCHUNK];
-        int64_t i0 = c * SCHUNK, len = min64(SCHUNK, m - i0);
+TK_ROW static void swiglu_fwd_span(float *h, const float *g, const float *u, int64_t m) {
+    float sig[SCHUNK];
+    for (int64_t i0 = 0; i0 < m; i0 += SCHUNK) {
+        int64_t len = min64(SCHUNK, m - i0);
         sigmoid_chunk(sig, g + i0, len);
         for (int64_t i = 0; i < len; i++) h[i0 + i] = g[i0 + i] * sig[i] * u[i0 + i];
     }
 }
 
 /* silu'(g) = sig(g) (1 + g (1 - sig(g))). */
-void dsc_tk_swiglu_bwd(dsc_kctx *k, float *dg, float *du, const float *dh, const float *g,
-                       const float *u, int64_t m) {
-    int64_t nc = (m + SCHUNK - 1) / SCHUNK;
-    const int nt = row_threads(k, m);
-    (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t c = 0; c < nc; c++) {
-        float sig[SCHUNK];
-        int64_t i0 = c * SCHUNK, len = min64(SCHUNK, m - i0);
+TK_ROW static void swiglu_bwd_span(float *dg, float *du, const float *dh, const float *g,
+                                   const float *u, int64_t m) {
+    float sig[SCHUNK];
+    for (int64_t i0 = 0; i0 < m; i0 += SCHUNK) {
+        int64_t len = min64(SCHUNK, m - i0);
         sigmoid_chunk(sig, g + i0, len);
         for (int64_t i = 0; i < len; i++) {
             float gv = g[i0 + i], s = sig[i], gh = dh[i0 + i];
@@ -253,4 +307,17 @@ void dsc_tk_swiglu_bwd(dsc_kctx *k, float *dg, float *du, const float *dh, const
             du[i0 + i] = gh * gv * s;
         }
     }
+}
+
+void dsc_tk_swiglu_fwd(dsc_kctx *k, float *h, const float *g, const float *u, int64_t m) {
+    const int nt = row_threads(k, m);
+    FOR_ROW_PARTS(nt, m, lo, hi)
+    swiglu_fwd_span(h + lo, g + lo, u + lo, hi - lo);
+}
+
+void dsc_tk_swiglu_bwd(dsc_kctx *k, float *dg, float *du, const float *dh, const float *g,
+                       const float *u, int64_t m) {
+    const int nt = row_threads(k, m);
+    FOR_ROW_PARTS(nt, m, lo, hi)
+    swiglu_bwd_span(dg + lo, du + lo, dh + lo, g + lo, u + lo, hi - lo);
 }
