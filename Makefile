@@ -83,8 +83,9 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 $(TEST_OBJ): CFLAGS += -Itests
 $(BUILD)/src/kernels/cpu/avx2.o:   CFLAGS += -mavx2 -mfma -mf16c
 $(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c
-# the row loops of the training kernels rely on the vectoriser (see tk.c)
+# the row loops of the training kernels and AdamW rely on the vectoriser (util.h)
 $(BUILD)/src/train/tk.o:           CFLAGS += -O3
+$(BUILD)/src/train/optim.o:        CFLAGS += -O3
 
 SETTINGS := CC=$(CC) OPT=$(OPT) SAN=$(SAN) NO_OMP=$(NO_OMP) NO_BLAS=$(NO_BLAS)
 

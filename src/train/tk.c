@@ -6,25 +6,14 @@
 #include <string.h>
 
 #include "train/tk.h"
+#include "util/util.h"
 
-/*
- * Vectorisation. The row loops below (max, sums, scaling, the SwiGLU and
- * RMSNorm formulas) are plain C that the compiler vectorises (this file
- * is built with -O3, see the Makefile). TK_ROW marks the functions holding
- * them: with GCC on x86-64 each is built three times, for AVX-512
- * (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline, and the loader
- * picks the one this CPU runs (an ifunc). The variants differ only in
- * vector width, so in the order of the partial sums (none of which
- * crosses a value returned to the caller unrounded). The exps are
- * dsc_k_exp, SIMD on its own. ISO C mode keeps fp-contract off, so no
- * variant fuses a multiply-add the others round twice.
- */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(__SANITIZE_ADDRESS__) && !defined(DSC_TK_NO_CLONES)
-#define TK_ROW __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TK_ROW
-#endif
+/* The row loops below (max, sums, scaling, the SwiGLU and RMSNorm
+   formulas) are plain C for the vectoriser: this file is built with -O3
+   and the functions holding them are DSC_VEC_CLONES (util.h), i.e. built
+   for AVX-512, AVX2 and the baseline. The exps are dsc_k_exp (SIMD on its
+   own). */
+#define TK_ROW DSC_VEC_CLONES
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 

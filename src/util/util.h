@@ -53,4 +53,22 @@ dsc_status dsc_read_file(const char *path, char **out, size_t *len, dsc_err *err
 int dsc_thread_id(void);
 /* Threads an OpenMP region gets by default (1 without OpenMP). */
 int dsc_max_threads(void);
+/*
+ * DSC_VEC_CLONES marks a function of plain-C loops that the vectoriser
+ * turns into SIMD code (its file built with -O3): with GCC on x86-64 it is
+ * compiled for AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3) and the
+ * baseline, and the loader picks the one this CPU runs (an ifunc). ISO C
+ * mode keeps fp-contract off, so the variants round every operation alike;
+ * they differ only where a loop keeps several partial sums per lane width.
+ * Off under AddressSanitizer (ifuncs resolve before it is up) and with
+ * DSC_NO_CLONES.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(DSC_NO_CLONES)
+#define DSC_VEC_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DSC_VEC_CLONES
+#endif
+
 #endif
