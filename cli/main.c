@@ -405,11 +405,14 @@ int cmd_info(const cli_opts *o) {
         printf("index cache  : %lld values/token (%lld per layer) = %s/token fp32, %s/token "
                "fp8 + scale\n", (long long)per, (long long)c->index_head_dim, b1, b2);
     }
-    if (c->num_nextn_predict_layers > 0)
-        printf("mtp          : %lld layer(s) in the files, NOT used by this build "
-               "(%lld tensors, %lld params skipped)\n",
-               (long long)c->num_nextn_predict_layers, (long long)in.n_tensors_skipped,
-               (long long)in.n_params_skipped);
+    if (in.n_mtp_modules > 0)
+        printf("mtp          : %lld module(s), %lld params, loaded for speculative decoding "
+               "(run --spec mtp); %lld stored copies of the embedding/head skipped\n",
+               (long long)in.n_mtp_modules, (long long)in.n_params_mtp,
+               (long long)in.n_tensors_skipped);
+    else if (c->num_nextn_predict_layers > 0)
+        printf("mtp          : config says %lld layer(s), the files hold none\n",
+               (long long)c->num_nextn_predict_layers);
     printf("params       : %lld total, %lld active per token (%.1f%%)\n",
            (long long)in.n_params, (long long)in.n_params_active,
            in.n_params ? 100.0 * (double)in.n_params_active / (double)in.n_params : 0.0);

@@ -145,6 +145,12 @@ typedef struct {
     int64_t mha_cache_values_per_token;     /* H*(d_qk + d_v) * layers             */
     dsc_dtype dominant_dtype;     /* dtype holding most weight bytes               */
     int64_t dtype_bytes[4];       /* bound weight bytes per dsc_dtype              */
+    /* MTP modules (model.layers.{L + i}.*), bound for speculative decoding
+       when the files hold them; not counted in n_params / weight_bytes. */
+    int64_t n_mtp_modules;        /* 0: none in the files (or config says 0)      */
+    int64_t n_params_mtp;         /* their elements (the stored copies of the
+                                     embedding and head excluded: the main
+                                     model's are used)                            */
 } dsc_model_info;
 
 /* Fill info with the counts and sizes computed at load (never fails). */
@@ -155,6 +161,19 @@ typedef enum {
     DSC_ATTN_ABSORBED = 0, /* W^UK folded into the query, W^UV after attention  */
     DSC_ATTN_NAIVE,        /* per-head K/V decompressed from the cached latents  */
 } dsc_attn_mode;
+
+/* Speculative decoding with the model's MTP modules as the draft (spec §6). */
+typedef enum {
+    DSC_SPEC_NONE = 0,  /* plain decoding                                          */
+    DSC_SPEC_MTP,       /* always speculate; dsc_ctx_new fails with DSC_ERR_MISSING
+                           when the model has no MTP module                         */
+    DSC_SPEC_AUTO,      /* speculate if the model has MTP modules and a measurement
+                           at the start of each dsc_generate call says it pays;
+                           plain decoding otherwise (dsc_ctx_spec_note says why)    */
+} dsc_spec_mode;
+
+/* Most tokens drafted per speculation step. */
+#define DSC_SPEC_MAX_DRAFT 8
 
 /* Storage of the DSA indexer's key cache (one index_head_dim key per token). */
 typedef enum {
@@ -176,6 +195,13 @@ typedef struct {
        a power of two for ue8m0 checkpoints). Implies an FP8 key cache. Off by
        default, as transformers scores in fp32. */
     int index_fp8;
+    /* Speculative decoding (dsc_generate): the MTP chain drafts draft_n
+       tokens per step (0: the model's number of MTP modules; more than
+       that reuses the last module on its own output), the main model
+       verifies them in one pass. The context then also holds each MTP
+       module's latent (and DSA key) cache. */
+    dsc_spec_mode spec;
+    int draft_n;          /* 0..DSC_SPEC_MAX_DRAFT                                 */
 } dsc_ctx_params;
 
 dsc_ctx_params dsc_ctx_default_params(void);
@@ -224,6 +250,14 @@ int64_t dsc_ctx_n_past(const dsc_ctx_t *c);
 const int32_t *dsc_ctx_tokens(const dsc_ctx_t *c);
 /* Forget every cached token (n_past = 0). */
 void dsc_ctx_reset(dsc_ctx_t *c);
+
+/* Whether dsc_generate speculates on this context (its spec mode is not
+   NONE and the model has MTP modules; AUTO may still decide per call), the
+   tokens it drafts per step, and a one-line note on the choice (e.g. why
+   AUTO decoded plainly in the last call); never NULL. */
+int dsc_ctx_spec_enabled(const dsc_ctx_t *c);
+int dsc_ctx_spec_draft_n(const dsc_ctx_t *c);
+const char *dsc_ctx_spec_note(const dsc_ctx_t *c);
 
 /*
  * Touch every page of the weight files so that they are resident before the
@@ -334,12 +368,30 @@ typedef enum {
     DSC_STOP_CALLBACK,   /* on_token asked to stop                                */
 } dsc_stop_reason;
 
+/* Speculation counters of one dsc_generate call (all 0 when it decoded
+   plainly throughout). */
+typedef struct {
+    int active;          /* speculation ran (AUTO: the measurement chose it)      */
+    int64_t n_steps;     /* verify passes of the main model                       */
+    int64_t n_drafted[DSC_SPEC_MAX_DRAFT];   /* drafts at step position j        */
+    int64_t n_accepted[DSC_SPEC_MAX_DRAFT];  /* of them accepted                 */
+    int64_t n_spec_tokens;  /* tokens committed by speculation steps              */
+    double spec_s;       /* seconds of the speculation steps                      */
+    int64_t n_plain;     /* tokens decoded one at a time (AUTO's and the speedup's
+                            measurement: the first few of the call)               */
+    double plain_s;      /* seconds of those                                      */
+    /* routed experts touched: distinct experts per MoE layer and main-model
+       pass, summed, over the speculation steps and over the plain steps */
+    int64_t experts_spec, experts_plain;
+} dsc_spec_stats;
+
 typedef struct {
     int64_t n_prompt;    /* tokens prefilled by the call (a pending one included) */
     int64_t n_gen;       /* tokens sampled by the call                            */
     double prompt_s;     /* seconds of prefill                                    */
     double gen_s;        /* seconds of the sample/decode loop                     */
     dsc_stop_reason stop;
+    dsc_spec_stats spec;
 } dsc_gen_stats;
 
 /* Called for each sampled id (EOS included); return nonzero to stop. */
@@ -354,6 +406,17 @@ typedef int (*dsc_token_cb)(void *user, int32_t id);
  * start of the next dsc_generate call, so a chat can continue the cache
  * without re-prefilling earlier turns. eos_id < 0: no EOS stop.
  * The sampler must be made for the model's vocab_size.
+ * On a context made with a spec mode (dsc_ctx_params.spec), decoding is
+ * speculative: each step the MTP chain drafts draft_n tokens after the last
+ * committed one, the main model runs on all of them in one pass, and the
+ * standard rule accepts a prefix (greedy: a draft is kept when it is the
+ * argmax; sampling: kept with probability min(1, p/q), else the token is
+ * drawn from max(0, p - q) normalised, p and q the sampler's final
+ * distributions of the main model and the draft), so the output is the
+ * plain decoder's (greedy: token for token; sampling: in distribution). The
+ * first few tokens of a call are decoded plainly to measure the speedup
+ * (and, for AUTO, to choose). Rejected drafts are rolled back in every
+ * cache. Callbacks see each token once, in order, as without speculation.
  * Errors (DSC_ERR_ARG, nothing is fed): the prompt does not fit the context,
  * a prompt id is out of range, a sampler of another vocabulary size; or any
  * dsc_forward error.

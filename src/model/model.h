@@ -57,6 +57,14 @@ typedef struct {
     dsc_mlp *experts;          /* [E], ff = moe_intermediate_size              */
 } dsc_layer;
 
+/* One MTP module (spec §6): model.layers.{L + i}.* */
+typedef struct {
+    dsc_layer ly;              /* its decoder block (MLA, DSA indexer, FFN/MoE) */
+    dsc_wmat enorm, hnorm;     /* (d) RMSNorm of the embedding / the hidden     */
+    dsc_wmat eh;               /* (d, 2d) eh_proj over [enorm(e) ; hnorm(h)]    */
+    dsc_wmat head_norm;        /* (d) shared_head.norm before the shared head   */
+} dsc_mtp;
+
 struct dsc_model {
     dsc_config cfg;
     dsc_st_set *st;            /* owns the mappings                            */
@@ -65,6 +73,9 @@ struct dsc_model {
     dsc_wmat lm_head;          /* (V, d)  = embed when tied                    */
     dsc_layer *layers;         /* [n_layers]                                   */
     dsc_mlp *expert_pool;      /* one allocation for every layer's experts     */
+    dsc_mtp *mtp;              /* [n_mtp] MTP modules, when the files hold them */
+    dsc_mlp *mtp_expert_pool;  /* their experts                                */
+    int64_t n_mtp;
     dsc_model_info info;
 };
 

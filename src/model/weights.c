@@ -4,8 +4,12 @@
  * Binding checks each expected tensor's dtype and exact shape, pairs every
  * F8_E4M3 weight with its `<name>_scale_inv` (F32, [ceil(rows/128)][ceil(cols/128)]),
  * and then walks the file's tensors: any tensor not bound is an error naming
- * it, except the MTP layers (model.layers.{L .. L+num_nextn_predict_layers-1}.*),
- * which this build does not run and reports as skipped.
+ * it, except in the MTP layers (model.layers.{L .. L+num_nextn_predict_layers-1}.*).
+ * Those are bound as MTP modules (for speculative decoding and training)
+ * when the files hold them (their eh_proj is the marker; a checkpoint
+ * exported without them loads as a model without MTP); their stored copies
+ * of the embedding and the head (embed_tokens, shared_head.head) are left
+ * unbound, as the main model's are the same tensors.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +169,43 @@ static int64_t expert_params(const dsc_config *c) {
     return 3 * c->hidden_size * c->moe_intermediate_size;
 }
 
+/* The MTP modules, when config and files have them. Their tensors are
+   counted apart (n_params_mtp), not in the main model's figures. */
+static dsc_status bind_mtp(binder *b) {
+    dsc_model_t *m = b->m;
+    const dsc_config *c = &m->cfg;
+    int64_t L = c->num_hidden_layers, D = c->num_nextn_predict_layers, d = c->hidden_size;
+    int64_t E = c->n_routed_experts;
+    char n[512];
+    snprintf(n, sizeof n, "model.layers.%lld.eh_proj.weight", (long long)L);
+    if (D <= 0 || !dsc_st_find(m->st, n)) return DSC_OK;
+    m->mtp = calloc((size_t)D, sizeof *m->mtp);
+    m->mtp_expert_pool = E > 0 ? calloc((size_t)(D * E), sizeof *m->mtp_expert_pool) : NULL;
+    if (!m->mtp || (E > 0 && !m->mtp_expert_pool))
+        return dsc_err_set(b->err, DSC_ERR_OOM, "cannot allocate the MTP module table");
+    dsc_model_info keep = m->info;
+    int64_t bound0 = b->n_bound;
+    for (int64_t i = 0; i < D; i++) {
+        dsc_mtp *x = &m->mtp[i];
+        int64_t l = L + i;
+        x->ly.experts = m->mtp_expert_pool ? m->mtp_expert_pool + i * E : NULL;
+        DSC_TRY(bind_layer(b, l, &x->ly));
+#define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
+        DSC_TRY(bind(b, &x->enorm, NAME("enorm.weight"), d, 0));
+        DSC_TRY(bind(b, &x->hnorm, NAME("hnorm.weight"), d, 0));
+        DSC_TRY(bind(b, &x->eh, NAME("eh_proj.weight"), d, 2 * d));
+        DSC_TRY(bind(b, &x->head_norm, NAME("shared_head.norm.weight"), d, 0));
+#undef NAME
+    }
+    int64_t n_mtp_params = m->info.n_params - keep.n_params;
+    m->info = keep;
+    m->info.n_mtp_modules = D;
+    m->info.n_params_mtp = n_mtp_params;
+    m->n_mtp = D;
+    b->n_bound = bound0;
+    return DSC_OK;
+}
+
 /* Whether a tensor name belongs to an MTP layer (index >= num_hidden_layers). */
 static int is_mtp_tensor(const dsc_config *c, const char *name) {
     const char *p = "model.layers.";
@@ -204,6 +245,7 @@ dsc_status dsc_weights_bind(dsc_model_t *m, dsc_err *err) {
         if (dsc_config_layer_is_moe(c, l)) m->layers[l].experts = m->expert_pool + E * moe_i++;
         DSC_TRY(bind_layer(&b, l, &m->layers[l]));
     }
+    DSC_TRY(bind_mtp(&b));
 
     /* Every tensor of the files must be bound or be part of an MTP layer. */
     int64_t n = dsc_st_count(m->st), unexpected = 0;
@@ -275,6 +317,8 @@ void dsc_model_free(dsc_model_t *m) {
     dsc_st_set_close(m->st);
     free(m->layers);
     free(m->expert_pool);
+    free(m->mtp);
+    free(m->mtp_expert_pool);
     free(m);
 }
 

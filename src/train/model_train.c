@@ -17,14 +17,6 @@
 #include "train/tm_impl.h"
 #include "util/util.h"
 
-/* The MTP module's tensors in the checkpoint (bound by model_train.c: the
-   inference loader skips model.layers.{L}.*). */
-typedef struct {
-    dsc_layer ly;
-    dsc_mlp *experts;              /* [E], ly.experts                      */
-    dsc_wmat enorm, hnorm, eh, head_norm;
-} mtp_src;
-
 /* ---- carving: count on the first walk (base NULL), assign on the second ---- */
 
 typedef struct {
@@ -49,7 +41,7 @@ typedef struct {
     int64_t n_params, n_floats;
     size_t name_bytes;
     char *names;             /* pass 1: where the next name goes */
-    const mtp_src *mtp;      /* NULL: no MTP layer */
+    const dsc_mtp *mtp;      /* NULL: no MTP layer */
 } pwalk;
 
 /* One tensor: takes its floats from the parameter block, copies (dequantises)
@@ -158,7 +150,7 @@ static void pwalk_model(pwalk *pw) {
     if (assign) tm->embed = e, tm->final_norm = fn, tm->lm_head = lm;
     for (int64_t l = 0; l < c->num_hidden_layers; l++) player(pw, &m->layers[l], l);
     if (pw->mtp) {
-        const mtp_src *x = pw->mtp;
+        const dsc_mtp *x = pw->mtp;
         int64_t l = c->num_hidden_layers;
 #define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
         float *en = ptake(pw, &x->enorm, NAME("enorm.weight"), 0);
@@ -273,117 +265,6 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
     tm->bal_c = CARVE(cv, E, double);
 }
 
-/* ---- the MTP module's tensors ---- */
-
-/* Bind `name` as (rows, cols) (cols == 0: a vector of rows) from m's files,
-   as weights.c binds the main model's. */
-static dsc_status mbind(const dsc_model_t *m, dsc_wmat *w, const char *name, int64_t rows,
-                        int64_t cols, dsc_err *err) {
-    dsc_st_tensor *t = dsc_st_find(m->st, name);
-    if (!t)
-        return dsc_err_set(err, DSC_ERR_MISSING,
-                           "MTP tensor \"%s\" is missing from the checkpoint "
-                           "(num_nextn_predict_layers = %lld)", name,
-                           (long long)m->cfg.num_nextn_predict_layers);
-    int nd = cols ? 2 : 1;
-    if (t->ndim != nd || t->shape[0] != rows || (cols && t->shape[1] != cols))
-        return dsc_err_set(err, DSC_ERR_SHAPE, "MTP tensor \"%s\" has %d dims [%lld, ...], "
-                           "expected [%lld%s%lld]", name, t->ndim, (long long)t->shape[0],
-                           (long long)rows, cols ? ", " : "", (long long)cols);
-    if (t->dtype != DSC_F32 && t->dtype != DSC_BF16 && t->dtype != DSC_F16 &&
-        t->dtype != DSC_F8_E4M3)
-        return dsc_err_set(err, DSC_ERR_UNSUPPORTED, "MTP tensor \"%s\": dtype %s", name,
-                           dsc_dtype_name(t->dtype));
-    if ((uintptr_t)t->data % dsc_dtype_size(t->dtype) != 0)
-        return dsc_err_set(err, DSC_ERR_UNSUPPORTED, "MTP tensor \"%s\": unaligned data",
-                           name);
-    memset(w, 0, sizeof *w);
-    w->dtype = t->dtype;
-    w->rows = cols ? rows : 1;
-    w->cols = cols ? cols : rows;
-    w->data = t->data;
-    if (t->dtype != DSC_F8_E4M3) return DSC_OK;
-    char sname[512];
-    snprintf(sname, sizeof sname, "%s_scale_inv", name);
-    dsc_st_tensor *sc = dsc_st_find(m->st, sname);
-    int64_t sr = (rows + DSC_FP8_BLOCK - 1) / DSC_FP8_BLOCK;
-    int64_t scc = (cols + DSC_FP8_BLOCK - 1) / DSC_FP8_BLOCK;
-    if (!cols || !sc || sc->dtype != DSC_F32 || sc->ndim != 2 || sc->shape[0] != sr ||
-        sc->shape[1] != scc || (uintptr_t)sc->data % 4 != 0)
-        return dsc_err_set(err, DSC_ERR_SHAPE, "MTP tensor \"%s\" is F8_E4M3 without a valid "
-                           "F32 [%lld, %lld] scale \"%s\"", name, (long long)sr,
-                           (long long)scc, sname);
-    w->scale = sc->data;
-    w->scale_cols = scc;
-    return DSC_OK;
-}
-
-static dsc_status mbind_mlp(const dsc_model_t *m, dsc_mlp *mlp, const char *prefix,
-                            int64_t ff, dsc_err *err) {
-    int64_t d = m->cfg.hidden_size;
-    char n[512];
-    snprintf(n, sizeof n, "%s.gate_proj.weight", prefix);
-    DSC_TRY(mbind(m, &mlp->gate, n, ff, d, err));
-    snprintf(n, sizeof n, "%s.up_proj.weight", prefix);
-    DSC_TRY(mbind(m, &mlp->up, n, ff, d, err));
-    snprintf(n, sizeof n, "%s.down_proj.weight", prefix);
-    DSC_TRY(mbind(m, &mlp->down, n, d, ff, err));
-    return DSC_OK;
-}
-
-/* The MTP module model.layers.{L}.* (x->experts allocated by the caller). */
-static dsc_status mtp_bind(const dsc_model_t *m, mtp_src *x, dsc_err *err) {
-    const dsc_config *c = &m->cfg;
-    int64_t L = c->num_hidden_layers, d = c->hidden_size, H = c->num_attention_heads;
-    int64_t dqk = c->qk_nope_head_dim + c->qk_rope_head_dim, E = c->n_routed_experts;
-    dsc_layer *ly = &x->ly;
-    char n[512];
-#define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)L), n)
-    DSC_TRY(mbind(m, &x->enorm, NAME("enorm.weight"), d, 0, err));
-    DSC_TRY(mbind(m, &x->hnorm, NAME("hnorm.weight"), d, 0, err));
-    DSC_TRY(mbind(m, &x->eh, NAME("eh_proj.weight"), d, 2 * d, err));
-    DSC_TRY(mbind(m, &x->head_norm, NAME("shared_head.norm.weight"), d, 0, err));
-    DSC_TRY(mbind(m, &ly->attn_norm, NAME("input_layernorm.weight"), d, 0, err));
-    DSC_TRY(mbind(m, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), d, 0, err));
-    if (c->q_lora_rank > 0) {
-        DSC_TRY(mbind(m, &ly->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d, err));
-        DSC_TRY(mbind(m, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank,
-                      0, err));
-        DSC_TRY(mbind(m, &ly->q_b, NAME("self_attn.q_b_proj.weight"), H * dqk, c->q_lora_rank,
-                      err));
-    } else {
-        DSC_TRY(mbind(m, &ly->q_b, NAME("self_attn.q_proj.weight"), H * dqk, d, err));
-    }
-    DSC_TRY(mbind(m, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
-                  c->kv_lora_rank + c->qk_rope_head_dim, d, err));
-    DSC_TRY(mbind(m, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), c->kv_lora_rank,
-                  0, err));
-    DSC_TRY(mbind(m, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
-                  H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, err));
-    DSC_TRY(mbind(m, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim, err));
-    ly->is_moe = dsc_config_layer_is_moe(c, L);
-    if (!ly->is_moe) {
-        snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)L);
-        return mbind_mlp(m, &ly->dense, n, c->intermediate_size, err);
-    }
-    DSC_TRY(mbind(m, &ly->router, NAME("mlp.gate.weight"), E, d, err));
-    if (c->topk_method == DSC_TOPK_NOAUX_TC)
-        DSC_TRY(mbind(m, &ly->router_bias, NAME("mlp.gate.e_score_correction_bias"), E, 0, err));
-#undef NAME
-    if (c->n_shared_experts > 0) {
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.shared_experts", (long long)L);
-        DSC_TRY(mbind_mlp(m, &ly->shared, n, c->n_shared_experts * c->moe_intermediate_size,
-                          err));
-    }
-    ly->experts = x->experts;
-    for (int64_t e = 0; e < E; e++) {
-        snprintf(n, sizeof n, "model.layers.%lld.mlp.experts.%lld", (long long)L,
-                 (long long)e);
-        DSC_TRY(mbind_mlp(m, &x->experts[e], n, c->moe_intermediate_size, err));
-    }
-    return DSC_OK;
-}
-
 /* ---- creation ---- */
 
 static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, int with_mtp,
@@ -416,8 +297,8 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
     tm->attn_ws_floats = dsc_tk_attn_scratch(max_t);
     int64_t L = tm->n_layers, E = c->n_routed_experts;
 
-    /* the MTP module (D = 1), read from the checkpoint's files */
-    mtp_src mtp = {0};
+    /* the MTP module (D = 1), as the loader bound it */
+    const dsc_mtp *mtp = NULL;
     if (with_mtp && c->num_nextn_predict_layers != 1) {
         dsc_train_model_free(tm);
         return dsc_err_set(err, c->num_nextn_predict_layers > 1 ? DSC_ERR_UNSUPPORTED
@@ -426,28 +307,24 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
                            "MTP module (D = 1)", (long long)c->num_nextn_predict_layers);
     }
     if (with_mtp) {
-        mtp.experts = calloc((size_t)(E > 0 ? E : 1), sizeof *mtp.experts);
-        if (!mtp.experts) {
+        if (m->n_mtp < 1) {
             dsc_train_model_free(tm);
-            return dsc_err_set(err, DSC_ERR_OOM, "cannot allocate the MTP expert table");
+            return dsc_err_set(err, DSC_ERR_MISSING,
+                               "MTP tensors model.layers.%lld.* are missing from the checkpoint "
+                               "(num_nextn_predict_layers = 1)", (long long)L);
         }
-        dsc_status st = mtp_bind(m, &mtp, err);
-        if (st != DSC_OK) {
-            free(mtp.experts);
-            dsc_train_model_free(tm);
-            return st;
-        }
+        mtp = &m->mtp[0];
         tm->has_mtp = 1;
         tm->mtp_lambda = mtp_weight;
     }
     int64_t LM = L + tm->has_mtp;
 
     /* count parameters and names */
-    pwalk pw = {m, tm, 0, 0, 0, 0, NULL, tm->has_mtp ? &mtp : NULL};
+    pwalk pw = {m, tm, 0, 0, 0, 0, NULL, mtp};
     pwalk_model(&pw);
     int64_t n_moe = 0;
     for (int64_t l = 0; l < L; l++) n_moe += m->layers[l].is_moe;
-    n_moe += tm->has_mtp && mtp.ly.is_moe;
+    n_moe += mtp && mtp->ly.is_moe;
 
     /* meta: params, names, layers, expert tables, activation table */
     carver mc = {NULL, 0};
@@ -464,7 +341,7 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
             mc.base = tm->meta;
         } else {
             for (int64_t l = 0; l < LM; l++)
-                if (l < L ? m->layers[l].is_moe : mtp.ly.is_moe)
+                if (l < L ? m->layers[l].is_moe : mtp->ly.is_moe)
                     tm->layers[l].experts = pool, pool += E;
             pw.names = names;
         }
@@ -492,7 +369,6 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
             carve_acts(tm, &ac);
         }
     }
-    free(mtp.experts);
     if (!ok) {
         dsc_train_model_free(tm);
         return dsc_err_set(err, DSC_ERR_OOM,

@@ -66,7 +66,7 @@ static void test_logits_file(dsc_t *t) {
 
 static void test_info(dsc_t *t) {
     expect(t, "info -m tests/fixtures/v3", 0, "latent");
-    expect(t, "info -m tests/fixtures/v3", 0, "NOT used");
+    expect(t, "info -m tests/fixtures/v3", 0, "1 module(s)");
     expect(t, "info -m tests/fixtures/v3_fp8", 0, "F8_E4M3");
     expect(t, "info -m tests/fixtures/v2_lite", 0, "active per token");
     expect(t, "info -m tests/fixtures/v32", 0, "index cache");

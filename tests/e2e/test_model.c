@@ -433,15 +433,17 @@ static void test_bad_checkpoints(dsc_t *t) {
     expect_load_fail(t, d, DSC_ERR_IO, "model-00002-of-00002.safetensors");
 }
 
-/* MTP layers in the files are skipped and counted, not an error. */
+/* MTP layers in the files are bound as MTP modules (counted apart); their
+   stored copies of the embedding / head are skipped and counted. */
 static void test_mtp_skipped(dsc_t *t) {
     dsc_model_t *m = t_load_fixture(t, "v3");
     if (!m) return;
     dsc_model_info in;
     dsc_model_get_info(m, &in);
     T_CHECK(t, m->cfg.num_nextn_predict_layers == 1, "fixture v3 has one MTP layer");
-    T_CHECK(t, in.n_tensors_skipped > 0 && in.n_params_skipped > 0,
-            "MTP tensors not reported as skipped");
+    T_CHECK(t, in.n_mtp_modules == 1 && m->n_mtp == 1 && in.n_params_mtp > 0,
+            "MTP module not bound: %lld modules, %lld params", (long long)in.n_mtp_modules,
+            (long long)in.n_params_mtp);
     T_CHECK(t, in.latent_cache_values_per_token ==
                    m->cfg.num_hidden_layers * (m->cfg.kv_lora_rank + m->cfg.qk_rope_head_dim),
             "latent cache size");
