@@ -202,6 +202,9 @@ typedef struct {
        module's latent (and DSA key) cache. */
     dsc_spec_mode spec;
     int draft_n;          /* 0..DSC_SPEC_MAX_DRAFT                                 */
+    int spec_probe;       /* tokens decoded plainly at the start of each call to
+                             measure the speedup (AUTO: to choose; AUTO uses 4
+                             when this is 0); default 4                         */
 } dsc_ctx_params;
 
 dsc_ctx_params dsc_ctx_default_params(void);
@@ -414,8 +417,8 @@ typedef int (*dsc_token_cb)(void *user, int32_t id);
  * drawn from max(0, p - q) normalised, p and q the sampler's final
  * distributions of the main model and the draft), so the output is the
  * plain decoder's (greedy: token for token; sampling: in distribution). The
- * first few tokens of a call are decoded plainly to measure the speedup
- * (and, for AUTO, to choose). Rejected drafts are rolled back in every
+ * first spec_probe tokens of a call are decoded plainly to measure the
+ * speedup (and, for AUTO, to choose). Rejected drafts are rolled back in every
  * cache. Callbacks see each token once, in order, as without speculation.
  * Errors (DSC_ERR_ARG, nothing is fed): the prompt does not fit the context,
  * a prompt id is out of range, a sampler of another vocabulary size; or any

@@ -30,6 +30,7 @@ extern const dsc_test_case dsc_tests_train_parity[];
 extern const dsc_test_case dsc_tests_trained_ckpt[];
 extern const dsc_test_case dsc_tests_cli[];
 extern const dsc_test_case dsc_tests_train_cli[];
+extern const dsc_test_case dsc_tests_spec[];
 
 static const struct {
     const char *name;
@@ -52,6 +53,7 @@ static const struct {
     {"trained_ckpt", dsc_tests_trained_ckpt},
     {"cli", dsc_tests_cli},
     {"train_cli", dsc_tests_train_cli},
+    {"spec", dsc_tests_spec},
 };
 
 void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {

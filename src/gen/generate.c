@@ -13,10 +13,10 @@
  */
 #include <time.h>
 
-#include "model/model.h"
+#include "gen/gen.h"
 #include "util/util.h"
 
-static double now_s(void) {
+double dsc_gen_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -34,12 +34,8 @@ static dsc_status feed(dsc_ctx_t *c, const int32_t *ids, int64_t n, dsc_err *err
     return DSC_OK;
 }
 
-dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
-                        int64_t n_prompt, int64_t n_predict, int32_t eos_id, dsc_token_cb on_token,
-                        void *user, dsc_gen_stats *stats, dsc_err *err) {
-    dsc_gen_stats st = {0};
-    int32_t pending = c->pending;
-    int64_t n_in = n_prompt + (pending >= 0);
+dsc_status dsc_gen_check(const dsc_ctx_t *c, const dsc_sampler_t *s, const int32_t *prompt,
+                         int64_t n_prompt, int64_t n_in, dsc_err *err) {
     if (n_prompt < 0 || (n_prompt > 0 && !prompt))
         return dsc_err_set(err, DSC_ERR_ARG, "bad prompt (%lld ids)", (long long)n_prompt);
     if (dsc_sampler_vocab(s) != c->m->cfg.vocab_size)
@@ -59,7 +55,21 @@ dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
                            "positions are used (raise -c)", (long long)n_in,
                            (long long)c->n_past, (long long)c->p.n_ctx);
 
-    double t0 = now_s();
+    return DSC_OK;
+}
+
+dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
+                        int64_t n_prompt, int64_t n_predict, int32_t eos_id, dsc_token_cb on_token,
+                        void *user, dsc_gen_stats *stats, dsc_err *err) {
+    if (c->spec.enabled)
+        return dsc_spec_generate(c, s, prompt, n_prompt, n_predict, eos_id, on_token, user,
+                                 stats, err);
+    dsc_gen_stats st = {0};
+    int32_t pending = c->pending;
+    int64_t n_in = n_prompt + (pending >= 0);
+    DSC_TRY(dsc_gen_check(c, s, prompt, n_prompt, n_in, err));
+
+    double t0 = dsc_gen_now();
     if (pending >= 0) {
         /* feed the previous call's last id first; its logits are only
            needed when no prompt follows */
@@ -74,7 +84,7 @@ dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
         DSC_TRY(dsc_forward_last(c, &last, 1, c->n_past - 1, c->w.logits, err));
     }
     st.n_prompt = n_in;
-    double t1 = now_s();
+    double t1 = dsc_gen_now();
     st.prompt_s = t1 - t0;
 
     for (;;) {
@@ -105,12 +115,12 @@ dsc_status dsc_generate(dsc_ctx_t *c, dsc_sampler_t *s, const int32_t *prompt,
         c->pending = -1;
         dsc_status s_ = dsc_forward_last(c, &id, 1, c->n_past, c->w.logits, err);
         if (s_ != DSC_OK) {
-            st.gen_s = now_s() - t1;
+            st.gen_s = dsc_gen_now() - t1;
             if (stats) *stats = st;
             return s_;
         }
     }
-    st.gen_s = now_s() - t1;
+    st.gen_s = dsc_gen_now() - t1;
     if (stats) *stats = st;
     return DSC_OK;
 }

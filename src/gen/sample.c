@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "dsc.h"
+#include "gen/sample.h"
 #include "util/util.h"
 
 typedef struct {
@@ -141,8 +142,12 @@ static void top_k_sorted(cand *c, int64_t n, int64_t k) {
     qsort(c, (size_t)k, sizeof *c, cand_cmp);
 }
 
-int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *history,
-                           int64_t n_history) {
+/* Steps 1-7: the candidates to draw from, left sorted in s->c[0..*n) with
+   their tempered logits; *mx is the first one's. Returns -1 for greedy
+   (then *best is the argmax), 0 when no logit is finite (*best = 0), 1
+   otherwise. */
+static int prepare(dsc_sampler_t *s, float *logits, const int32_t *history, int64_t n_history,
+                   int64_t *n_out, double *mx_out, int32_t *best_out) {
     const dsc_sampler_params *p = &s->p;
     int64_t V = s->n_vocab;
 
@@ -168,7 +173,8 @@ int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *histo
         int32_t best = 0;
         for (int64_t i = 1; i < V; i++)
             if (logits[i] > logits[best] || isnan(logits[best])) best = (int32_t)i;
-        return best;
+        *best_out = best;
+        return -1;
     }
 
     /* 4.-5. temperature, candidates, top-k */
@@ -176,6 +182,7 @@ int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *histo
     for (int64_t i = 0; i < V; i++)
         if (!isnan(logits[i]) && logits[i] > -INFINITY)
             s->c[n++] = (cand){logits[i] / p->temp, (int32_t)i};
+    *best_out = 0;
     if (n == 0) return 0;
     int64_t k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
     top_k_sorted(s->c, n, k);
@@ -205,9 +212,20 @@ int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *histo
         while (keep < n && (double)s->c[keep].logit - mx >= cut) keep++;
         n = keep;
     }
+    *n_out = n;
+    *mx_out = mx;
+    return 1;
+}
+
+int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *history,
+                           int64_t n_history) {
+    int64_t n = 0;
+    double mx = 0.0;
+    int32_t best = 0;
+    if (prepare(s, logits, history, n_history, &n, &mx, &best) <= 0) return best;
 
     /* 8. draw */
-    sum = 0.0;
+    double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += exp((double)s->c[i].logit - mx);
     double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
     double acc = 0.0;
@@ -216,4 +234,40 @@ int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *histo
         if (u < acc) return s->c[i].id;
     }
     return s->c[n - 1].id;
+}
+
+int64_t dsc_sampler_dist(dsc_sampler_t *s, float *logits, const int32_t *history,
+                         int64_t n_history, int32_t *ids, float *probs) {
+    int64_t n = 0;
+    double mx = 0.0;
+    int32_t best = 0;
+    if (prepare(s, logits, history, n_history, &n, &mx, &best) <= 0) {
+        ids[0] = best;
+        probs[0] = 1.0f;
+        return 1;
+    }
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += exp((double)s->c[i].logit - mx);
+    for (int64_t i = 0; i < n; i++) {
+        ids[i] = s->c[i].id;
+        probs[i] = (float)(exp((double)s->c[i].logit - mx) / sum);
+    }
+    return n;
+}
+
+int dsc_sampler_is_greedy(const dsc_sampler_t *s) { return s->p.temp <= 0.0f; }
+
+double dsc_sampler_uniform(dsc_sampler_t *s) {
+    return (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int32_t dsc_sampler_draw(dsc_sampler_t *s, const int32_t *ids, const float *probs, int64_t n) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += probs[i];
+    double u = dsc_sampler_uniform(s) * sum, acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        acc += probs[i];
+        if (u < acc) return ids[i];
+    }
+    return ids[n - 1];
 }

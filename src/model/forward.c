@@ -9,6 +9,7 @@
  * and makes exactly two allocations: the latent cache and the work arena.
  * dsc_forward validates its arguments, then runs without allocating.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,13 +24,14 @@ dsc_ctx_params dsc_ctx_default_params(void) {
     p.n_batch = 512;
     p.n_threads = 0;
     p.attn = DSC_ATTN_ABSORBED;
+    p.spec_probe = 4;
     return p;
 }
 
 /* Arena plan: a list of (pointer slot, bytes) carved from one block. */
 typedef struct {
-    void **slot[48];
-    size_t bytes[48];
+    void **slot[64];
+    size_t bytes[64];
     int n;
     size_t total;
     int overflow;
@@ -42,7 +44,7 @@ static void plan_add(plan *p, void **slot, int64_t count, size_t elem) {
         return;
     }
     b = (b + ALIGN - 1) / ALIGN * ALIGN;
-    DSC_CHECK(p->n < 48);
+    DSC_CHECK(p->n < 64);
     p->slot[p->n] = slot;
     p->bytes[p->n] = b;
     p->n++;
@@ -67,6 +69,20 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         return dsc_err_set(err, DSC_ERR_ARG, "unknown attention mode %d", (int)p.attn);
     if ((unsigned)p.index_cache > DSC_INDEX_CACHE_FP8)
         return dsc_err_set(err, DSC_ERR_ARG, "unknown index cache type %d", (int)p.index_cache);
+    if ((unsigned)p.spec > DSC_SPEC_AUTO)
+        return dsc_err_set(err, DSC_ERR_ARG, "unknown speculation mode %d", (int)p.spec);
+    if (p.draft_n < 0 || p.draft_n > DSC_SPEC_MAX_DRAFT)
+        return dsc_err_set(err, DSC_ERR_ARG, "draft_n %d out of range 0..%d", p.draft_n,
+                           DSC_SPEC_MAX_DRAFT);
+    if (p.spec_probe < 0)
+        return dsc_err_set(err, DSC_ERR_ARG, "spec_probe %d < 0", p.spec_probe);
+    if (p.spec == DSC_SPEC_MTP && m->n_mtp == 0)
+        return dsc_err_set(err, DSC_ERR_MISSING,
+                           "speculative decoding with MTP needs the model's MTP module, and "
+                           "this checkpoint has none (num_nextn_predict_layers = %lld%s)",
+                           (long long)cf->num_nextn_predict_layers,
+                           cf->num_nextn_predict_layers > 0 ? ", but no model.layers.N.eh_proj "
+                                                              "in the files" : "");
     if (p.index_fp8 && cf->index_topk > 0) {
         int64_t d = cf->index_head_dim;
         if (d & (d - 1))
@@ -96,9 +112,23 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         return s;
     }
 
+    /* speculation: the MTP module's cache layers follow the main ones */
+    dsc_spec *sp = &c->spec;
+    sp->enabled = p.spec != DSC_SPEC_NONE && m->n_mtp > 0;
+    sp->draft_n = sp->enabled ? (p.draft_n > 0 ? p.draft_n : (int)m->n_mtp) : 0;
+    if (sp->draft_n > DSC_SPEC_MAX_DRAFT) sp->draft_n = DSC_SPEC_MAX_DRAFT;
+    snprintf(sp->note, sizeof sp->note, "%s",
+             p.spec == DSC_SPEC_NONE ? "speculation off"
+             : sp->enabled ? "speculation with the MTP module"
+                           : "the model has no MTP module: plain decoding");
+    int64_t n_cache_layers = cf->num_hidden_layers + (sp->enabled ? 1 : 0);
+    int64_t N1 = sp->draft_n + 1, V = cf->vocab_size;
+    sp->h_cap = B + N1;
+
     int need_kvb = 0;
     for (int64_t l = 0; l < cf->num_hidden_layers; l++)
         need_kvb |= m->layers[l].kv_b.dtype != DSC_F32;
+    if (sp->enabled) need_kvb |= m->mtp[0].ly.kv_b.dtype != DSC_F32;
     dsc_work *w = &c->w;
     w->head_ws_floats = p.attn == DSC_ATTN_NAIVE ? dsc_mla_head_ws_floats(cf, p.n_ctx, B) : 0;
     w->mqa_rows = dsc_mla_mqa_rows(cf, B);
@@ -148,15 +178,29 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         plan_add(&pl, (void **)&w->dsa_ws, (int64_t)c->n_threads * w->dsa_ws_floats, 4);
     }
     plan_add(&pl, (void **)&w->tokens, p.n_ctx, 4);
+    if (sp->enabled) {
+        plan_add(&pl, (void **)&sp->h, sp->h_cap * d, 4);
+        plan_add(&pl, (void **)&sp->cat, B * 2 * d, 4);
+        plan_add(&pl, (void **)&sp->g, d, 4);
+        plan_add(&pl, (void **)&sp->logits, N1 * V, 4);
+        plan_add(&pl, (void **)&sp->qlogits, sp->draft_n * V, 4);
+        plan_add(&pl, (void **)&sp->q_ids, sp->draft_n * V, 4);
+        plan_add(&pl, (void **)&sp->q_p, sp->draft_n * V, 4);
+        plan_add(&pl, (void **)&sp->q_n, sp->draft_n, 8);
+        plan_add(&pl, (void **)&sp->p_ids, V, 4);
+        plan_add(&pl, (void **)&sp->p_p, V, 4);
+        plan_add(&pl, (void **)&sp->dense, V, 4);
+        plan_add(&pl, (void **)&sp->next, sp->h_cap, 4);
+    }
 
     size_t cache_n = 0, cache_b = 0;
     int ok = !pl.overflow &&
-             dsc_mul_ok((size_t)cf->num_hidden_layers, (size_t)p.n_ctx, &cache_n) &&
+             dsc_mul_ok((size_t)n_cache_layers, (size_t)p.n_ctx, &cache_n) &&
              dsc_mul_ok(cache_n, (size_t)(dc + dr), &cache_n) &&
              dsc_mul_ok(cache_n, sizeof(float), &cache_b);
     size_t index_b = 0;
     if (ok && cf->index_topk > 0 && !p.dense)
-        ok = dsc_mul_ok((size_t)cf->num_hidden_layers * (size_t)p.n_ctx,
+        ok = dsc_mul_ok((size_t)n_cache_layers * (size_t)p.n_ctx,
                         (size_t)dsc_dsa_key_bytes(cf, p.index_cache), &index_b);
     if (ok) {
         c->work_mem = aligned_alloc(ALIGN, pl.total ? pl.total : ALIGN);
@@ -181,6 +225,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     dsc_rope_params rp;
     dsc_config_rope_params(cf, &rp);
     dsc_rope_tables(&rp, p.n_ctx, w->rope_cos, w->rope_sin);
+    if (sp->enabled) memset(sp->dense, 0, (size_t)V * sizeof *sp->dense);
     c->pending = -1;
     *out = c;
     return DSC_OK;
@@ -202,13 +247,9 @@ static void add_rows(float *x, const float *y, int64_t count) {
     for (int64_t i = 0; i < count; i++) x[i] += y[i];
 }
 
-/* Validate a call, then run every layer over the n tokens; leaves the
-   final hidden states (before the final norm) in w->x. */
-static dsc_status run_layers(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+dsc_status dsc_forward_check(const dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
                              dsc_err *err) {
-    const dsc_model_t *m = c->m;
-    const dsc_config *cf = &m->cfg;
-    int64_t d = cf->hidden_size;
+    const dsc_config *cf = &c->m->cfg;
     if (!ids || n < 1 || n > c->p.n_batch)
         return dsc_err_set(err, DSC_ERR_ARG, "%lld tokens in one call; expected 1..%lld "
                            "(n_batch)", (long long)n, (long long)c->p.n_batch);
@@ -225,24 +266,52 @@ static dsc_status run_layers(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_
             return dsc_err_set(err, DSC_ERR_ARG,
                                "token id %d at index %lld is out of range [0, %lld)", ids[t],
                                (long long)t, (long long)cf->vocab_size);
+    return DSC_OK;
+}
 
+void dsc_block_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0) {
     dsc_work *w = &c->w;
-    float eps = (float)cf->rms_norm_eps;
+    int64_t d = c->m->cfg.hidden_size;
+    float eps = (float)c->m->cfg.rms_norm_eps;
+    /* h += MLA(RMSNorm_in(h)); h += FFN(RMSNorm_post(h)) */
+    dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->attn_norm, n, d, eps);
+    dsc_mla_forward(c, ly, l, n, pos0);
+    add_rows(w->x, w->y, n * d);
+    dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->ffn_norm, n, d, eps);
+    dsc_ffn_forward(c, ly, n);
+    add_rows(w->x, w->y, n * d);
+}
+
+/* Validate a call, then run every layer over the n tokens; leaves the
+   final hidden states (before the final norm) in w->x. */
+static dsc_status run_layers(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                             dsc_err *err) {
+    const dsc_model_t *m = c->m;
+    const dsc_config *cf = &m->cfg;
+    int64_t d = cf->hidden_size;
+    DSC_TRY(dsc_forward_check(c, ids, n, pos0, err));
+    dsc_work *w = &c->w;
     /* h = Emb(ids)                                                 (n, d) */
     for (int64_t t = 0; t < n; t++) dsc_wmat_row(&m->embed, ids[t], 0, d, w->x + t * d);
 
+    /* a rewrite of cached positions invalidates the MTP rows from there */
+    dsc_spec *sp = &c->spec;
+    if (pos0 < sp->mtp_n) sp->mtp_n = pos0;
+    if (pos0 < sp->mtp_n + sp->n_h) sp->n_h = pos0 - sp->mtp_n;
     memcpy(w->tokens + pos0, ids, (size_t)n * sizeof *ids);
     c->n_past = pos0 + n;
     c->pending = -1;
-    for (int64_t l = 0; l < cf->num_hidden_layers; l++) {
-        const dsc_layer *ly = &m->layers[l];
-        dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->attn_norm, n, d, eps);
-        dsc_mla_forward(c, ly, l, n, pos0);
-        add_rows(w->x, w->y, n * d);
-        dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->ffn_norm, n, d, eps);
-        dsc_ffn_forward(c, ly, n);
-        add_rows(w->x, w->y, n * d);
-    }
+    for (int64_t l = 0; l < cf->num_hidden_layers; l++)
+        dsc_block_forward(c, &m->layers[l], l, n, pos0);
+    return DSC_OK;
+}
+
+dsc_status dsc_forward_hidden(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                              float *hn, dsc_err *err) {
+    DSC_TRY(run_layers(c, ids, n, pos0, err));
+    const dsc_model_t *m = c->m;
+    dsc_k_rmsnorm(c->k, hn, c->w.x, &m->final_norm, n, m->cfg.hidden_size,
+                  (float)m->cfg.rms_norm_eps);
     return DSC_OK;
 }
 
@@ -275,5 +344,10 @@ const int32_t *dsc_ctx_tokens(const dsc_ctx_t *c) { return c->w.tokens; }
 void dsc_ctx_reset(dsc_ctx_t *c) {
     c->n_past = 0;
     c->pending = -1;
+    c->spec.mtp_n = 0;
+    c->spec.n_h = 0;
 }
+int dsc_ctx_spec_enabled(const dsc_ctx_t *c) { return c->spec.enabled; }
+int dsc_ctx_spec_draft_n(const dsc_ctx_t *c) { return c->spec.draft_n; }
+const char *dsc_ctx_spec_note(const dsc_ctx_t *c) { return c->spec.note; }
 int64_t dsc_ctx_batch(const dsc_ctx_t *c) { return c->p.n_batch; }

@@ -127,6 +127,31 @@ typedef struct {
     int32_t *tokens; /* (n_ctx) ids at each cached position         */
 } dsc_work;
 
+/* Speculative decoding state of a context (gen/spec.c). Positions
+   [mtp_n, mtp_n + n_h) of the main model have their final normed hidden
+   states in h (rows), waiting for the MTP module: the module's row for
+   position p needs the token at p + 1. */
+typedef struct {
+    int enabled;     /* spec mode set and the model has an MTP module      */
+    int draft_n;     /* tokens drafted per step                            */
+    int64_t mtp_n;   /* MTP cache rows valid: positions 0..mtp_n-1          */
+    int64_t n_h;     /* rows of h                                          */
+    int64_t h_cap;   /* capacity of h in rows                              */
+    float *h;        /* (h_cap, d) main hidden states after the final norm */
+    float *cat;      /* (n_batch, 2d) [enorm(e) ; hnorm(h)]                */
+    float *g;        /* (d) the module's last output hidden (recursion)    */
+    float *logits;   /* (draft_n + 1, V) verify logits                     */
+    float *qlogits;  /* (draft_n, V) draft logits                          */
+    int32_t *q_ids;  /* (draft_n, V) draft candidates (sampling)           */
+    float *q_p;      /* (draft_n, V) their probabilities                   */
+    int64_t *q_n;    /* (draft_n) candidate counts                         */
+    int32_t *p_ids;  /* (V) main candidates                                */
+    float *p_p;      /* (V) their probabilities                            */
+    float *dense;    /* (V) scratch, zero between uses                     */
+    int32_t *next;   /* (h_cap) next ids of the rows the module runs on     */
+    char note[160];  /* why speculation is (not) used                      */
+} dsc_spec;
+
 struct dsc_ctx {
     const dsc_model_t *m;
     dsc_ctx_params p;
@@ -147,7 +172,20 @@ struct dsc_ctx {
     float *dbg_scores;
     int32_t *dbg_sel;
     int32_t pending; /* sampled but not yet fed (-1: none)         */
+    int64_t experts_touched; /* distinct routed experts per MoE layer call, summed */
+    dsc_spec spec;
 };
+
+/* forward.c: the checks of a forward call at pos0 (DSC_ERR_ARG). */
+dsc_status dsc_forward_check(const dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                             dsc_err *err);
+/* One decoder block on the n rows of w->x, in place; attention over cache
+   layer l (l >= num_hidden_layers: an MTP module's cache). */
+void dsc_block_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
+/* The main model on n tokens (checked as dsc_forward), leaving the final
+   hidden states after model.norm in hn (n, d). */
+dsc_status dsc_forward_hidden(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64_t pos0,
+                              float *hn, dsc_err *err);
 
 /* mla.c: attention block for tokens pos0..pos0+n-1; reads w->xn, writes w->y. */
 void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);

@@ -117,6 +117,8 @@ static void moe_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t n) {
             w->tok_w[e * B + slot] = w->sel_w[t * K + j];
         }
 
+    for (int64_t e = 0; e < E; e++) c->experts_touched += w->n_tok[e] > 0;
+
     /* shared experts, weight 1 */
     if (cf->n_shared_experts > 0)
         mlp_forward(c, &ly->shared, w->xn, n, w->y);
