@@ -16,7 +16,8 @@ typedef struct {
     const char *data;         /* --data FILE: UTF-8 text, blank line between documents */
     const char *tokenizer;    /* --tokenizer DIR (default: the -m checkpoint's)        */
     const char *config;       /* --config FILE: config.json of a new model             */
-    int64_t steps;            /* --steps N: length of the run and of the LR schedule   */
+    int64_t steps;            /* --steps N: length of the run and of the LR schedule;
+                                 0 = not given (the checkpoint's run, else 100)         */
     int64_t stop_after;       /* --stop-after N: end after step N; 0 = at --steps      */
     int64_t batch;            /* --batch B: sequences per step                         */
     int64_t seq;              /* --seq T: tokens per sequence                          */
@@ -31,6 +32,8 @@ typedef struct {
     double init_std;          /* --init-std: std of a new model's matrices             */
     double balance_alpha;     /* --balance-alpha: sequence-wise balance loss; 0 = off  */
     double mtp_weight;        /* --mtp-weight: MTP loss weight (models with MTP); 0 = off */
+    const char *preset;       /* --preset NAME: built-in architecture of a new model   */
+    double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
 } cli_train_opts;
 
 typedef struct {
@@ -53,6 +56,9 @@ typedef struct {
     int dense;                /* --dense: DSA models attend densely        */
     dsc_index_cache_type index_cache; /* --index-cache f32|bf16|fp8       */
     int index_fp8;            /* --index-fp8: official FP8 indexer scoring */
+    dsc_spec_mode spec;       /* --spec none|mtp|auto                      */
+    int draft_n;              /* --draft-n N (0: the model's MTP modules)  */
+    int64_t draft_vocab;      /* --draft-vocab N (0: the whole vocabulary) */
     cli_train_opts train;     /* train only                                */
 } cli_opts;
 
@@ -80,5 +86,41 @@ int cmd_tokenize(const cli_opts *o);
 int cmd_detokenize(const cli_opts *o);
 int cmd_train(const cli_opts *o);
 cli_train_opts cli_train_default_opts(void);
+/* The --preset lines of the help text (names and what they are). */
+void cli_train_usage_presets(FILE *f);
+
+/* `dsc train`'s log (cli/train_log.c): one row per optimizer step, kept in
+   memory and written with every checkpoint as train_log.csv and loss.svg.
+   A value that does not apply is NAN (written as an empty field). */
+typedef struct {
+    int64_t step;             /* 1-based optimizer step                          */
+    double loss;              /* optimised total: lm + balance + mtp_weight x mtp */
+    double lm;                /* next-token cross-entropy                        */
+    double mtp;               /* MTP cross-entropy, unweighted (NAN: no MTP)     */
+    double balance;           /* balance loss, alpha included (NAN: off)         */
+    double lr, grad_norm;     /* of this step; grad norm before clipping         */
+    double tok_s;             /* tokens per second of this step                  */
+    double elapsed_s;         /* training wall time since step 0, all runs       */
+    double val_loss, val_mtp; /* validation CE / MTP CE (NAN: not evaluated)     */
+} cli_log_row;
+
+typedef struct {
+    cli_log_row *rows;        /* n rows in increasing step order (owned)         */
+    int64_t n, cap;
+} cli_train_log;
+
+/* Append r; rows of steps >= r->step are dropped first. 0, or -1 (no memory). */
+int cli_log_add(cli_train_log *l, const cli_log_row *r);
+/* Replace l's rows by those of a train_log.csv at path with step <= max_step.
+   0 on success, 1 when there is no such file (l is empty), -1 on a malformed
+   file or read error with a message in msg (the rows before it are kept). */
+int cli_log_read_csv(cli_train_log *l, const char *path, int64_t max_step, char *msg,
+                     size_t cap);
+/* Write the rows of steps <= max_step as CSV / as the SVG loss plot with the
+   given title. 0, or -1 with errno set. */
+int cli_log_write_csv(const cli_train_log *l, const char *path, int64_t max_step);
+int cli_log_write_svg(const cli_train_log *l, const char *path, int64_t max_step,
+                      const char *title);
+void cli_log_free(cli_train_log *l);
 
 #endif

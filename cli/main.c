@@ -55,12 +55,26 @@ static void usage(FILE *f) {
             "  --dense                DSA (V3.2) models: ignore the indexer, attend densely\n"
             "  --index-cache TYPE     DSA indexer key cache: f32 (default), bf16, fp8\n"
             "  --index-fp8            DSA: Hadamard + FP8 indexer scoring, as DeepSeek's kernels\n"
+            "  --spec MODE            run/chat: speculative decoding with the model's MTP module\n"
+            "                         as the draft: mtp (always), auto (only when measured to\n"
+            "                         pay), none (default)\n"
+            "  --draft-n N            tokens drafted per step (default: the MTP modules, 1);\n"
+            "                         more reuses the module on its own output (at most 8)\n"
+            "  --draft-vocab N        the draft scores only token ids < N (the frequent ones\n"
+            "                         in a BPE vocabulary): a cheaper draft, same output\n"
             "  -q, --quiet            no progress or timings on stderr\n"
             "train options:\n"
             "  --data FILE            training text (UTF-8; a blank line ends a document)\n"
             "  --tokenizer DIR        tokenizer.json (+ tokenizer_config.json) to use and copy\n"
             "  --config FILE          config.json of a new model (OUT_DIR without a checkpoint)\n"
-            "  --steps N              optimizer steps; the LR schedule ends there (default 100)\n"
+            "  --preset NAME          a built-in architecture instead of --config (vocab_size\n"
+            "                         from the tokenizer):\n");
+    cli_train_usage_presets(f);
+    fprintf(f,
+            "  --steps N              optimizer steps; the LR schedule ends there (default 100;\n"
+            "                         resuming: the run's own)\n"
+            "  --time-budget MIN      stop before MIN minutes; without --steps the schedule is\n"
+            "                         sized to fit, from the speed of the first ~20 steps\n"
             "  --stop-after N         stop after step N (resumable; schedule still --steps)\n"
             "  --batch B  --seq T     sequences per step, tokens per sequence (default 4, 64)\n"
             "  --lr LR  --min-lr LR   peak and final learning rate (default 3e-4, lr/10)\n"
@@ -74,6 +88,7 @@ static void usage(FILE *f) {
             "  --val-frac F           share of documents held out for validation (0.05)\n"
             "  --init-std S           std of a new model's weights (0.006)\n"
             "  --seed S               train: init, split and batch order seed (default 0)\n"
+            "  OUT_DIR also gets train_log.csv (one row per step) and loss.svg (loss plot)\n"
             "  -h, --help             this help\n");
 }
 
@@ -174,6 +189,19 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             o->no_bos = 1;
         } else if (IS("-q", "--quiet")) {
             o->quiet = 1;
+        } else if (IS("--spec", "--spec")) {
+            const char *m = VALUE();
+            if (!strcmp(m, "mtp")) o->spec = DSC_SPEC_MTP;
+            else if (!strcmp(m, "auto")) o->spec = DSC_SPEC_AUTO;
+            else if (!strcmp(m, "none")) o->spec = DSC_SPEC_NONE;
+            else cli_die_usage("--spec must be mtp, auto or none", m);
+        } else if (IS("--draft-n", "--draft-n")) {
+            int64_t dn = parse_int(VALUE(), a);
+            if (dn < 1 || dn > DSC_SPEC_MAX_DRAFT) cli_die_usage("--draft-n must be 1..8", v);
+            o->draft_n = (int)dn;
+        } else if (IS("--draft-vocab", "--draft-vocab")) {
+            o->draft_vocab = parse_int(VALUE(), a);
+            if (o->draft_vocab < 0) cli_die_usage("--draft-vocab must be >= 0", v);
         } else if (IS("--index-fp8", "--index-fp8")) {
             o->index_fp8 = 1;
         } else if (IS("--dense", "--dense")) {
@@ -190,6 +218,12 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             o->train.tokenizer = VALUE();
         } else if (IS("--config", "--config")) {
             o->train.config = VALUE();
+        } else if (IS("--preset", "--preset")) {
+            o->train.preset = VALUE();
+        } else if (IS("--time-budget", "--time-budget")) {
+            o->train.time_budget = parse_float(VALUE(), a);
+            if (!(o->train.time_budget > 0 && o->train.time_budget < 1e9))
+                cli_die_usage("--time-budget must be > 0 (minutes)", v);
         } else if (IS("--steps", "--steps")) {
             o->train.steps = parse_int(VALUE(), a);
             if (o->train.steps < 1) cli_die_usage("--steps must be >= 1", v);

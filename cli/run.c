@@ -126,6 +126,9 @@ static dsc_ctx_t *make_ctx(const cli_opts *o, const dsc_model_t *m) {
     p.dense = o->dense;
     p.index_cache = o->index_cache;
     p.index_fp8 = o->index_fp8;
+    p.spec = o->spec;
+    p.draft_n = o->draft_n;
+    p.draft_vocab = o->draft_vocab;
     dsc_ctx_t *ctx = NULL;
     dsc_err e = {0};
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);
@@ -147,6 +150,41 @@ static dsc_sampler_t *make_sampler(const cli_opts *o, const dsc_model_t *m,
     dsc_err e = {0};
     if (dsc_sampler_new(&sp, c->vocab_size, &s, &e) != DSC_OK) cli_die(&e);
     return s;
+}
+
+/* Speculation: acceptance per draft position, tokens per verify pass,
+   measured speedup over the plain tokens at the start of the call, routed
+   experts touched per token. */
+static void print_spec(const dsc_ctx_t *ctx, const dsc_gen_stats *st) {
+    if (!dsc_ctx_spec_enabled(ctx)) return;
+    const dsc_spec_stats *ss = &st->spec;
+    fprintf(stderr, "dsc: speculation      = %s\n", dsc_ctx_spec_note(ctx));
+    if (!ss->active) return;
+    fprintf(stderr, "dsc: acceptance       =");
+    int64_t dr = 0, ac = 0;
+    for (int j = 0; j < DSC_SPEC_MAX_DRAFT && ss->n_drafted[j]; j++) {
+        fprintf(stderr, " draft %d: %.1f%% (%lld/%lld)", j + 1,
+                100.0 * (double)ss->n_accepted[j] / (double)ss->n_drafted[j],
+                (long long)ss->n_accepted[j], (long long)ss->n_drafted[j]);
+        dr += ss->n_drafted[j];
+        ac += ss->n_accepted[j];
+    }
+    fprintf(stderr, "; all %.1f%%\n", dr ? 100.0 * (double)ac / (double)dr : 0.0);
+    double spec_rate = ss->spec_s > 0 ? (double)ss->n_spec_tokens / ss->spec_s : 0.0;
+    double plain_rate = ss->plain_s > 0 ? (double)ss->n_plain / ss->plain_s : 0.0;
+    fprintf(stderr, "dsc: spec decode      = %lld tokens in %lld verify passes (%.2f per pass), "
+            "%.2f tokens per second", (long long)ss->n_spec_tokens, (long long)ss->n_steps,
+            ss->n_steps ? (double)ss->n_spec_tokens / (double)ss->n_steps : 0.0, spec_rate);
+    if (plain_rate > 0)
+        fprintf(stderr, "; plain %.2f tokens per second (first %lld tokens): speedup %.2fx",
+                plain_rate, (long long)ss->n_plain, spec_rate / plain_rate);
+    fprintf(stderr, "\n");
+    if (ss->experts_spec || ss->experts_plain)
+        fprintf(stderr, "dsc: routed experts   = %.2f per token speculating (%.2f per pass), "
+                "%.2f per token plain (sum over MoE layers)\n",
+                ss->n_spec_tokens ? (double)ss->experts_spec / (double)ss->n_spec_tokens : 0.0,
+                ss->n_steps ? (double)ss->experts_spec / (double)ss->n_steps : 0.0,
+                ss->n_plain ? (double)ss->experts_plain / (double)ss->n_plain : 0.0);
 }
 
 static void print_timings(const cli_opts *o, const dsc_model_t *m, const dsc_ctx_t *ctx,
@@ -172,6 +210,7 @@ static void print_timings(const cli_opts *o, const dsc_model_t *m, const dsc_ctx
             steps ? gm / (double)steps : 0.0, gm > 0 ? 1e3 * (double)steps / gm : 0.0);
     fprintf(stderr, "dsc:       total time = %10.2f ms / %5lld tokens\n",
             (load_s + st->prompt_s + st->gen_s) * 1e3, (long long)(st->n_prompt + st->n_gen));
+    print_spec(ctx, st);
     fprintf(stderr, "dsc: memory: weights %s (mmapped, %s), KV cache %s (latent%s, %lld "
             "positions x %s/token latent), work buffers %s\n", w,
             dsc_dtype_name(in.dominant_dtype), kv,

@@ -2,28 +2,34 @@
  * train.c - `dsc train`: pre-train (or continue training) a DeepSeek-V3-style
  * model on a text file, on the CPU, in fp32.
  *
- *   dsc train -m OUT_DIR --data FILE --tokenizer DIR [--config CONFIG.json] ...
+ *   dsc train -m OUT_DIR --data FILE --tokenizer DIR [--config CONFIG.json | --preset NAME] ...
  *
  * One run:
  *  1. OUT_DIR without config.json: a new model is initialised there from
- *     --config (train/init.h: N(0, 0.006^2) matrices, unit norms, zero router
- *     bias; seeded by --seed) together with the tokenizer files.
+ *     --config, or from --preset NAME, a built-in architecture (PRESETS
+ *     below: tiny = configs/demo-v3-tiny.json, small ~25M parameters) with
+ *     the tokenizer's vocabulary size and BOS/EOS ids (train/init.h: N(0,
+ *     0.006^2) matrices, unit norms, zero router bias; seeded by --seed),
+ *     together with the tokenizer files.
  *  2. The checkpoint is loaded and copied into a trainable fp32 model
  *     (train/model_train.h), with its MTP module (spec §6, D = 1) when the
  *     config has num_nextn_predict_layers = 1: the loss is then
  *     CE + --mtp-weight x MTP CE (0.3 by default, as V3's first 10T tokens;
  *     0 skips the module, whose tensors are still kept in the checkpoints,
- *     though AdamW's weight decay still shrinks its matrices); when OUT_DIR also holds optimizer.safetensors +
- *     trainer_state.json, the AdamW moments, step count, seed and the data
- *     position are restored and training continues where it stopped.
+ *     though AdamW's weight decay still shrinks its matrices); when OUT_DIR
+ *     also holds optimizer.safetensors + trainer_state.json, the AdamW
+ *     moments, step count, seed and the data position are restored and
+ *     training continues where it stopped.
  *  3. --data is tokenized and split into train / validation documents
  *     (train/data.h); batches of --batch sequences of --seq tokens are drawn
  *     in a seeded shuffled order.
  *  4. Per step: forward + backward, global grad-norm clipping (--clip),
  *     AdamW (beta 0.9/0.95, --wd on matrices only) at the warm-up + cosine
- *     learning rate (--lr, --min-lr, --warmup; the cosine ends at --steps),
- *     then the auxiliary-loss-free balancing update of every noaux_tc
- *     router's e_score_correction_bias (spec §5.5, dsc_train_update_bias):
+ *     learning rate (--lr, --min-lr, --warmup; the cosine ends at --steps,
+ *     or, resuming without --steps, where the run that wrote the checkpoint
+ *     ended it: train_run.json), then the auxiliary-loss-free balancing
+ *     update of every noaux_tc router's e_score_correction_bias (spec §5.5,
+ *     dsc_train_update_bias):
  *         b_i += gamma * sign(mean_j load_j - load_i)
  *     per MoE layer, with load_i the (token, slot) picks of expert i in the
  *     step's batch (an overloaded expert's bias falls, an underloaded one's
@@ -35,34 +41,68 @@
  *     `dsc logits`; an MTP module under model.layers.{L}.* with the stored
  *     copies of the embedding and head, as DeepSeek-V3's files), the
  *     tokenizer files, the optimizer moments and the trainer state
- *     (train/ckpt.h). A checkpoint of step k is written only once the model
- *     of step k has given a finite loss (the next step's forward, or at the
- *     end the validation loss or one more forward), so that it is good.
+ *     (train/ckpt.h), and this tool's own files:
+ *         train_log.csv    one row per step 1..k (format: cli/train_log.c)
+ *         loss.svg         the loss curves against the step (the same rows)
+ *         train_run.json   {"steps", "warmup"}: the LR schedule's length and
+ *                          warm-up, so that a resume keeps the schedule
+ *     A checkpoint of step k is written only once the model of step k has
+ *     given a finite loss (the next step's forward, or at the end the
+ *     validation loss or one more forward), so that it is good. It is
+ *     written whole into OUT_DIR.next (dsc_ckpt_save), the three files are
+ *     added there, and then OUT_DIR.next and OUT_DIR are exchanged in one
+ *     atomic rename (renameat2 RENAME_EXCHANGE; where the file system lacks
+ *     it, moved aside and renamed as dsc_ckpt_save does) and the old one
+ *     deleted: a killed run leaves a checkpoint whose log has exactly its
+ *     steps. A resumed run reads the log back (rows after the checkpoint's
+ *     step, if any, are dropped) and appends to it.
+ *  6. --time-budget MIN: after each step the run ends (with the final
+ *     validation and checkpoint of that step; resumable) when one more step
+ *     and the final validation would end past MIN minutes from the start of
+ *     the command. With --steps the schedule is --steps long. Without it
+ *     (and no train_run.json to resume) the schedule is sized to fit: two
+ *     untimed passes (forward + backward, no update) warm up and give a
+ *     first estimate N0 of the steps that fit (the warm-up is min(100,
+ *     N0 / 10) unless --warmup is given; the cosine provisionally ends at
+ *     N0); steps 3..22 of the run are timed, and the schedule's length is
+ *     then fixed at N = steps done + time left / (time per step + the
+ *     validation's share), printed ("time budget 5 min: ~1234 steps at
+ *     0.243 s/step") and stored in train_run.json.
  *
  * Errors (message on stderr, exit 1; before any training where possible):
  * an OUT_DIR where checkpoints cannot be written, --seq above the model's
  * max_position_embeddings, an empty or non-UTF-8 --data file, and a loss
  * that is not finite (NaN / inf, e.g. from a far too large --lr): training
- * stops at once and OUT_DIR keeps the last good checkpoint.
+ * stops at once and OUT_DIR keeps the last good checkpoint. Bad usage (exit
+ * 2): an unknown --preset, or both --preset and --config.
  *
  * Determinism: the same seed, options and thread count give bit-identical
  * losses, and a run resumed from a step-k checkpoint continues exactly as
  * the uninterrupted run would have (the schedule spans --steps both times;
- * --stop-after k ends a run early, as an interruption would).
+ * --stop-after k ends a run early, as an interruption would). A schedule
+ * sized by --time-budget depends on the measured speed, so two such runs
+ * differ; resuming one keeps its schedule.
  *
  * Log lines (stderr; none with -q):
- *   step 12/100  loss 7.123456  lr 3.000e-04  gnorm 1.2345  2345 tok/s
+ *   step 12/100  loss 7.123456  lr 3.000e-04  gnorm 1.2345  2345 tok/s  eta 1m05s
  *   step 12/100  loss 9.100000  main 7.123456  mtp 6.589514  lr ...   (MTP)
+ *   step 12/100  loss 7.123556  main 7.123456  bal 0.000100  lr ...   (--balance-alpha)
+ *   step 12/?    ...            (--time-budget: the schedule is not sized yet)
  *   step 12      val loss 7.234567 (40 seqs)       (+ "  mtp X" with MTP)
  *   step 12      expert load max/mean: L1 1.75 L2 2.00
+ * The ETA is the steps left to this run's end (--stop-after, the schedule,
+ * or the time budget) times the mean time of the last 20 steps (the run's
+ * first step not counted), plus the validations still due.
  *
- * What this is not: fast (fp32, CPU), multi-device, a DSA (deepseek_v32)
- * trainer, or an MTP trainer for D > 1 (refused).
+ * What this is not: multi-device (one process, fp32, CPU), a DSA
+ * (deepseek_v32) trainer, or an MTP trainer for D > 1 (refused).
  */
 #include "cli.h"
 
-
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,10 +121,62 @@
 
 /* Validation looks at no more than this many batches per evaluation. */
 #define EVAL_MAX_BATCHES 50
+/* --time-budget without --steps: steps timed before the schedule is sized,
+   after the run's first two. */
+#define SIZE_SKIP 2
+#define SIZE_STEPS 20
+/* The ETA's moving average: the last this many step times. */
+#define ETA_WINDOW 20
+
+/*
+ * Built-in architectures for --preset. The JSON is config.json without
+ * vocab_size and the BOS/EOS ids, which come from the tokenizer. tiny is
+ * configs/demo-v3-tiny.json field for field (tested); small is the same
+ * design at about 9x the parameters.
+ */
+typedef struct {
+    const char *name;
+    const char *what;   /* one line for --help */
+    const char *json;
+} train_preset;
+
+static const train_preset PRESETS[] = {
+    {"tiny", "configs/demo-v3-tiny.json (4 layers, d 128, 2.9M params)",
+     "\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\", "
+     "\"hidden_size\": 128, \"intermediate_size\": 344, \"moe_intermediate_size\": 96, "
+     "\"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"q_lora_rank\": 64, "
+     "\"kv_lora_rank\": 64, \"qk_nope_head_dim\": 32, \"qk_rope_head_dim\": 16, "
+     "\"v_head_dim\": 32, \"n_routed_experts\": 8, \"n_shared_experts\": 1, "
+     "\"num_experts_per_tok\": 2, \"n_group\": 1, \"topk_group\": 1, "
+     "\"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\", \"norm_topk_prob\": true, "
+     "\"routed_scaling_factor\": 1.0, \"first_k_dense_replace\": 1, "
+     "\"max_position_embeddings\": 1024, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, "
+     "\"tie_word_embeddings\": false, \"num_nextn_predict_layers\": 1, "
+     "\"hidden_act\": \"silu\", \"attention_bias\": false"},
+    {"small", "8 layers, d 256, 16+1 experts top-2, MTP (25M params)",
+     "\"architectures\": [\"DeepseekV3ForCausalLM\"], \"model_type\": \"deepseek_v3\", "
+     "\"hidden_size\": 256, \"intermediate_size\": 688, \"moe_intermediate_size\": 192, "
+     "\"num_hidden_layers\": 8, \"num_attention_heads\": 8, \"q_lora_rank\": 128, "
+     "\"kv_lora_rank\": 64, \"qk_nope_head_dim\": 32, \"qk_rope_head_dim\": 16, "
+     "\"v_head_dim\": 32, \"n_routed_experts\": 16, \"n_shared_experts\": 1, "
+     "\"num_experts_per_tok\": 2, \"n_group\": 1, \"topk_group\": 1, "
+     "\"topk_method\": \"noaux_tc\", \"scoring_func\": \"sigmoid\", \"norm_topk_prob\": true, "
+     "\"routed_scaling_factor\": 1.0, \"first_k_dense_replace\": 1, "
+     "\"max_position_embeddings\": 2048, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0, "
+     "\"tie_word_embeddings\": false, \"num_nextn_predict_layers\": 1, "
+     "\"hidden_act\": \"silu\", \"attention_bias\": false"},
+};
+#define N_PRESETS ((int)(sizeof PRESETS / sizeof PRESETS[0]))
+
+void cli_train_usage_presets(FILE *f) {
+    for (int i = 0; i < N_PRESETS; i++)
+        fprintf(f, "                           %-6s %s\n", PRESETS[i].name, PRESETS[i].what);
+    fprintf(f, "                         (parameter counts at a 4096-id vocabulary)\n");
+}
 
 cli_train_opts cli_train_default_opts(void) {
     cli_train_opts t = {0};
-    t.steps = 100;
+    t.steps = 0;            /* not given: the checkpoint's run, else 100 */
     t.batch = 4;
     t.seq = 64;
     t.lr = 3e-4;
@@ -124,6 +216,30 @@ static void read_config(const char *path, dsc_config *cfg) {
     fclose(f);
     dsc_err e = {0};
     if (dsc_config_parse(text, len, path, cfg, &e) != DSC_OK) cli_die(&e);
+    free(text);
+}
+
+static const train_preset *find_preset(const char *name) {
+    for (int i = 0; i < N_PRESETS; i++)
+        if (!strcmp(PRESETS[i].name, name)) return &PRESETS[i];
+    return NULL;
+}
+
+/* The config of preset p for tokenizer tok; exits on error. */
+static void preset_config(const train_preset *p, const dsc_tokenizer_t *tok, dsc_config *cfg) {
+    char ids[96] = "", what[64];
+    int32_t bos = dsc_tokenizer_bos(tok), eos = dsc_tokenizer_eos(tok);
+    if (bos >= 0) snprintf(ids, sizeof ids, "\"bos_token_id\": %d, ", (int)bos);
+    if (eos >= 0)
+        snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "\"eos_token_id\": %d, ", (int)eos);
+    size_t cap = strlen(p->json) + 256;
+    char *text = malloc(cap);
+    if (!text) die_msg("out of memory%s", "");
+    snprintf(text, cap, "{\"vocab_size\": %lld, %s%s}", (long long)dsc_tokenizer_vocab(tok), ids,
+             p->json);
+    snprintf(what, sizeof what, "--preset %s", p->name);
+    dsc_err e = {0};
+    if (dsc_config_parse(text, strlen(text), what, cfg, &e) != DSC_OK) cli_die(&e);
     free(text);
 }
 
@@ -179,8 +295,115 @@ static void log_load(const dsc_config *c, const int64_t *load, int64_t step) {
     fprintf(stderr, "\n");
 }
 
+/* "45s", "3m12s", "2h05m"; "?" when unknown. */
+static void fmt_duration(char *buf, size_t cap, double s) {
+    if (!(s >= 0) || s > 1e8) snprintf(buf, cap, "?");
+    else if (s < 59.5) snprintf(buf, cap, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, cap, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+    else snprintf(buf, cap, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+}
+
+/* ---- the run's files next to the checkpoint ---- */
+
+/* train_run.json: what the run decided about the schedule. */
+typedef struct {
+    int64_t steps;        /* length of the LR schedule; 0 = not decided yet */
+    int64_t warmup;
+    double budget_min;    /* > 0: sized by --time-budget (recorded only)    */
+} run_info;
+
+/* Read dir/train_run.json; 0 and *ri, or -1 (absent or unreadable: a
+   checkpoint of an older dsc, or one saved before the budget was sized). */
+static int read_run_info(const char *dir, run_info *ri) {
+    char p[4096];
+    if ((size_t)snprintf(p, sizeof p, "%s/train_run.json", dir) >= sizeof p) return -1;
+    json_error_t je;
+    json_t *j = json_load_file(p, 0, &je);
+    if (!j) return -1;
+    json_t *s = json_object_get(j, "steps"), *w = json_object_get(j, "warmup");
+    int ok = json_is_integer(s) && json_is_integer(w) && json_integer_value(s) >= 1 &&
+             json_integer_value(w) >= 0;
+    if (ok) {
+        ri->steps = json_integer_value(s);
+        ri->warmup = json_integer_value(w);
+        json_t *b = json_object_get(j, "time_budget_min");
+        ri->budget_min = json_is_number(b) ? json_number_value(b) : 0;
+    }
+    json_decref(j);
+    return ok ? 0 : -1;
+}
+
+static int write_run_info(const char *path, const run_info *ri) {
+    json_t *j = json_object();
+    json_object_set_new(j, "steps", json_integer(ri->steps));
+    json_object_set_new(j, "warmup", json_integer(ri->warmup));
+    if (ri->budget_min > 0) json_object_set_new(j, "time_budget_min", json_real(ri->budget_min));
+    int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+                            JSON_REAL_PRECISION(7));
+    json_decref(j);
+    return rc;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Delete the directory tree at path (best effort). */
+static void rm_tree(const char *path) {
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Put the complete checkpoint directory `stage` in the place of `dir` and
+   delete the old one. 0, or -1 with a message (dir, or the old checkpoint
+   at a named place, is left whole). */
+static int swap_into_place(const char *stage, const char *dir, char *msg, size_t cap) {
+    if (access(dir, F_OK) != 0) {
+        if (rename(stage, dir) == 0) return 0;
+        snprintf(msg, cap, "cannot rename %s to %s: %s", stage, dir, strerror(errno));
+        return -1;
+    }
+#ifdef RENAME_EXCHANGE
+    if (renameat2(AT_FDCWD, stage, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
+        rm_tree(stage);   /* now the old checkpoint */
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) {
+        snprintf(msg, cap, "cannot exchange %s and %s: %s", stage, dir, strerror(errno));
+        return -1;
+    }
+#endif
+    char old[4200];
+    snprintf(old, sizeof old, "%s.old.XXXXXX", dir);
+    if (!mkdtemp(old) || rename(dir, old) != 0) {
+        snprintf(msg, cap, "cannot move the old checkpoint %s aside: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (rename(stage, dir) != 0) {
+        int err = errno;
+        if (rename(old, dir) != 0)
+            snprintf(msg, cap, "cannot rename %s to %s (%s); the old checkpoint is at %s", stage,
+                     dir, strerror(err), old);
+        else
+            snprintf(msg, cap, "cannot rename %s to %s: %s", stage, dir, strerror(err));
+        return -1;
+    }
+    rm_tree(old);
+    return 0;
+}
+
+/* What a save writes besides dsc_ckpt_save's files. */
+typedef struct {
+    const char *stage;          /* OUT_DIR.next */
+    const cli_train_log *log;
+    const char *title;          /* of loss.svg */
+    run_info run;               /* run.steps 0: no train_run.json */
+} save_extra;
+
+/* Save the step-st->step checkpoint with its log into dir (see 5. above);
+   exits on error, leaving dir's previous checkpoint. */
 static void save(const char *dir, dsc_train_model_t *tm, dsc_ckpt_tensor *ct, const char *tokdir,
-                 dsc_adamw_t *opt, const dsc_train_state *st) {
+                 dsc_adamw_t *opt, const dsc_train_state *st, const save_extra *x) {
     int64_t np = 0;
     const dsc_param *params = dsc_train_model_params(tm, &np);
     for (int64_t i = 0; i < np; i++) {
@@ -197,23 +420,75 @@ static void save(const char *dir, dsc_train_model_t *tm, dsc_ckpt_tensor *ct, co
     sp.opt = opt;
     sp.state = *st;
     dsc_err e = {0};
-    if (dsc_ckpt_save(dir, &sp, &e) != DSC_OK) cli_die(&e);
+    if (dsc_ckpt_save(x->stage, &sp, &e) != DSC_OK) cli_die(&e);
+    char p[4200], msg[8600];
+    const char *failed = NULL;
+    snprintf(p, sizeof p, "%s/train_log.csv", x->stage);
+    if (cli_log_write_csv(x->log, p, st->step) != 0) failed = p;
+    if (!failed) {
+        snprintf(p, sizeof p, "%s/loss.svg", x->stage);
+        if (cli_log_write_svg(x->log, p, st->step, x->title) != 0) failed = p;
+    }
+    if (!failed && x->run.steps > 0) {
+        snprintf(p, sizeof p, "%s/train_run.json", x->stage);
+        if (write_run_info(p, &x->run) != 0) failed = p;
+    }
+    if (failed) {
+        fprintf(stderr, "dsc: cannot write %s: %s; %s keeps its previous checkpoint\n", failed,
+                strerror(errno), dir);
+        exit(1);
+    }
+    if (swap_into_place(x->stage, dir, msg, sizeof msg) != 0) {
+        fprintf(stderr, "dsc: %s\n", msg);
+        exit(1);
+    }
 }
 
 int cmd_train(const cli_opts *o) {
     const cli_train_opts *a = &o->train;
-    const char *dir = o->model_dir;
     dsc_err e = {0};
+    double t_start = cli_now();
     if (!a->data) cli_die_usage("train needs --data FILE", NULL);
     if (a->batch < 1 || a->seq < 1) cli_die_usage("--batch and --seq must be >= 1", NULL);
-    int64_t warmup = a->warmup >= 0 ? a->warmup : (a->steps / 10 < 100 ? a->steps / 10 : 100);
-    if (warmup > a->steps) cli_die_usage("--warmup must not exceed --steps", NULL);
+    if (a->preset && a->config)
+        cli_die_usage("--preset and --config both give the architecture; pass one", NULL);
+    const train_preset *preset = NULL;
+    if (a->preset && !(preset = find_preset(a->preset))) {
+        char names[256] = "";
+        for (int i = 0; i < N_PRESETS; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                     PRESETS[i].name);
+        fprintf(stderr, "dsc: unknown --preset \"%s\" (presets: %s)\n", a->preset, names);
+        exit(2);
+    }
+    /* OUT_DIR without trailing slashes: OUT_DIR.next must be its sibling */
+    char dir[4096];
+    if (strlen(o->model_dir) >= sizeof dir - 16) cli_die_usage("-m path too long", NULL);
+    snprintf(dir, sizeof dir, "%s", o->model_dir);
+    for (size_t n = strlen(dir); n > 1 && dir[n - 1] == '/'; n--) dir[n - 1] = '\0';
+    char stage[4200];
+    snprintf(stage, sizeof stage, "%s.next", dir);
 #ifdef _OPENMP
     if (o->threads > 0) omp_set_num_threads(o->threads);
 #endif
     int has_ckpt = file_exists(dir, "config.json");
     int has_opt = has_ckpt && file_exists(dir, "optimizer.safetensors") &&
                   file_exists(dir, "trainer_state.json");
+
+    /* the schedule: --steps, else the checkpoint's run, else sized by the
+       time budget, else 100 (see 4. and 6. above) */
+    run_info prev = {0};
+    int has_prev = has_opt && read_run_info(dir, &prev) == 0;
+    int64_t total = a->steps > 0 ? a->steps : has_prev ? prev.steps : 0;
+    int sizing = total == 0 && a->time_budget > 0;
+    if (total == 0 && !sizing) total = 100;
+    int64_t warmup = a->warmup;
+    if (warmup < 0 && a->steps <= 0 && has_prev) warmup = prev.warmup;
+    if (warmup < 0 && !sizing) warmup = total / 10 < 100 ? total / 10 : 100;
+    if (!sizing && warmup > total)
+        cli_die_usage(a->steps > 0 ? "--warmup must not exceed --steps"
+                                   : "--warmup must not exceed the run's steps", NULL);
+
     const char *tokdir = a->tokenizer ? a->tokenizer : has_ckpt ? dir : NULL;
     if (!tokdir) cli_die_usage("train needs --tokenizer DIR", NULL);
     uint64_t seed = o->seed_set ? o->sp.seed : 0;
@@ -228,15 +503,17 @@ int cmd_train(const cli_opts *o) {
 
     /* 1. a new model when OUT_DIR has none */
     if (!has_ckpt) {
-        if (!a->config)
-            die_msg("%s holds no checkpoint (config.json): pass --config CONFIG.json to "
-                    "initialise a new model there", dir);
+        if (!a->config && !preset)
+            die_msg("%s holds no checkpoint (config.json): pass --config CONFIG.json or "
+                    "--preset NAME to initialise a new model there", dir);
+        const char *src = a->config ? a->config : a->preset;
         dsc_config cfg;
-        read_config(a->config, &cfg);
+        if (preset) preset_config(preset, tok, &cfg);
+        else read_config(a->config, &cfg);
         if (cfg.max_position_embeddings > 0 && a->seq > cfg.max_position_embeddings) {
             fprintf(stderr, "dsc: --seq %lld is larger than the model's max_position_embeddings "
                     "%lld (%s)\n", (long long)a->seq, (long long)cfg.max_position_embeddings,
-                    a->config);
+                    src);
             exit(1);
         }
         if (dsc_tokenizer_vocab(tok) > cfg.vocab_size) {
@@ -250,15 +527,19 @@ int cmd_train(const cli_opts *o) {
         ip.tokenizer_dir = tokdir;
         if (dsc_train_init_save(dir, &cfg, &ip, &e) != DSC_OK) cli_die(&e);
         if (!o->quiet)
-            fprintf(stderr, "dsc: new %s model in %s (init std %g, seed %llu)\n",
-                    cfg.model_type, dir, a->init_std, (unsigned long long)seed);
-    } else if (a->config && !o->quiet) {
-        fprintf(stderr, "dsc: %s already holds a checkpoint; --config ignored\n", dir);
+            fprintf(stderr, "dsc: new %s model in %s from %s%s (init std %g, seed %llu)\n",
+                    cfg.model_type, dir, preset ? "preset " : "", src, a->init_std,
+                    (unsigned long long)seed);
+    } else if ((a->config || preset) && !o->quiet) {
+        fprintf(stderr, "dsc: %s already holds a checkpoint; %s ignored\n", dir,
+                a->config ? "--config" : "--preset");
     }
 
     /* 2. trainable copy, optimizer, resume */
     int64_t B = a->batch, T = a->seq;
-    dsc_model_t *m = cli_load_model(o, NULL);
+    cli_opts lo = *o;
+    lo.model_dir = dir;
+    dsc_model_t *m = cli_load_model(&lo, NULL);
     const dsc_config *mc = dsc_model_config(m);
     if (mc->max_position_embeddings > 0 && T > mc->max_position_embeddings) {
         fprintf(stderr, "dsc: --seq %lld is larger than the model's max_position_embeddings "
@@ -278,6 +559,7 @@ int cmd_train(const cli_opts *o) {
         cli_die(&e);
     }
     int mtp_on = dsc_train_model_has_mtp(tm) && a->mtp_weight > 0;
+    int bal_on = a->balance_alpha > 0;
     dsc_train_set_balance_alpha(tm, a->balance_alpha);
     dsc_model_free(m);
     const dsc_config *c = dsc_train_model_config(tm);
@@ -302,6 +584,22 @@ int cmd_train(const cli_opts *o) {
         if (!o->seed_set) seed = st.seed;
         st.seed = seed;
     }
+
+    /* the log of the checkpoint's steps, continued */
+    cli_train_log log = {0};
+    if (has_opt) {
+        char p[4200], msg[4600];
+        snprintf(p, sizeof p, "%s/train_log.csv", dir);
+        int rc = cli_log_read_csv(&log, p, st.step, msg, sizeof msg);
+        if (rc < 0 && !o->quiet)
+            fprintf(stderr, "dsc: warning: %s; the log keeps the %lld rows before it\n", msg,
+                    (long long)log.n);
+        else if (rc == 1 && st.step > 0 && !o->quiet)
+            fprintf(stderr, "dsc: %s has no train_log.csv; the log starts at step %lld\n", dir,
+                    (long long)st.step + 1);
+    }
+    double elapsed0 = log.n ? log.rows[log.n - 1].elapsed_s : 0;
+    if (!isfinite(elapsed0)) elapsed0 = 0;
 
     /* 3. data */
     dsc_data_params dp = dsc_data_default_params();
@@ -329,41 +627,83 @@ int cmd_train(const cli_opts *o) {
     if (dsc_data_iter_new(ds, DSC_SPLIT_TRAIN, B, 1, seed, &it, &e) != DSC_OK) cli_die(&e);
     dsc_data_iter_seek(it, st.data_batches);
     int64_t n_val = dsc_data_n_seqs(ds, DSC_SPLIT_VAL);
+    int64_t n_val_batches = n_val < EVAL_MAX_BATCHES * B ? (n_val + B - 1) / B : EVAL_MAX_BATCHES;
 
     int32_t *ids = malloc((size_t)(B * (T + 1)) * sizeof *ids);
     dsc_ckpt_tensor *ct = calloc((size_t)np, sizeof *ct);
     if (!ids || !ct) die_msg("out of memory%s", "");
 
-    dsc_lr_schedule sched = {a->lr, a->min_lr >= 0 ? a->min_lr : a->lr / 10, warmup, a->steps};
-    int64_t end = a->stop_after > 0 && a->stop_after < a->steps ? a->stop_after : a->steps;
-    char mtp_desc[96] = "";
+    double budget_s = a->time_budget * 60, deadline = t_start + budget_s;
+    if (sizing) {
+        /* two untimed passes (no update; the data position is kept): the
+           second gives a first estimate N0 of the steps that fit */
+        double t_pass = 0;
+        for (int i = 0; i < 2; i++) {
+            double t0 = cli_now(), l = 0;
+            dsc_data_iter_next(it, ids, NULL);
+            if (dsc_train_forward_backward(tm, ids, B, T, &l, &e) != DSC_OK) cli_die(&e);
+            t_pass = cli_now() - t0;
+        }
+        dsc_data_iter_seek(it, st.data_batches);
+        double left = deadline - cli_now();
+        total = st.step + (int64_t)(left > 0 ? left / (t_pass > 1e-6 ? t_pass : 1e-6) : 0);
+        if (total > st.step + 100000000) total = st.step + 100000000;
+        if (total < st.step + 1) total = st.step + 1;
+        if (warmup < 0) warmup = total / 10 < 100 ? total / 10 : 100;
+    }
+    dsc_lr_schedule sched = {a->lr, a->min_lr >= 0 ? a->min_lr : a->lr / 10, warmup,
+                             total > warmup ? total : warmup};
+    /* end: the last step of this run (sizing: until the budget fixes it) */
+    int64_t end = sizing ? INT64_MAX : total;
+    if (a->stop_after > 0 && a->stop_after < end) end = a->stop_after;
+    char mtp_desc[96] = "", budget_desc[96] = "";
     if (mtp_on) snprintf(mtp_desc, sizeof mtp_desc, ", MTP (D = 1) weight %g", a->mtp_weight);
     else if (dsc_train_model_has_mtp(tm))
         snprintf(mtp_desc, sizeof mtp_desc, ", MTP module kept but not trained (weight 0)");
+    if (a->time_budget > 0)
+        snprintf(budget_desc, sizeof budget_desc, ", time budget %g min", a->time_budget);
     int64_t n_par = 0;
     for (int64_t i = 0; i < np; i++) n_par += dsc_param_numel(&params[i]);
+    char total_txt[32], end_txt[32];
+    snprintf(total_txt, sizeof total_txt, sizing ? "? (sized by the time budget)" : "%lld",
+             (long long)total);
+    snprintf(end_txt, sizeof end_txt, end == INT64_MAX ? "?" : "%lld", (long long)end);
     if (!o->quiet)
-        fprintf(stderr, "dsc: training %s: %lld params, %lld x %lld tokens/step, steps %lld..%lld "
-                "of %lld, %lld train / %lld val sequences (%lld / %lld tokens), seed %llu%s%s\n",
+        fprintf(stderr, "dsc: training %s: %lld params, %lld x %lld tokens/step, steps %lld..%s "
+                "of %s, %lld train / %lld val sequences (%lld / %lld tokens), seed %llu%s%s%s\n",
                 dir, (long long)n_par, (long long)B, (long long)T, (long long)st.step + 1,
-                (long long)end, (long long)a->steps,
-                (long long)dsc_data_n_seqs(ds, DSC_SPLIT_TRAIN), (long long)n_val,
-                (long long)dsc_data_n_tokens(ds, DSC_SPLIT_TRAIN),
+                end_txt, total_txt, (long long)dsc_data_n_seqs(ds, DSC_SPLIT_TRAIN),
+                (long long)n_val, (long long)dsc_data_n_tokens(ds, DSC_SPLIT_TRAIN),
                 (long long)dsc_data_n_tokens(ds, DSC_SPLIT_VAL), (unsigned long long)seed,
-                has_opt ? " (resumed)" : "", mtp_desc);
+                has_opt ? " (resumed)" : "", mtp_desc, budget_desc);
     if (st.step >= end && !o->quiet)
         fprintf(stderr, "dsc: %s is already at step %lld; nothing to do\n", dir,
                 (long long)st.step);
+
+    save_extra sx = {stage, &log, NULL, {sizing ? 0 : total, warmup, 0}};
+    if (a->steps <= 0 && has_prev) sx.run.budget_min = prev.budget_min;
+    char title[256], moe[64] = "dense";
+    if (c->n_routed_experts > 0)
+        snprintf(moe, sizeof moe, "%lld+%lld experts top-%lld", (long long)c->n_routed_experts,
+                 (long long)c->n_shared_experts, (long long)c->num_experts_per_tok);
+    snprintf(title, sizeof title, "%s, %.*f%s params: %lld layers, d %lld, %s%s; batch %lld x %lld",
+             c->model_type, n_par < 1000000 ? 0 : 1, (double)n_par / (n_par < 1000000 ? 1e3 : 1e6),
+             n_par < 1000000 ? "k" : "M", (long long)c->num_hidden_layers,
+             (long long)c->hidden_size, moe, dsc_train_model_has_mtp(tm) ? ", MTP" : "",
+             (long long)B, (long long)T);
+    sx.title = title;
 
     /* 4. the loop. A due checkpoint of step k waits (pending) until the
        model of step k has given a finite loss: step k+1's forward, or at
        the end the validation loss or one more forward. */
     double t_all = cli_now(), loss = NAN;
+    double win[ETA_WINDOW], t_first = 0, t_eval = -1;   /* step times; last validation's */
+    int64_t n_win = 0;
     int64_t done0 = st.step, good_step = st.step;
     int pending = 0, failed = 0;
     dsc_train_state pst = st;
     for (int64_t step = st.step; step < end; step++) {
-        double t0 = cli_now();
+        double t0 = cli_now(), t_save = 0;
         dsc_data_iter_next(it, ids, NULL);
         st.data_batches++;
         if (dsc_train_forward_backward(tm, ids, B, T, &loss, &e) != DSC_OK) cli_die(&e);
@@ -373,13 +713,15 @@ int cmd_train(const cli_opts *o) {
             break;
         }
         if (pending) {
-            save(dir, tm, ct, tokdir, opt, &pst);
+            double ts = cli_now();
+            save(dir, tm, ct, tokdir, opt, &pst, &sx);
             good_step = pst.step;
             pending = 0;
+            t_save = cli_now() - ts;
             if (!o->quiet) fprintf(stderr, "step %-6lld saved %s\n", (long long)pst.step, dir);
         }
-        double ce = 0, mtp = 0;
-        dsc_train_loss_parts(tm, &ce, NULL, &mtp);
+        double ce = 0, mtp = 0, bal = 0;
+        dsc_train_loss_parts(tm, &ce, &bal, &mtp);
         double gn = dsc_clip_grad_norm(params, np, a->clip);
         double lr = dsc_lr_at(&sched, step);
         int skipped = !isfinite(gn);
@@ -390,21 +732,82 @@ int cmd_train(const cli_opts *o) {
         const int64_t *load = dsc_train_model_expert_load(tm);
         st.step = step + 1;
         st.lr = lr;
-        double dt = cli_now() - t0;
-        if (!o->quiet) {
-            char parts[96] = "";
-            if (mtp_on) snprintf(parts, sizeof parts, "  main %.6f  mtp %.6f", ce, mtp);
-            fprintf(stderr, "step %lld/%lld  loss %.6f%s  lr %.3e  gnorm %.4f  %.0f tok/s%s\n",
-                    (long long)st.step, (long long)a->steps, loss, parts, lr, gn,
-                    (double)(B * T) / (dt > 0 ? dt : 1e-9),
-                    skipped ? "  (non-finite gradient: step skipped)" : "");
+        double dt = cli_now() - t0 - t_save;
+        /* mean of the last ETA_WINDOW step times, the run's first not
+           counted (it stands in only until there is another) */
+        if (st.step == done0 + 1) t_first = dt;
+        else win[n_win++ % ETA_WINDOW] = dt;
+        double avg = t_first;
+        if (n_win > 0) {
+            int64_t k = n_win < ETA_WINDOW ? n_win : ETA_WINDOW;
+            avg = 0;
+            for (int64_t i = 0; i < k; i++) avg += win[i];
+            avg /= (double)k;
         }
-        int last = st.step == end, checked = 0;
+        double t_val = n_val == 0 ? 0 : t_eval >= 0 ? t_eval : 0.4 * avg * (double)n_val_batches;
+
+        /* --time-budget: size the schedule after steps 3..22 of the run */
+        int64_t ran = st.step - done0;
+        if (sizing && ran == SIZE_SKIP + SIZE_STEPS) {
+            double per = avg + (a->eval_every > 0 ? t_val / (double)a->eval_every : 0);
+            double left = deadline - cli_now() - t_val;
+            int64_t more = left > 0 ? (int64_t)floor(left / per) : 0;
+            if (more > 100000000) more = 100000000;
+            total = st.step + more;
+            sizing = 0;
+            sched.total_steps = total > warmup ? total : warmup;
+            sx.run = (run_info){total, warmup, a->time_budget};
+            if (end > total) end = total;
+            if (!o->quiet)
+                fprintf(stderr, "dsc: time budget %g min: ~%lld steps at %.3g s/step\n",
+                        a->time_budget, (long long)total, avg);
+        }
+        int last = st.step == end, checked = 0, out_of_time = 0;
+        if (!last && budget_s > 0 && cli_now() + avg + t_val > deadline) {
+            last = out_of_time = 1;
+            end = st.step;
+            if (sizing) {   /* the budget ran out before the schedule was sized */
+                total = st.step;
+                sizing = 0;
+                sx.run = (run_info){total, warmup < total ? warmup : total, a->time_budget};
+            }
+        }
+        if (!o->quiet) {
+            char parts[128] = "", eta[32], of[32];
+            int np_ = 0;
+            if (mtp_on || bal_on)
+                np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  main %.6f", ce);
+            if (mtp_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  mtp %.6f", mtp);
+            if (bal_on) snprintf(parts + np_, sizeof parts - (size_t)np_, "  bal %.6f", bal);
+            /* the ETA: steps left x mean step time + the validations due */
+            double left_s;
+            if (sizing) {
+                left_s = deadline - cli_now();
+            } else {
+                int64_t rem = end - st.step, evals = 0;
+                if (a->eval_every > 0) evals = end / a->eval_every - st.step / a->eval_every;
+                if (rem > 0 && (a->eval_every <= 0 || end % a->eval_every)) evals++;
+                left_s = (double)rem * avg + (double)evals * t_val;
+                if (budget_s > 0 && left_s > deadline - cli_now()) left_s = deadline - cli_now();
+            }
+            fmt_duration(eta, sizeof eta, left_s);
+            snprintf(of, sizeof of, sizing ? "?" : "%lld", (long long)total);
+            fprintf(stderr, "step %lld/%s  loss %.6f%s  lr %.3e  gnorm %.4f  %.0f tok/s  "
+                    "eta %s%s\n", (long long)st.step, of, loss, parts, lr, gn,
+                    (double)(B * T) / (dt > 0 ? dt : 1e-9), eta,
+                    skipped ? "  (non-finite gradient: step skipped)" : "");
+            if (out_of_time)
+                fprintf(stderr, "dsc: time budget %g min: stopping after step %lld of %lld "
+                        "(resumable)\n", a->time_budget, (long long)st.step, (long long)total);
+        }
+        cli_log_row row = {st.step, loss, ce, mtp_on ? mtp : NAN, bal_on ? bal : NAN, lr, gn,
+                           (double)(B * T) / (dt > 0 ? dt : 1e-9), 0, NAN, NAN};
         if ((a->eval_every > 0 && st.step % a->eval_every == 0) || last) {
             if (!o->quiet) log_load(c, load, st.step);
             if (n_val > 0) {
                 int64_t seen = 0;
-                double vm = 0, vl = val_loss(tm, ds, B, T, ids, &seen, &vm);
+                double te = cli_now(), vm = 0, vl = val_loss(tm, ds, B, T, ids, &seen, &vm);
+                t_eval = cli_now() - te;
                 if (!isfinite(vl) || !isfinite(vm)) {
                     report_nonfinite("validation loss", st.step, isfinite(vl) ? vm : vl, dir,
                                      good_step);
@@ -412,6 +815,8 @@ int cmd_train(const cli_opts *o) {
                     break;
                 }
                 checked = 1;
+                row.val_loss = vl;
+                row.val_mtp = mtp_on ? vm : NAN;
                 if (!o->quiet) {
                     char parts[64] = "";
                     if (mtp_on) snprintf(parts, sizeof parts, "  mtp %.6f", vm);
@@ -420,6 +825,8 @@ int cmd_train(const cli_opts *o) {
                 }
             }
         }
+        row.elapsed_s = elapsed0 + (cli_now() - t_all);
+        if (cli_log_add(&log, &row) != 0) die_msg("out of memory%s", "");
         if ((a->save_every > 0 && st.step % a->save_every == 0) || last) {
             pending = 1;
             pst = st;
@@ -435,7 +842,7 @@ int cmd_train(const cli_opts *o) {
                     break;
                 }
             }
-            save(dir, tm, ct, tokdir, opt, &pst);
+            save(dir, tm, ct, tokdir, opt, &pst, &sx);
             good_step = pst.step;
             pending = 0;
             if (!o->quiet) fprintf(stderr, "step %-6lld saved %s\n", (long long)pst.step, dir);
@@ -443,10 +850,11 @@ int cmd_train(const cli_opts *o) {
     }
     if (!failed && !o->quiet && st.step > done0) {
         double dt = cli_now() - t_all;
-        fprintf(stderr, "dsc: %lld steps in %.1f s (%.0f tok/s), final loss %.6f\n",
-                (long long)(st.step - done0), dt,
-                (double)((st.step - done0) * B * T) / (dt > 0 ? dt : 1e-9), loss);
+        fprintf(stderr, "dsc: %lld steps in %.1f s (%.0f tok/s), final loss %.6f; log in "
+                "%s/train_log.csv, plot in %s/loss.svg\n", (long long)(st.step - done0), dt,
+                (double)((st.step - done0) * B * T) / (dt > 0 ? dt : 1e-9), loss, dir, dir);
     }
+    cli_log_free(&log);
     free(ct);
     free(ids);
     dsc_data_iter_free(it);
@@ -456,4 +864,3 @@ int cmd_train(const cli_opts *o) {
     dsc_tokenizer_free(tok);
     return failed ? 1 : 0;
 }
-

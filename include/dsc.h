@@ -202,6 +202,11 @@ typedef struct {
        module's latent (and DSA key) cache. */
     dsc_spec_mode spec;
     int draft_n;          /* 0..DSC_SPEC_MAX_DRAFT                                 */
+    int64_t draft_vocab;  /* > 0: the draft's head scores only ids [0, draft_vocab)
+                             (byte-level BPE ids are roughly in merge-frequency
+                             order, so these are the common tokens): a cheaper
+                             draft, still exact output (drafts outside are just
+                             never proposed); 0 = the whole vocabulary       */
     int spec_probe;       /* tokens decoded plainly at the start of each call to
                              measure the speedup (AUTO: to choose; AUTO uses 4
                              when this is 0); default 4                         */

@@ -78,8 +78,14 @@ static void mtp_run(dsc_ctx_t *c, const float *h, const int32_t *next, int64_t n
     const float *last = w->x + (n - 1) * d;
     memcpy(sp->g, last, (size_t)d * sizeof(float));
     if (logits) {
+        /* the head's first draft_vocab rows only, when set (a view: rows are
+           contiguous, and an FP8 head's scale rows follow the same order) */
+        dsc_wmat head = m->lm_head;
+        int64_t Vd = c->p.draft_vocab > 0 ? c->p.draft_vocab : head.rows;
+        head.rows = Vd;
         dsc_k_rmsnorm(c->k, w->xn, last, &x->head_norm, 1, d, eps);
-        dsc_k_matmul(c->k, logits, w->xn, &m->lm_head, 1);
+        dsc_k_matmul(c->k, logits, w->xn, &head, 1);
+        for (int64_t v = Vd; v < m->lm_head.rows; v++) logits[v] = -INFINITY;
     }
 }
 

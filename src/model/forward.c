@@ -74,6 +74,9 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     if (p.draft_n < 0 || p.draft_n > DSC_SPEC_MAX_DRAFT)
         return dsc_err_set(err, DSC_ERR_ARG, "draft_n %d out of range 0..%d", p.draft_n,
                            DSC_SPEC_MAX_DRAFT);
+    if (p.draft_vocab < 0 || p.draft_vocab > cf->vocab_size)
+        return dsc_err_set(err, DSC_ERR_ARG, "draft_vocab %lld out of range 0..%lld",
+                           (long long)p.draft_vocab, (long long)cf->vocab_size);
     if (p.spec_probe < 0)
         return dsc_err_set(err, DSC_ERR_ARG, "spec_probe %d < 0", p.spec_probe);
     if (p.spec == DSC_SPEC_MTP && m->n_mtp == 0)

@@ -38,15 +38,21 @@ static int collect(void *user, int32_t id) {
     return 0;
 }
 
-static dsc_ctx_t *spec_ctx(dsc_t *t, dsc_model_t *m, dsc_spec_mode mode, int draft_n,
-                           int64_t n_batch, int probe) {
+static dsc_ctx_t *spec_ctx_v(dsc_t *t, dsc_model_t *m, dsc_spec_mode mode, int draft_n,
+                             int64_t n_batch, int probe, int64_t draft_vocab) {
     dsc_ctx_params p = dsc_ctx_default_params();
+    p.draft_vocab = draft_vocab;
     p.n_ctx = 256;
     p.n_batch = n_batch;
     p.spec = mode;
     p.draft_n = draft_n;
     p.spec_probe = probe;
     return t_new_ctx(t, m, &p);
+}
+
+static dsc_ctx_t *spec_ctx(dsc_t *t, dsc_model_t *m, dsc_spec_mode mode, int draft_n,
+                           int64_t n_batch, int probe) {
+    return spec_ctx_v(t, m, mode, draft_n, n_batch, probe, 0);
 }
 
 static dsc_sampler_t *sampler(dsc_t *t, const dsc_model_t *m, float temp, int top_k,
@@ -118,13 +124,13 @@ done:
    second prompt and n2 more ids; plus, in between, a rewrite of the cache
    by dsc_forward at an earlier position (which the module must notice). */
 static void greedy_same(dsc_t *t, dsc_model_t *m, const char *what, int draft_n,
-                        int64_t n_batch, int probe, const int32_t *prompt, int64_t np,
-                        double *accept) {
+                        int64_t n_batch, int probe, int64_t draft_vocab, const int32_t *prompt,
+                        int64_t np, double *accept) {
     int64_t n1 = 24, n2 = 16;
     int32_t want[64], got[64];
     idbuf bw = {want, 0, 64}, bg = {got, 0, 64};
     dsc_ctx_t *cp = spec_ctx(t, m, DSC_SPEC_NONE, 0, n_batch, 0);
-    dsc_ctx_t *cs = spec_ctx(t, m, DSC_SPEC_MTP, draft_n, n_batch, probe);
+    dsc_ctx_t *cs = spec_ctx_v(t, m, DSC_SPEC_MTP, draft_n, n_batch, probe, draft_vocab);
     dsc_sampler_t *sp = sampler(t, m, 0.0f, 0, 1), *ss = sampler(t, m, 0.0f, 0, 1);
     dsc_err e = {0};
     dsc_gen_stats st = {0}, st2 = {0};
@@ -173,8 +179,9 @@ static void test_greedy_fixture(dsc_t *t) {
     if (!m) return;
     const int32_t prompt[7] = {3, 17, 42, 5, 99, 64, 8};
     const int drafts[] = {1, 2, 3, 5};
-    for (int i = 0; i < 4; i++) greedy_same(t, m, "v3", drafts[i], 64, 0, prompt, 7, NULL);
-    greedy_same(t, m, "v3 chunked", 2, 3, 4, prompt, 7, NULL);
+    for (int i = 0; i < 4; i++) greedy_same(t, m, "v3", drafts[i], 64, 0, 0, prompt, 7, NULL);
+    greedy_same(t, m, "v3 chunked", 2, 3, 4, 0, prompt, 7, NULL);
+    greedy_same(t, m, "v3 draft vocab 40", 2, 64, 0, 40, prompt, 7, NULL);
     dsc_model_free(m);
 }
 
@@ -256,7 +263,7 @@ static void test_greedy_trained(dsc_t *t) {
     int64_t np = text_ids(t, "the cat sat on", prompt, 16);
     double acc = 0.0;
     for (int dn = 1; dn <= 3; dn++) {
-        greedy_same(t, m, "trained", dn, 64, 2, prompt, np, &acc);
+        greedy_same(t, m, "trained", dn, 64, 2, dn == 2 ? 1024 : 0, prompt, np, &acc);
         T_CHECK(t, acc >= 0.5, "trained model, draft_n %d: acceptance %.2f < 0.5", dn, acc);
         if (t->failures) break;
     }

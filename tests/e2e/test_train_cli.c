@@ -11,12 +11,21 @@
  * corpus, --seq over max_position_embeddings, unwritable OUT_DIR, a loss
  * that turns NaN/inf) exits 1 with a clear message; the last good
  * checkpoint survives the NaN and loads.
+ * The run's files: train_log.csv has its documented header and one row per
+ * step (val columns on evaluation steps), also across --stop-after + resume
+ * with a lost step's row planted in it; loss.svg is a whole SVG document
+ * with curves; the progress line has an ETA. --preset tiny writes exactly
+ * the config.json of configs/demo-v3-tiny.json; an unknown preset, or
+ * --preset with --config, exits 2. --time-budget 0.05 without --steps sizes
+ * the schedule, stops by itself and leaves a loadable checkpoint.
  * Dims are tiny so that the suite stays fast under ASan.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "io/safetensors.h"
 #include "test.h"
@@ -217,10 +226,10 @@ static void test_train_mtp(dsc_t *t) {
     }
     dsc_st_set_close(set);
 
-    /* inference skips the module and runs */
+    /* inference binds the module (for speculative decoding) and runs */
     snprintf(args, sizeof args, "info -m %s/m", t->tmpdir);
     st = run(t, "m_info.txt", args, &o);
-    T_CHECK(t, st == 0 && o && strstr(o, "mtp") && strstr(o, "1 layer(s)"),
+    T_CHECK(t, st == 0 && o && strstr(o, "mtp") && strstr(o, "1 module(s)"),
             "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     snprintf(args, sizeof args, "run -m %s/m --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
@@ -343,10 +352,228 @@ static void test_train_usage(dsc_t *t) {
     free(o);
 }
 
+/* The rows of DIR/train_log.csv (their steps, in file order, in steps[0,
+   cap)); -1 when the file is missing or its header is not the documented
+   one. Rows with a validation loss are counted in *n_val. */
+static int csv_steps(const char *dir, int *steps, int cap, int *n_val) {
+    static const char *HEADER = "step,loss,lm,mtp,balance,lr,grad_norm,tokens_per_s,"
+                                "elapsed_s,val_loss,val_mtp\n";
+    char path[700];
+    snprintf(path, sizeof path, "%s/train_log.csv", dir);
+    char *csv = t_read_file(path, NULL);
+    if (!csv || strncmp(csv, HEADER, strlen(HEADER))) {
+        free(csv);
+        return -1;
+    }
+    int n = 0;
+    *n_val = 0;
+    for (char *p = csv + strlen(HEADER); *p; p = strchr(p, '\n') + 1) {
+        if (!strchr(p, '\n')) break;
+        if (n < cap) steps[n] = atoi(p);
+        n++;
+        /* fields 10 and 11 (val_loss, val_mtp) follow the 9th comma */
+        const char *q = p;
+        for (int k = 0; k < 9 && q; k++) q = strchr(q + 1, ',');
+        if (q && q[1] != ',' && q[1] != '\n') (*n_val)++;
+    }
+    free(csv);
+    return n;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Whether the trainer_state.json of dir is of `step`. */
+static int state_step_is(const char *dir, int step) {
+    char path[700], want[64];
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    snprintf(want, sizeof want, "\"step\": %d,", step);
+    char *js = t_read_file(path, NULL);
+    int ok = js && strstr(js, want);
+    free(js);
+    return ok;
+}
+
+/* train_log.csv, loss.svg and train_run.json: a run stopped after step 7
+   (checkpoints at 5 and 7), a row of a lost step 8 planted in the log as an
+   interrupted run would leave it, then the resume to step 12 (without
+   --steps: the schedule's length comes from train_run.json). */
+static void test_train_log(dsc_t *t) {
+    char cfg[512], data[512], args[3072], common[2048], dir[600], path[700];
+    snprintf(cfg, sizeof cfg, "%s/log_config.json", t->tmpdir);
+    T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
+    write_data(t, data, sizeof data);
+    snprintf(dir, sizeof dir, "%s/log", t->tmpdir);
+    snprintf(common, sizeof common,
+             "train -m %s --data %s --tokenizer " TOKDIR " --config %s --batch 2 --seq 16 "
+             "--lr 1e-2 --warmup 2 --eval-every 5 --save-every 5 --val-frac 0.2 --seed 7 -t 2",
+             dir, data, cfg);
+    char *o = NULL;
+    snprintf(args, sizeof args, "%s --steps 12 --stop-after 7", common);
+    int st = run(t, "log1.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    const char *p = o ? strstr(o, "step 3/12 ") : NULL;
+    const char *nl = p ? strchr(p, '\n') : NULL, *eta = p ? strstr(p, "  eta ") : NULL;
+    T_CHECK(t, p && eta && eta < nl, "no eta on the progress line: %s", o ? o : "");
+    free(o);
+    int steps[64], n_val = 0, n = csv_steps(dir, steps, 64, &n_val);
+    T_CHECK(t, n == 7 && n_val == 2, "train_log.csv after step 7: %d rows, %d with val loss "
+            "(want 7, 2: steps 5 and 7)", n, n_val);
+    for (int i = 0; i < n && i < 7; i++)
+        T_CHECK(t, steps[i] == i + 1, "row %d: step %d", i, steps[i]);
+    snprintf(path, sizeof path, "%s/train_run.json", dir);
+    char *js = t_read_file(path, NULL);
+    T_CHECK(t, js && strstr(js, "\"steps\": 12"), "%s: %s", path, js ? js : "(missing)");
+    free(js);
+
+    /* an interrupted run's step 8, not in the checkpoint */
+    snprintf(path, sizeof path, "%s/train_log.csv", dir);
+    FILE *f = fopen(path, "ab");
+    T_CHECK(t, f != NULL, "cannot append to %s", path);
+    if (f) {
+        fputs("8,99.0,99.0,,,1e-3,1.0,1.0,1.0,,\n", f);
+        fclose(f);
+    }
+    st = run(t, "log2.txt", common, &o);
+    T_CHECK(t, st == 0 && o && strstr(o, "resumed") && strstr(o, "steps 8..12 of 12"),
+            "dsc %s: exit %d: %s", common, st, o ? o : "");
+    free(o);
+    n = csv_steps(dir, steps, 64, &n_val);
+    T_CHECK(t, n == 12 && n_val == 4 && state_step_is(dir, 12),
+            "train_log.csv after the resume: %d rows (%d with val loss), want 12 (4)", n, n_val);
+    for (int i = 0; i < n && i < 12; i++)
+        T_CHECK(t, steps[i] == i + 1, "row %d: step %d (want one row per step)", i, steps[i]);
+    char *csv = t_read_file(path, NULL);
+    T_CHECK(t, csv && !strstr(csv, "99.0"), "the lost step's row survived: %s", csv ? csv : "");
+    free(csv);
+
+    /* loss.svg: a whole SVG document with curves and labels */
+    snprintf(path, sizeof path, "%s/loss.svg", dir);
+    char *svg = t_read_file(path, NULL);
+    T_CHECK(t, svg && (!strncmp(svg, "<?xml", 5) || !strncmp(svg, "<svg", 4)) &&
+               strstr(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\"") &&
+               strstr(svg, "<polyline") && strstr(svg, ">step</text>") &&
+               strstr(svg, "validation loss") && strstr(svg, "</svg>\n"),
+            "%s is not the loss plot: %.300s", path, svg ? svg : "(missing)");
+    if (svg) {   /* every element closed: as many "<" tags opened as closed */
+        int open = 0, closed = 0;
+        for (const char *q = svg; (q = strchr(q, '<')); q++) {
+            if (q[1] == '?') continue;
+            if (q[1] == '/') closed++;
+            else open++;
+            const char *e = strchr(q, '>');
+            if (e && e[-1] == '/') closed++;
+        }
+        T_CHECK(t, open == closed, "%s: %d elements opened, %d closed", path, open, closed);
+    }
+    free(svg);
+    snprintf(path, sizeof path, "%s.next", dir);
+    T_CHECK(t, access(path, F_OK) != 0, "the staging directory %s was left behind", path);
+}
+
+/* --preset: tiny is configs/demo-v3-tiny.json; bad uses are refused. */
+static void test_train_preset(dsc_t *t) {
+    char data[512], args[3072], path[700];
+    write_data(t, data, sizeof data);
+    char *o = NULL;
+    snprintf(args, sizeof args, "train -m %s/pt --data %s --tokenizer " TOKDIR " --preset tiny "
+             "--steps 2 --batch 2 --seq 16 -t 2", t->tmpdir, data);
+    int st = run(t, "pt.txt", args, &o);
+    T_CHECK(t, st == 0 && o && strstr(o, "preset tiny") && strstr(o, "step 2/2 "),
+            "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    snprintf(path, sizeof path, "%s/pt/config.json", t->tmpdir);
+    char *js = t_read_file(path, NULL);
+    T_CHECK(t, js && strstr(js, "\"hidden_size\": 128,") && strstr(js, "\"vocab_size\": 4096,"),
+            "%s: %s", path, js ? js : "(missing)");
+    /* the same config.json as from the demo config */
+    snprintf(args, sizeof args, "train -m %s/pc --data %s --tokenizer " TOKDIR
+             " --config configs/demo-v3-tiny.json --steps 1 --batch 2 --seq 16 -t 2",
+             t->tmpdir, data);
+    st = run(t, "pc.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    snprintf(path, sizeof path, "%s/pc/config.json", t->tmpdir);
+    char *jc = t_read_file(path, NULL);
+    T_CHECK(t, js && jc && !strcmp(js, jc), "preset tiny differs from configs/demo-v3-tiny.json:"
+            "\n%s\nvs\n%s", js ? js : "", jc ? jc : "");
+    free(js);
+    free(jc);
+
+    snprintf(args, sizeof args, "train -m %s/pb --data %s --tokenizer " TOKDIR " --preset huge",
+             t->tmpdir, data);
+    st = run(t, "pb.txt", args, &o);
+    T_CHECK(t, st == 2 && o && strstr(o, "unknown --preset \"huge\" (presets: tiny, small)"),
+            "bad preset: exit %d: %s", st, o ? o : "");
+    free(o);
+    snprintf(args, sizeof args, "train -m %s/pb --data %s --tokenizer " TOKDIR " --preset tiny "
+             "--config configs/demo-v3-tiny.json", t->tmpdir, data);
+    st = run(t, "pb2.txt", args, &o);
+    T_CHECK(t, st == 2 && o && strstr(o, "--preset and --config"), "both: exit %d: %s", st,
+            o ? o : "");
+    free(o);
+    st = run(t, "ph.txt", "train --help", &o);
+    T_CHECK(t, st == 0 && o && strstr(o, "--preset NAME") && strstr(o, " tiny ") &&
+               strstr(o, " small ") && strstr(o, "--time-budget"),
+            "train --help: exit %d: %s", st, o ? o : "");
+    free(o);
+}
+
+/* --time-budget 0.05 (3 s) without --steps: the schedule is sized from the
+   measured speed, the run stops by itself and leaves a loadable checkpoint
+   whose train_run.json keeps the schedule. */
+static void test_train_budget(dsc_t *t) {
+    char cfg[512], data[512], args[3072], dir[600], path[700];
+    snprintf(cfg, sizeof cfg, "%s/budget_config.json", t->tmpdir);
+    T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
+    write_data(t, data, sizeof data);
+    snprintf(dir, sizeof dir, "%s/budget", t->tmpdir);
+    snprintf(args, sizeof args, "train -m %s --data %s --tokenizer " TOKDIR " --config %s "
+             "--batch 2 --seq 16 --lr 1e-2 --eval-every 200 --val-frac 0.2 --seed 7 -t 2 "
+             "--time-budget 0.05", dir, data, cfg);
+    char *o = NULL;
+    double t0 = now_s();
+    int st = run(t, "budget.txt", args, &o);
+    double dt = now_s() - t0;
+    const char *p = o ? strstr(o, "time budget 0.05 min: ~") : NULL;
+    long long sized = p ? atoll(p + strlen("time budget 0.05 min: ~")) : 0;
+    T_CHECK(t, st == 0 && p && sized > 22 && strstr(o, " s/step"), "dsc %s: exit %d: %s", args,
+            st, o ? o : "");
+    /* 3 s of training, plus loading and the last save; generous for ASan */
+    T_CHECK(t, dt < 20, "a 3 s budget took %.1f s", dt);
+    free(o);
+    snprintf(path, sizeof path, "%s/train_run.json", dir);
+    char *js = t_read_file(path, NULL), want[64];
+    snprintf(want, sizeof want, "\"steps\": %lld,", sized);
+    T_CHECK(t, js && strstr(js, want) && strstr(js, "\"time_budget_min\": 0.05"), "%s: %s",
+            path, js ? js : "(missing)");
+    free(js);
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    js = t_read_file(path, NULL);
+    p = js ? strstr(js, "\"step\": ") : NULL;
+    long long done = p ? atoll(p + 8) : 0;
+    T_CHECK(t, done > 22 && done <= sized, "stopped at step %lld of %lld", done, sized);
+    free(js);
+    int first = 0, n_val = 0, n = csv_steps(dir, &first, 1, &n_val);
+    T_CHECK(t, n == done && first == 1 && n_val == 1 + (int)(done / 200),
+            "train_log.csv: %d rows from step %d, %d with val loss; checkpoint step %lld", n,
+            first, n_val, done);
+    snprintf(args, sizeof args, "run -m %s --ids 1,2,3 -n 4 --temp 0 --print-ids -q", dir);
+    st = run(t, "budget_run.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+}
+
 const dsc_test_case dsc_tests_train_cli[] = {
     {"train_cli", test_train},
     {"train_cli_usage", test_train_usage},
     {"train_cli_mtp", test_train_mtp},
     {"train_cli_bad_input", test_train_bad_input},
+    {"train_cli_log", test_train_log},
+    {"train_cli_preset", test_train_preset},
+    {"train_cli_budget", test_train_budget},
     {NULL, NULL},
 };
