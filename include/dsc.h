@@ -385,11 +385,11 @@ typedef struct {
     int64_t n_accepted[DSC_SPEC_MAX_DRAFT];  /* of them accepted                 */
     int64_t n_spec_tokens;  /* tokens committed by speculation steps              */
     double spec_s;       /* seconds of the speculation steps                      */
-    int64_t n_plain;     /* tokens decoded one at a time (AUTO's and the speedup's
-                            measurement: the first few of the call)               */
+    int64_t n_plain;     /* timed plain tokens: the first spec_probe of the call
+                            but the first (a warm-up), for AUTO and the speedup   */
     double plain_s;      /* seconds of those                                      */
     /* routed experts touched: distinct experts per MoE layer and main-model
-       pass, summed, over the speculation steps and over the plain steps */
+       pass, summed, over the speculation steps and over the timed plain steps */
     int64_t experts_spec, experts_plain;
 } dsc_spec_stats;
 
