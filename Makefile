@@ -68,7 +68,7 @@ $(info [dsc] sanitizers : $(if $(filter 1,$(SAN)),ASan+UBSan,off))
 
 # ---- sources ----
 LIB_SRC := $(wildcard src/util/*.c src/io/*.c src/model/*.c src/kernels/ref/*.c \
-                      src/tokenizer/*.c src/gen/*.c src/train/*.c) \
+                      src/tokenizer/*.c src/gen/*.c src/train/*.c src/nsa/*.c) \
            $(filter-out src/kernels/cpu/gemm_%.c,$(wildcard src/kernels/cpu/*.c)) $(BLAS_SRC)
 TEST_SRC := $(wildcard tests/*.c tests/unit/*.c tests/kernels/*.c tests/e2e/*.c)
 BENCH_SRC := $(wildcard bench/bench_*.c)

@@ -31,6 +31,7 @@ extern const dsc_test_case dsc_tests_trained_ckpt[];
 extern const dsc_test_case dsc_tests_cli[];
 extern const dsc_test_case dsc_tests_train_cli[];
 extern const dsc_test_case dsc_tests_spec[];
+extern const dsc_test_case dsc_tests_nsa[];
 
 static const struct {
     const char *name;
@@ -54,6 +55,7 @@ static const struct {
     {"cli", dsc_tests_cli},
     {"train_cli", dsc_tests_train_cli},
     {"spec", dsc_tests_spec},
+    {"nsa", dsc_tests_nsa},
 };
 
 void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {
