@@ -126,6 +126,34 @@ float t_rng_normal(t_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+void *t_palloc(t_pool *pl, int64_t bytes) {
+    void *p = calloc(1, (size_t)(bytes > 0 ? bytes : 1));
+    if (!p || pl->n >= (int)(sizeof pl->p / sizeof pl->p[0])) abort();
+    pl->p[pl->n++] = p;
+    return p;
+}
+
+void t_pool_free(t_pool *pl) {
+    for (int i = 0; i < pl->n; i++) free(pl->p[i]);
+    pl->n = 0;
+}
+
+double *t_dalloc(t_pool *pl, int64_t n) { return t_palloc(pl, n * (int64_t)sizeof(double)); }
+float *t_falloc(t_pool *pl, int64_t n) { return t_palloc(pl, n * (int64_t)sizeof(float)); }
+
+double *t_rnd(t_pool *pl, t_rng *r, int64_t n, double scale) {
+    double *x = t_dalloc(pl, n);
+    for (int64_t i = 0; i < n; i++) x[i] = (double)(float)(t_rng_normal(r) * scale);
+    return x;
+}
+
+float *t_to_f32(t_pool *pl, const double *x, int64_t n) {
+    if (!x) return NULL;
+    float *y = t_falloc(pl, n);
+    for (int64_t i = 0; i < n; i++) y[i] = (float)x[i];
+    return y;
+}
+
 void *t_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;

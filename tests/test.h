@@ -50,6 +50,22 @@ uint64_t t_rng_u64(t_rng *r);
 float t_rng_uniform(t_rng *r);          /* [0, 1) */
 float t_rng_normal(t_rng *r);           /* N(0, 1) */
 
+/* A case's allocations, freed together by t_pool_free. An allocation
+   failure aborts: that is a harness bug, not a finding. */
+typedef struct {
+    void *p[256];
+    int n;
+} t_pool;
+void *t_palloc(t_pool *pl, int64_t bytes);   /* zeroed */
+void t_pool_free(t_pool *pl);
+double *t_dalloc(t_pool *pl, int64_t n);
+float *t_falloc(t_pool *pl, int64_t n);
+/* n normal values * scale, rounded to float so that an fp32 and an fp64
+   instance of an op see the same inputs. */
+double *t_rnd(t_pool *pl, t_rng *r, int64_t n, double scale);
+/* A float copy of n doubles (NULL for NULL). */
+float *t_to_f32(t_pool *pl, const double *x, int64_t n);
+
 /* Read a whole file (malloc'd, caller frees); NULL on failure. */
 void *t_read_file(const char *path, size_t *len);
 /* Write bytes to a file; 0 on success. */

@@ -54,40 +54,6 @@
 
 /* ---- helpers ---- */
 
-typedef struct {
-    void *p[160];
-    int n;
-} pool;
-
-static void *palloc(pool *pl, int64_t bytes) {
-    void *p = calloc(1, (size_t)(bytes > 0 ? bytes : 1));
-    if (!p || pl->n >= 160) abort();   /* test harness bug, not a finding */
-    pl->p[pl->n++] = p;
-    return p;
-}
-
-static void pool_free(pool *pl) {
-    for (int i = 0; i < pl->n; i++) free(pl->p[i]);
-    pl->n = 0;
-}
-
-static double *dalloc(pool *pl, int64_t n) { return palloc(pl, n * (int64_t)sizeof(double)); }
-static float *falloc(pool *pl, int64_t n) { return palloc(pl, n * (int64_t)sizeof(float)); }
-
-/* n normal values * scale, rounded to float so both instances see the same */
-static double *rnd(pool *pl, t_rng *r, int64_t n, double scale) {
-    double *x = dalloc(pl, n);
-    for (int64_t i = 0; i < n; i++) x[i] = (double)(float)(t_rng_normal(r) * scale);
-    return x;
-}
-
-static float *to_f32(pool *pl, const double *x, int64_t n) {
-    if (!x) return NULL;
-    float *y = falloc(pl, n);
-    for (int64_t i = 0; i < n; i++) y[i] = (float)x[i];
-    return y;
-}
-
 static double maxabs(const double *x, int64_t n) {
     double m = 0;
     for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
@@ -131,7 +97,7 @@ typedef struct {
 
 /* Random inputs (q, k, v ~ N(0,1) * xs; gates in (0,1); MLP weights ~
    1/sqrt(fan-in)); strides padded by pad elements. */
-static void prob_init(pool *pl, prob *p, const dsc_nsa_config *c, int64_t T, int64_t pad,
+static void prob_init(t_pool *pl, prob *p, const dsc_nsa_config *c, int64_t T, int64_t pad,
                       uint64_t seed, double xs) {
     memset(p, 0, sizeof *p);
     p->c = *c;
@@ -144,15 +110,15 @@ static void prob_init(pool *pl, prob *p, const dsc_nsa_config *c, int64_t T, int
     p->ldg = c->H_q * 3 + pad;
     p->ldo = c->H_q * c->d_v + pad;
     p->nkv = c->shared_kv ? 1 : 3;
-    p->q = rnd(pl, &r, T * p->ldq, xs);
+    p->q = t_rnd(pl, &r, T * p->ldq, xs);
     for (int b = 0; b < p->nkv; b++) {
-        p->k[b] = rnd(pl, &r, T * p->ldk, xs);
-        p->v[b] = rnd(pl, &r, T * p->ldv, 1.0);
+        p->k[b] = t_rnd(pl, &r, T * p->ldk, xs);
+        p->v[b] = t_rnd(pl, &r, T * p->ldv, 1.0);
     }
-    p->g = dalloc(pl, T * p->ldg);
+    p->g = t_dalloc(pl, T * p->ldg);
     for (int64_t i = 0; i < T * p->ldg; i++)
         p->g[i] = (double)(float)(0.05 + 0.9 * t_rng_uniform(&r));
-    p->r = rnd(pl, &r, T * p->ldo, 1.0);
+    p->r = t_rnd(pl, &r, T * p->ldo, 1.0);
     if (c->phi == DSC_NSA_PHI_MLP) {
         int64_t m = c->phi_hidden;
         const int64_t cnt[P_N] = {p->sz.pe_k, p->sz.w1_k, p->sz.w2_k,
@@ -161,25 +127,25 @@ static void prob_init(pool *pl, prob *p, const dsc_nsa_config *c, int64_t T, int
                                 0.5, 1.0 / sqrt((double)(c->l * c->d_v)), 1.0 / sqrt((double)m)};
         for (int i = 0; i < P_N; i++) {
             p->n_par[i] = cnt[i];
-            p->par[i] = rnd(pl, &r, cnt[i], sc[i]);
-            p->dpar[i] = dalloc(pl, cnt[i]);
+            p->par[i] = t_rnd(pl, &r, cnt[i], sc[i]);
+            p->dpar[i] = t_dalloc(pl, cnt[i]);
         }
     }
-    p->o = dalloc(pl, T * p->ldo);
-    p->o_br = dalloc(pl, p->sz.o_br);
-    p->lse = dalloc(pl, p->sz.lse);
-    p->kc = dalloc(pl, p->sz.k_cmp);
-    p->vc = dalloc(pl, p->sz.v_cmp);
-    p->hk = dalloc(pl, p->sz.hid);
-    p->hv = dalloc(pl, p->sz.hid);
-    p->sel = palloc(pl, p->sz.sel * (int64_t)sizeof(int32_t));
-    p->ws = palloc(pl, (int64_t)p->sz.scratch_bytes);
-    p->dq = dalloc(pl, T * p->ldq);
+    p->o = t_dalloc(pl, T * p->ldo);
+    p->o_br = t_dalloc(pl, p->sz.o_br);
+    p->lse = t_dalloc(pl, p->sz.lse);
+    p->kc = t_dalloc(pl, p->sz.k_cmp);
+    p->vc = t_dalloc(pl, p->sz.v_cmp);
+    p->hk = t_dalloc(pl, p->sz.hid);
+    p->hv = t_dalloc(pl, p->sz.hid);
+    p->sel = t_palloc(pl, p->sz.sel * (int64_t)sizeof(int32_t));
+    p->ws = t_palloc(pl, (int64_t)p->sz.scratch_bytes);
+    p->dq = t_dalloc(pl, T * p->ldq);
     for (int b = 0; b < p->nkv; b++) {
-        p->dk[b] = dalloc(pl, T * p->ldk);
-        p->dv[b] = dalloc(pl, T * p->ldv);
+        p->dk[b] = t_dalloc(pl, T * p->ldk);
+        p->dv[b] = t_dalloc(pl, T * p->ldv);
     }
-    p->dg = dalloc(pl, T * p->ldg);
+    p->dg = t_dalloc(pl, T * p->ldg);
 }
 
 static dsc_nsa_in_f64 prob_in(const prob *p) {
@@ -304,7 +270,7 @@ static void test_select(dsc_t *t) {
         {4, 2, 4, 4, 41, 2},  {4, 2, 8, 5, 70, 1},  {6, 2, 8, 4, 53, 2},
         {8, 4, 8, 3, 40, 3},  {4, 4, 4, 6, 37, 2},  {6, 3, 12, 7, 90, 1},
     };
-    pool pl = {0};
+    t_pool pl = {0};
     for (size_t gi = 0; gi < sizeof geo / sizeof geo[0]; gi++) {
         dsc_nsa_config c = {.l = geo[gi][0], .d = geo[gi][1], .l_sel = geo[gi][2],
                             .n = geo[gi][3], .w = 4, .H_kv = geo[gi][5], .d_k = 5, .d_v = 3,
@@ -316,11 +282,11 @@ static void test_select(dsc_t *t) {
         dsc_nsa_sizes sz;
         dsc_nsa_sizes_get(&c, T, &sz, NULL);
         t_rng r = {1000 + gi};
-        double *q = rnd(&pl, &r, T * c.H_q * c.d_k, 1.5);
-        double *kc = rnd(&pl, &r, sz.k_cmp, 1.0);
-        double *ws = palloc(&pl, (int64_t)sz.row_scratch_bytes);
-        int32_t *sel = palloc(&pl, c.n * c.H_kv * (int64_t)sizeof(int32_t));
-        double *score = dalloc(&pl, sz.n_blk), *pr = dalloc(&pl, sz.n_cmp + 1);
+        double *q = t_rnd(&pl, &r, T * c.H_q * c.d_k, 1.5);
+        double *kc = t_rnd(&pl, &r, sz.k_cmp, 1.0);
+        double *ws = t_palloc(&pl, (int64_t)sz.row_scratch_bytes);
+        int32_t *sel = t_palloc(&pl, c.n * c.H_kv * (int64_t)sizeof(int32_t));
+        double *score = t_dalloc(&pl, sz.n_blk), *pr = t_dalloc(&pl, sz.n_cmp + 1);
         int64_t bad = 0;
         for (int64_t tt = 0; tt < T; tt++) {
             dsc_nsa_select_row_f64(&c, tt, q + tt * c.H_q * c.d_k, kc, sel, ws);
@@ -384,13 +350,13 @@ static void test_select(dsc_t *t) {
             }
         }
     }
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 3. early queries: nothing visible in the cmp branch ---- */
 
 static void early_case(dsc_t *t, dsc_nsa_phi phi, int64_t T) {
-    pool pl = {0};
+    t_pool pl = {0};
     dsc_nsa_config c = {.l = 8, .d = 4, .l_sel = 8, .n = 3, .w = 3, .H_q = 4, .H_kv = 2,
                         .d_k = 5, .d_v = 3, .phi = phi, .phi_hidden = 4};
     prob p;
@@ -429,7 +395,7 @@ static void early_case(dsc_t *t, dsc_nsa_phi phi, int64_t T) {
             T_CHECK(t, !p.dpar[i] || maxabs(p.dpar[i], p.n_par[i]) == 0, "T=%lld: d%s not 0",
                     (long long)T, par_name[i]);
     }
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_early(dsc_t *t) {
@@ -443,7 +409,7 @@ static void test_early(dsc_t *t) {
 /* ---- 4. dense limits against independent code ---- */
 
 static void test_dense(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     enum { T = 17 };
     dsc_nsa_config c = {.l = 4, .d = 2, .l_sel = 4, .n = 5, .w = T, .H_q = 4, .H_kv = 2,
                         .d_k = 6, .d_v = 3, .phi = DSC_NSA_PHI_MEAN, .scale = 0.37};
@@ -451,8 +417,8 @@ static void test_dense(dsc_t *t) {
     prob_init(&pl, &p, &c, T, 0, 31, 1.0);   /* 5 blocks <= n: every block selected */
     dsc_err err = {0};
     T_CHECK(t, prob_fwd(&p, 0, &err) == DSC_OK, "fwd: %s", err.msg);
-    double *O = dalloc(&pl, T * c.d_v), *lse = dalloc(&pl, T), *ref = dalloc(&pl, T * c.d_v);
-    float *got = falloc(&pl, T * c.d_v);
+    double *O = t_dalloc(&pl, T * c.d_v), *lse = t_dalloc(&pl, T), *ref = t_dalloc(&pl, T * c.d_v);
+    float *got = t_falloc(&pl, T * c.d_v);
     for (int64_t h = 0; h < c.H_q; h++) {
         int64_t kh = h / 2;
         /* slc and win (independent k/v) against causal attention */
@@ -507,7 +473,7 @@ static void test_dense(dsc_t *t) {
                          p.o_br[((tt * c.H_q + h) * 3 + b) * c.d_v + e];
                 T_CHECK(t, fabs(s - p.o[tt * p.ldo + h * c.d_v + e]) < 1e-12, "gated sum");
             }
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 5. finite differences and the f32 instance ---- */
@@ -557,28 +523,28 @@ static void fd_run(dsc_t *t, const char *what, prob *p) {
    forward's selection given, against p's f64 forward and backward (already
    run). Also reports whether the f32 instance's own selection matches. */
 static void f32_vs_f64(dsc_t *t, prob *p) {
-    pool pl = {0};
+    t_pool pl = {0};
     const dsc_nsa_config *c = &p->c;
     int64_t T = p->T;
-    float *q = to_f32(&pl, p->q, T * p->ldq), *g = to_f32(&pl, p->g, T * p->ldg);
+    float *q = t_to_f32(&pl, p->q, T * p->ldq), *g = t_to_f32(&pl, p->g, T * p->ldg);
     float *k[3] = {0}, *v[3] = {0}, *par[P_N] = {0}, *dpar[P_N] = {0}, *dk[3] = {0}, *dv[3] = {0};
     for (int b = 0; b < p->nkv; b++) {
-        k[b] = to_f32(&pl, p->k[b], T * p->ldk);
-        v[b] = to_f32(&pl, p->v[b], T * p->ldv);
-        dk[b] = falloc(&pl, T * p->ldk);
-        dv[b] = falloc(&pl, T * p->ldv);
+        k[b] = t_to_f32(&pl, p->k[b], T * p->ldk);
+        v[b] = t_to_f32(&pl, p->v[b], T * p->ldv);
+        dk[b] = t_falloc(&pl, T * p->ldk);
+        dv[b] = t_falloc(&pl, T * p->ldv);
     }
     for (int i = 0; i < P_N; i++)
         if (p->par[i])
-            par[i] = to_f32(&pl, p->par[i], p->n_par[i]), dpar[i] = falloc(&pl, p->n_par[i]);
-    float *o = falloc(&pl, T * p->ldo), *o_br = falloc(&pl, p->sz.o_br),
-          *lse = falloc(&pl, p->sz.lse);
-    float *kc = falloc(&pl, p->sz.k_cmp), *vc = falloc(&pl, p->sz.v_cmp);
-    float *hk = falloc(&pl, p->sz.hid), *hv = falloc(&pl, p->sz.hid);
-    float *dq = falloc(&pl, T * p->ldq), *dg = falloc(&pl, T * p->ldg);
-    float *r = to_f32(&pl, p->r, T * p->ldo);
-    int32_t *sel = palloc(&pl, p->sz.sel * (int64_t)sizeof(int32_t));
-    void *ws = palloc(&pl, (int64_t)p->sz.scratch_bytes);
+            par[i] = t_to_f32(&pl, p->par[i], p->n_par[i]), dpar[i] = t_falloc(&pl, p->n_par[i]);
+    float *o = t_falloc(&pl, T * p->ldo), *o_br = t_falloc(&pl, p->sz.o_br),
+          *lse = t_falloc(&pl, p->sz.lse);
+    float *kc = t_falloc(&pl, p->sz.k_cmp), *vc = t_falloc(&pl, p->sz.v_cmp);
+    float *hk = t_falloc(&pl, p->sz.hid), *hv = t_falloc(&pl, p->sz.hid);
+    float *dq = t_falloc(&pl, T * p->ldq), *dg = t_falloc(&pl, T * p->ldg);
+    float *r = t_to_f32(&pl, p->r, T * p->ldo);
+    int32_t *sel = t_palloc(&pl, p->sz.sel * (int64_t)sizeof(int32_t));
+    void *ws = t_palloc(&pl, (int64_t)p->sz.scratch_bytes);
 
     dsc_nsa_in_f32 in = {
         q, p->ldq, {{k[0], k[1], k[2]}, p->ldk, {v[0], v[1], v[2]}, p->ldv}, g, p->ldg};
@@ -617,12 +583,12 @@ static void f32_vs_f64(dsc_t *t, prob *p) {
         else
             T_CHECK(t, fabs(lse[i] - p->lse[i]) <= AGREE_TOL * (1 + fabs(p->lse[i])), "lse[%lld]",
                     (long long)i);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void grad_case(dsc_t *t, const char *what, const dsc_nsa_config *c, int64_t T,
                       int64_t pad, uint64_t seed) {
-    pool pl = {0};
+    t_pool pl = {0};
     prob p;
     prob_init(&pl, &p, c, T, pad, seed, 1.0);
     dsc_err err = {0};
@@ -642,7 +608,7 @@ static void grad_case(dsc_t *t, const char *what, const dsc_nsa_config *c, int64
     fd_run(t, what, &p);
     prob_fwd(&p, DSC_NSA_SEL_GIVEN, NULL);   /* restore the base forward's saved values */
     f32_vs_f64(t, &p);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_fd_mlp(dsc_t *t) {
@@ -684,19 +650,19 @@ static double gate_loss(gate_ctx *c) {
 }
 
 static void test_gate(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {55};
     enum { TT = 5, DM = 7, H = 2, LDX = 9, LDG = 8 };
-    gate_ctx c = {rnd(&pl, &r, TT * LDX, 1),
-                  rnd(&pl, &r, 3 * H * DM, 0.5),
-                  rnd(&pl, &r, TT * LDG, 1),
-                  dalloc(&pl, TT * LDG),
+    gate_ctx c = {t_rnd(&pl, &r, TT * LDX, 1),
+                  t_rnd(&pl, &r, 3 * H * DM, 0.5),
+                  t_rnd(&pl, &r, TT * LDG, 1),
+                  t_dalloc(&pl, TT * LDG),
                   TT,
                   DM,
                   H,
                   LDX,
                   LDG};
-    double *dx = dalloc(&pl, TT * LDX), *dW = dalloc(&pl, 3 * H * DM);
+    double *dx = t_dalloc(&pl, TT * LDX), *dW = t_dalloc(&pl, 3 * H * DM);
     gate_loss(&c);
     dsc_nsa_gate_bwd_f64(dx, dW, c.r, c.g, LDG, c.x, LDX, c.W, TT, DM, H);
     struct { const char *n; double *x, *gr; int64_t cnt; } v[2] = {{"x", c.x, dx, TT * LDX},
@@ -716,18 +682,18 @@ static void test_gate(dsc_t *t) {
         T_CHECK(t, m > 0 && maxd / m <= FD_TOL, "gate d%s rel err %.3g", v[k].n, maxd / m);
     }
     gate_loss(&c);
-    float *g32 = falloc(&pl, TT * LDG), *dx32 = falloc(&pl, TT * LDX),
-          *dW32 = falloc(&pl, 3 * H * DM);
-    float *x32 = to_f32(&pl, c.x, TT * LDX), *W32 = to_f32(&pl, c.W, 3 * H * DM);
+    float *g32 = t_falloc(&pl, TT * LDG), *dx32 = t_falloc(&pl, TT * LDX),
+          *dW32 = t_falloc(&pl, 3 * H * DM);
+    float *x32 = t_to_f32(&pl, c.x, TT * LDX), *W32 = t_to_f32(&pl, c.W, 3 * H * DM);
     dsc_nsa_gate_fwd_f32(g32, LDG, x32, LDX, W32, TT, DM, H);
-    dsc_nsa_gate_bwd_f32(dx32, dW32, to_f32(&pl, c.r, TT * LDG), g32, LDG, x32, LDX, W32, TT, DM,
+    dsc_nsa_gate_bwd_f32(dx32, dW32, t_to_f32(&pl, c.r, TT * LDG), g32, LDG, x32, LDX, W32, TT, DM,
                          H);
     for (int64_t tt = 0; tt < TT; tt++)
         for (int64_t j = 0; j < 3 * H; j++)
             T_CHECK(t, fabs(g32[tt * LDG + j] - c.g[tt * LDG + j]) < 1e-7, "gate f32 g");
     agree(t, "gate dx", dx32, dx, TT * LDX, AGREE_TOL);
     agree(t, "gate dW", dW32, dW, 3 * H * DM, AGREE_TOL);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 7. errors ---- */
@@ -777,7 +743,7 @@ static void test_bad_config(dsc_t *t) {
     T_CHECK(t, dsc_nsa_config_check(&mean, NULL) == DSC_OK, "mean with phi_hidden 0 refused");
 
     /* bad calls: T < 1, a missing input, a selection that reads the future */
-    pool pl = {0};
+    t_pool pl = {0};
     prob p;
     prob_init(&pl, &p, &ok, 12, 0, 5, 1.0);
     dsc_nsa_sizes sz;
@@ -803,7 +769,7 @@ static void test_bad_config(dsc_t *t) {
                        DSC_ERR_ARG && strstr(e.msg, "t=5"),
             "future block: %s", e.msg);
     T_CHECK(t, prob_bwd(&p, &e) == DSC_ERR_ARG, "bwd accepted a future block");
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 8. parity with fla's naive_nsa ---- */
@@ -827,7 +793,7 @@ static void test_fla(dsc_t *t) {
                               .d_k = K, .d_v = V, .phi = DSC_NSA_PHI_MEAN, .shared_kv = 1};
     static const char *gname[4] = {"dq", "dk", "dv", "dg"};
     const int64_t cnt[4] = {T * HQ * K, T * H * K, T * H * V, T * HQ * 3};
-    pool pl = {0};
+    t_pool pl = {0};
     float *in32[5] = {0}, *g_f32[4] = {0};
     double *g_f64[4] = {0};
     static const char *iname[5] = {"q", "k", "v", "g", "dout"};
@@ -854,17 +820,17 @@ static void test_fla(dsc_t *t) {
 
     dsc_nsa_sizes sz;
     dsc_nsa_sizes_get(&c, T, &sz, NULL);
-    void *ws = palloc(&pl, (int64_t)sz.scratch_bytes);
-    int32_t *sel = palloc(&pl, sz.sel * 4);
+    void *ws = t_palloc(&pl, (int64_t)sz.scratch_bytes);
+    int32_t *sel = t_palloc(&pl, sz.sel * 4);
     dsc_err err = {0};
 
     /* f32 instance against fla's float32 naive_nsa */
     {
-        float *o = falloc(&pl, T * HQ * V), *o_br = falloc(&pl, sz.o_br),
-              *lse = falloc(&pl, sz.lse);
-        float *kc = falloc(&pl, sz.k_cmp), *vc = falloc(&pl, sz.v_cmp);
+        float *o = t_falloc(&pl, T * HQ * V), *o_br = t_falloc(&pl, sz.o_br),
+              *lse = t_falloc(&pl, sz.lse);
+        float *kc = t_falloc(&pl, sz.k_cmp), *vc = t_falloc(&pl, sz.v_cmp);
         float *gr[4];
-        for (int i = 0; i < 4; i++) gr[i] = falloc(&pl, cnt[i]);
+        for (int i = 0; i < 4; i++) gr[i] = t_falloc(&pl, cnt[i]);
         dsc_nsa_in_f32 in = {in32[0], 0, {{in32[1]}, 0, {in32[2]}, 0}, in32[3], 0};
         dsc_nsa_saved_f32 sv = {o_br, lse, kc, vc, NULL, NULL, sel};
         T_CHECK(t, dsc_nsa_fwd_f32(&c, T, &in, NULL, o, 0, &sv, 0, ws, &err) == DSC_OK, "%s",
@@ -893,14 +859,14 @@ static void test_fla(dsc_t *t) {
     {
         double *x[5];
         for (int i = 0; i < 5; i++) {
-            x[i] = dalloc(&pl, icnt[i]);
+            x[i] = t_dalloc(&pl, icnt[i]);
             for (int64_t j = 0; j < icnt[i]; j++) x[i][j] = in32[i][j];
         }
-        double *o = dalloc(&pl, T * HQ * V), *o_br = dalloc(&pl, sz.o_br),
-               *lse = dalloc(&pl, sz.lse);
-        double *kc = dalloc(&pl, sz.k_cmp), *vc = dalloc(&pl, sz.v_cmp);
+        double *o = t_dalloc(&pl, T * HQ * V), *o_br = t_dalloc(&pl, sz.o_br),
+               *lse = t_dalloc(&pl, sz.lse);
+        double *kc = t_dalloc(&pl, sz.k_cmp), *vc = t_dalloc(&pl, sz.v_cmp);
         double *gr[4];
-        for (int i = 0; i < 4; i++) gr[i] = dalloc(&pl, cnt[i]);
+        for (int i = 0; i < 4; i++) gr[i] = t_dalloc(&pl, cnt[i]);
         dsc_nsa_in_f64 in = {x[0], 0, {{x[1]}, 0, {x[2]}, 0}, x[3], 0};
         dsc_nsa_saved_f64 sv = {o_br, lse, kc, vc, NULL, NULL, sel};
         T_CHECK(t, dsc_nsa_fwd_f64(&c, T, &in, NULL, o, 0, &sv, 0, ws, &err) == DSC_OK, "%s",
@@ -925,7 +891,7 @@ done:
     for (int i = 0; i < 5; i++) free(in32[i]);
     for (int i = 0; i < 4; i++) free(g_f32[i]), free(g_f64[i]);
     free(sel_want), free(o_f32), free(o_f64);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 const dsc_test_case dsc_tests_nsa[] = {

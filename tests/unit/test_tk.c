@@ -63,42 +63,22 @@
 #define ELEM_RTOL 1e-5
 #define LOSS_TOL 1e-6
 
-/* ---- small helpers: a free-list, random data, comparisons ---- */
+/* ---- small helpers: comparisons (allocation and random data: test.h) ---- */
 
-typedef struct {
-    void *p[64];
-    int n;
-} pool;
-
-static void *palloc(pool *pl, int64_t bytes) {
-    void *p = calloc(1, (size_t)(bytes > 0 ? bytes : 1));
-    if (!p || pl->n >= 64) abort();   /* test harness bug, not a finding */
-    pl->p[pl->n++] = p;
-    return p;
-}
-
-static void pool_free(pool *pl) {
-    for (int i = 0; i < pl->n; i++) free(pl->p[i]);
-    pl->n = 0;
-}
-
-static float *falloc(pool *pl, int64_t n) { return palloc(pl, n * (int64_t)sizeof(float)); }
-static double *dalloc(pool *pl, int64_t n) { return palloc(pl, n * (int64_t)sizeof(double)); }
-
-static float *frnd(pool *pl, t_rng *r, int64_t n, float sd) {
-    float *x = falloc(pl, n);
+static float *frnd(t_pool *pl, t_rng *r, int64_t n, float sd) {
+    float *x = t_falloc(pl, n);
     for (int64_t i = 0; i < n; i++) x[i] = t_rng_normal(r) * sd;
     return x;
 }
 
-static float *fcopy(pool *pl, const float *x, int64_t n) {
-    float *y = falloc(pl, n);
+static float *fcopy(t_pool *pl, const float *x, int64_t n) {
+    float *y = t_falloc(pl, n);
     memcpy(y, x, (size_t)n * sizeof *y);
     return y;
 }
 
-static double *widen(pool *pl, const float *x, int64_t n) {
-    double *y = dalloc(pl, n);
+static double *widen(t_pool *pl, const float *x, int64_t n) {
+    double *y = t_dalloc(pl, n);
     for (int64_t i = 0; i < n; i++) y[i] = x[i];
     return y;
 }
@@ -122,15 +102,15 @@ static void close_mag(dsc_t *t, const char *what, const float *got, const double
 }
 
 /* Columns [off, off + cols) of n rows of stride ld, packed. */
-static float *gather_f(pool *pl, const float *b, int64_t ld, int64_t off, int64_t n, int64_t cols) {
-    float *y = falloc(pl, n * cols);
+static float *gather_f(t_pool *pl, const float *b, int64_t ld, int64_t off, int64_t n, int64_t cols) {
+    float *y = t_falloc(pl, n * cols);
     for (int64_t i = 0; i < n; i++) memcpy(y + i * cols, b + i * ld + off, (size_t)cols * sizeof *y);
     return y;
 }
 
-static double *gather_d(pool *pl, const double *b, int64_t ld, int64_t off, int64_t n,
+static double *gather_d(t_pool *pl, const double *b, int64_t ld, int64_t off, int64_t n,
                         int64_t cols) {
-    double *y = dalloc(pl, n * cols);
+    double *y = t_dalloc(pl, n * cols);
     for (int64_t i = 0; i < n; i++) memcpy(y + i * cols, b + i * ld + off, (size_t)cols * sizeof *y);
     return y;
 }
@@ -202,7 +182,7 @@ typedef struct {
 } attn_case;
 
 static void attn_check(dsc_t *t, const attn_case *ac, uint64_t seed) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {seed};
     const int64_t n = ac->n, dqk = ac->dqk, dv = ac->dv;
     const dsc_op_attn_dims d = {n, dqk, dv, ac->ldq, ac->ldk, ac->ldv, ac->ldo};
@@ -216,12 +196,12 @@ static void attn_check(dsc_t *t, const attn_case *ac, uint64_t seed) {
     float *Q = frnd(&pl, &r, n * ac->ldq, ac->sd), *K = frnd(&pl, &r, n * ac->ldk, ac->sd);
     float *V = frnd(&pl, &r, n * ac->ldv, 1), *dO = frnd(&pl, &r, n * ac->ldo, 1);
     float *O = frnd(&pl, &r, n * ac->ldo, 1), *O0 = fcopy(&pl, O, n * ac->ldo);
-    float *lse = falloc(&pl, n);
+    float *lse = t_falloc(&pl, n);
     float *dQ = frnd(&pl, &r, n * ac->ldq, 1), *dK = frnd(&pl, &r, n * ac->ldk, 1);
     float *dV = frnd(&pl, &r, n * ac->ldv, 1);
     float *dQ0 = fcopy(&pl, dQ, n * ac->ldq), *dK0 = fcopy(&pl, dK, n * ac->ldk);
     float *dV0 = fcopy(&pl, dV, n * ac->ldv);
-    float *ws = falloc(&pl, dsc_tk_attn_scratch(n));
+    float *ws = t_falloc(&pl, dsc_tk_attn_scratch(n));
 
     dsc_tk_attn_fwd(O + ac->oo, lse, Q + ac->oq, K + ac->ok, V + ac->ov, &d, ac->scale, ws);
     dsc_tk_attn_bwd(dQ + ac->oq, dK + ac->ok, dV + ac->ov, dO + ac->oo, Q + ac->oq, K + ac->ok,
@@ -230,7 +210,7 @@ static void attn_check(dsc_t *t, const attn_case *ac, uint64_t seed) {
     /* the reference, same layouts, same (float) inputs and initial gradients */
     double *Qd = widen(&pl, Q, n * ac->ldq), *Kd = widen(&pl, K, n * ac->ldk);
     double *Vd = widen(&pl, V, n * ac->ldv), *dOd = widen(&pl, dO, n * ac->ldo);
-    double *Od = dalloc(&pl, n * ac->ldo), *lsed = dalloc(&pl, n);
+    double *Od = t_dalloc(&pl, n * ac->ldo), *lsed = t_dalloc(&pl, n);
     double *dQd = widen(&pl, dQ0, n * ac->ldq), *dKd = widen(&pl, dK0, n * ac->ldk);
     double *dVd = widen(&pl, dV0, n * ac->ldv);
     dsc_op_attn_fwd_f64(Od + ac->oo, lsed, Qd + ac->oq, Kd + ac->ok, Vd + ac->ov, &d, ac->scale);
@@ -269,17 +249,17 @@ static void attn_check(dsc_t *t, const attn_case *ac, uint64_t seed) {
     outside_same(t, w, O, O0, ac->ldo, ac->oo, n, dv);
 
     /* NULL gradients are skipped: dV alone, into zeros, is the increment */
-    float *dV1 = falloc(&pl, n * ac->ldv);
+    float *dV1 = t_falloc(&pl, n * ac->ldv);
     dsc_tk_attn_bwd(NULL, NULL, dV1 + ac->ov, dO + ac->oo, Q + ac->oq, K + ac->ok, V + ac->ov,
                     O + ac->oo, lse, &d, ac->scale, ws);
-    double *inc = dalloc(&pl, n * dv);
+    double *inc = t_dalloc(&pl, n * dv);
     for (int64_t i = 0; i < n; i++)
         for (int64_t c = 0; c < dv; c++)
             inc[i * dv + c] = dVd[i * ac->ldv + ac->ov + c] - (double)dV0[i * ac->ldv + ac->ov + c];
     snprintf(w, sizeof w, "n%lld dV (alone)", (long long)n);
     close_mag(t, w, gather_f(&pl, dV1, ac->ldv, ac->ov, n, dv), inc, n * dv, dv_mag, GRAD_TOL,
               GRAD_RTOL);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_attention(dsc_t *t) {
@@ -301,7 +281,7 @@ static void test_attention(dsc_t *t) {
 /* ---- 2. cross-entropy ---- */
 
 static void xent_case(dsc_t *t, int64_t V, dsc_kctx *k1, dsc_kctx *k2, uint64_t seed) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {seed};
     enum { N = 37 };   /* N * V >= 32768: the 2-thread context really splits */
     const double dscale = 0.3;
@@ -311,9 +291,9 @@ static void xent_case(dsc_t *t, int64_t V, dsc_kctx *k1, dsc_kctx *k2, uint64_t 
     tg[0] = 0, tg[1] = (int32_t)(V - 1);         /* the edges of a row */
     float *z = frnd(&pl, &r, N * V, 3);
     for (int64_t j = 0; j < V; j++) z[5 * V + j] *= 10;   /* one very peaky row */
-    double *zd = widen(&pl, z, N * V), *dz = dalloc(&pl, N * V);
+    double *zd = widen(&pl, z, N * V), *dz = t_dalloc(&pl, N * V);
     double want = dsc_op_xent_f64(dz, zd, tg, N, V, dscale);
-    double *rl = dalloc(&pl, N);
+    double *rl = t_dalloc(&pl, N);
     char w[64];
 
     /* grad = 0: the loss, logits left bit for bit */
@@ -365,7 +345,7 @@ static void xent_case(dsc_t *t, int64_t V, dsc_kctx *k1, dsc_kctx *k2, uint64_t 
     int64_t nz = 0;
     for (int64_t i = 0; i < N * V; i++) nz += z3[i] != 0.0f;
     T_CHECK(t, nz == 0, "V %lld: all ignored, %lld gradient values not 0", (long long)V, (long long)nz);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_xent(dsc_t *t) {
@@ -383,7 +363,7 @@ static void test_xent(dsc_t *t) {
 /* ---- 3. RMSNorm ---- */
 
 static void rmsnorm_case(dsc_t *t, dsc_kctx *k, int64_t d, uint64_t seed) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {seed};
     enum { N = 40 };   /* N * d = 40000 for d = 1000: the rows are split */
     const float eps = 1e-6f;
@@ -392,12 +372,12 @@ static void rmsnorm_case(dsc_t *t, dsc_kctx *k, int64_t d, uint64_t seed) {
     for (int64_t j = 0; j < d; j++) x[2 * d + j] *= 1e-3f;   /* mean(x^2) ~ eps: eps matters */
     for (int64_t j = 0; j < d; j++) x[7 * d + j] *= 100.0f;
     float *dx = frnd(&pl, &r, N * d, 1), *dw = frnd(&pl, &r, d, 1);
-    float *dx0 = fcopy(&pl, dx, N * d), *dw0 = fcopy(&pl, dw, d), *y = falloc(&pl, N * d);
+    float *dx0 = fcopy(&pl, dx, N * d), *dw0 = fcopy(&pl, dw, d), *y = t_falloc(&pl, N * d);
     dsc_tk_rmsnorm_fwd(k, y, x, w, N, d, eps);
     dsc_tk_rmsnorm_bwd(k, dx, dw, dy, x, w, N, d, eps);
 
     double *xd = widen(&pl, x, N * d), *wd = widen(&pl, w, d), *dyd = widen(&pl, dy, N * d);
-    double *yd = dalloc(&pl, N * d), *dxd = widen(&pl, dx0, N * d), *dwd = widen(&pl, dw0, d);
+    double *yd = t_dalloc(&pl, N * d), *dxd = widen(&pl, dx0, N * d), *dwd = widen(&pl, dw0, d);
     dsc_op_rmsnorm_fwd_f64(yd, xd, wd, N, d, (double)eps);
     dsc_op_rmsnorm_bwd_f64(dxd, dwd, dyd, xd, wd, N, d, (double)eps);
     char s[64];
@@ -407,7 +387,7 @@ static void rmsnorm_case(dsc_t *t, dsc_kctx *k, int64_t d, uint64_t seed) {
     close_rows(t, s, dx, dxd, dx0, N, d, GRAD_TOL, GRAD_RTOL);
     snprintf(s, sizeof s, "d%lld dw (+= init)", (long long)d);
     close_mag(t, s, dw, dwd, d, grad_mag(dwd, dw0, d), GRAD_TOL, GRAD_RTOL);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_rmsnorm(dsc_t *t) {
@@ -427,7 +407,7 @@ static void test_rmsnorm(dsc_t *t) {
    row. dx starts at 0 here, so that a gradient of size 1/rms is not lost
    in the rounding of an O(1) initial value. */
 static void test_rmsnorm_range(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {3101};
     static const float scale[] = {1e-30f, 1e-10f, 1, 1e6f, 1e10f, 1e12f, 1e13f, 1e16f, 1e18f, 1e20f, 1e30f};
     enum { D = 128, N = sizeof scale / sizeof scale[0] };
@@ -436,37 +416,37 @@ static void test_rmsnorm_range(dsc_t *t) {
     for (int64_t j = 0; j < D; j++) w[j] += 1.0f;
     for (int64_t i = 0; i < N; i++)
         for (int64_t j = 0; j < D; j++) x[i * D + j] *= scale[i];
-    float *y = falloc(&pl, N * D), *dx = falloc(&pl, N * D), *dw = frnd(&pl, &r, D, 1);
+    float *y = t_falloc(&pl, N * D), *dx = t_falloc(&pl, N * D), *dw = frnd(&pl, &r, D, 1);
     float *dw0 = fcopy(&pl, dw, D);
     dsc_tk_rmsnorm_fwd(NULL, y, x, w, N, D, eps);
     dsc_tk_rmsnorm_bwd(NULL, dx, dw, dy, x, w, N, D, eps);
     double *xd = widen(&pl, x, N * D), *wd = widen(&pl, w, D), *dyd = widen(&pl, dy, N * D);
-    double *yd = dalloc(&pl, N * D), *dxd = dalloc(&pl, N * D), *dwd = widen(&pl, dw0, D);
+    double *yd = t_dalloc(&pl, N * D), *dxd = t_dalloc(&pl, N * D), *dwd = widen(&pl, dw0, D);
     dsc_op_rmsnorm_fwd_f64(yd, xd, wd, N, D, (double)eps);
     dsc_op_rmsnorm_bwd_f64(dxd, dwd, dyd, xd, wd, N, D, (double)eps);
     close_rows(t, "range y", y, yd, NULL, N, D, OUT_TOL, OUT_TOL);
     close_rows(t, "range dx", dx, dxd, NULL, N, D, GRAD_TOL, GRAD_RTOL);
     close_mag(t, "range dw (+= init)", dw, dwd, D, grad_mag(dwd, dw0, D), GRAD_TOL, GRAD_RTOL);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 4. SwiGLU ---- */
 
 static void swiglu_case(dsc_t *t, dsc_kctx *k, int64_t m, uint64_t seed) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {seed};
     static const float special[] = {-100, 100, -30, 30, -88, 88, -104, 0, -1.2785f, 1e-3f};
     const int ns = (int)(sizeof special / sizeof special[0]);
     float *g = frnd(&pl, &r, m, 3), *u = frnd(&pl, &r, m, 1), *dh = frnd(&pl, &r, m, 1);
     for (int64_t i = 0; i < m; i++)   /* every 37th value from 5 on, and the last one (m > 1) */
         if (i % 37 == 5 || (m > 1 && i == m - 1)) g[i] = special[(i / 37) % ns];
-    float *h = falloc(&pl, m), *dg = falloc(&pl, m), *du = falloc(&pl, m);
+    float *h = t_falloc(&pl, m), *dg = t_falloc(&pl, m), *du = t_falloc(&pl, m);
     for (int64_t i = 0; i < m; i++) dg[i] = du[i] = NAN;   /* overwritten, never read */
     dsc_tk_swiglu_fwd(k, h, g, u, m);
     dsc_tk_swiglu_bwd(k, dg, du, dh, g, u, m);
 
     double *gd = widen(&pl, g, m), *ud = widen(&pl, u, m), *dhd = widen(&pl, dh, m);
-    double *hd = dalloc(&pl, m), *dgd = dalloc(&pl, m), *dud = dalloc(&pl, m);
+    double *hd = t_dalloc(&pl, m), *dgd = t_dalloc(&pl, m), *dud = t_dalloc(&pl, m);
     dsc_op_swiglu_fwd_f64(hd, gd, ud, m);
     dsc_op_swiglu_bwd_f64(dgd, dud, dhd, gd, ud, m);   /* adds into zeros */
     int64_t bad = -1;
@@ -481,7 +461,7 @@ static void swiglu_case(dsc_t *t, dsc_kctx *k, int64_t m, uint64_t seed) {
     close_mag(t, s, dg, dgd, m, maxabs(dgd, m), GRAD_TOL, GRAD_RTOL);
     snprintf(s, sizeof s, "m%lld du", (long long)m);
     close_mag(t, s, du, dud, m, maxabs(dud, m), GRAD_TOL, GRAD_RTOL);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_swiglu(dsc_t *t) {
@@ -502,14 +482,14 @@ static void test_swiglu(dsc_t *t) {
    n = 1 with a huge score: p = exp(0) = 1 exactly and 1 / 1 = 1, so O = V,
    bit for bit, and nothing is NaN in either direction. */
 static void test_attention_rows(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {5001};
     enum { N = 70, DQK = 16 };
     const dsc_op_attn_dims d = {N, DQK, N, DQK, DQK, N, N};
-    float *Q = frnd(&pl, &r, N * DQK, 2), *K = frnd(&pl, &r, N * DQK, 2), *V = falloc(&pl, N * N);
+    float *Q = frnd(&pl, &r, N * DQK, 2), *K = frnd(&pl, &r, N * DQK, 2), *V = t_falloc(&pl, N * N);
     for (int64_t i = 0; i < N; i++) V[i * N + i] = 1.0f;
-    float *O = frnd(&pl, &r, N * N, 1), *lse = falloc(&pl, N);
-    float *ws = falloc(&pl, dsc_tk_attn_scratch(N));
+    float *O = frnd(&pl, &r, N * N, 1), *lse = t_falloc(&pl, N);
+    float *ws = t_falloc(&pl, dsc_tk_attn_scratch(N));
     dsc_tk_attn_fwd(O, lse, Q, K, V, &d, 0.25f, ws);
     double worst = 0;
     for (int64_t i = 0; i < N; i++) {
@@ -549,7 +529,7 @@ static void test_attention_rows(dsc_t *t) {
     for (int c = 0; c < 4; c++)
         T_CHECK(t, fabsf(dq1[c]) <= 1e-4f && fabsf(dk1[c]) <= 1e-4f, "n = 1: dQ[%d] %g dK[%d] %g", c,
                 dq1[c], c, dk1[c]);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 const dsc_test_case dsc_tests_tk[] = {

@@ -37,40 +37,7 @@
 #define FD_TOL 1e-6
 #define AGREE_TOL 1e-5
 
-/* ---- small helpers: a free-list, random data, comparisons ---- */
-
-typedef struct {
-    void *p[96];
-    int n;
-} pool;
-
-static void *palloc(pool *pl, int64_t bytes) {
-    void *p = calloc(1, (size_t)bytes);
-    if (!p || pl->n >= 96) abort();   /* test harness bug, not a finding */
-    pl->p[pl->n++] = p;
-    return p;
-}
-
-static void pool_free(pool *pl) {
-    for (int i = 0; i < pl->n; i++) free(pl->p[i]);
-    pl->n = 0;
-}
-
-static double *dalloc(pool *pl, int64_t n) { return palloc(pl, n * (int64_t)sizeof(double)); }
-static float *falloc(pool *pl, int64_t n) { return palloc(pl, n * (int64_t)sizeof(float)); }
-
-/* n normal values * scale, rounded to float so both instances see the same. */
-static double *rnd(pool *pl, t_rng *r, int64_t n, double scale) {
-    double *x = dalloc(pl, n);
-    for (int64_t i = 0; i < n; i++) x[i] = (double)(float)(t_rng_normal(r) * scale);
-    return x;
-}
-
-static float *to_f32(pool *pl, const double *x, int64_t n) {
-    float *y = falloc(pl, n);
-    for (int64_t i = 0; i < n; i++) y[i] = (float)x[i];
-    return y;
-}
+/* ---- small helpers: comparisons (allocation and random data: test.h) ---- */
 
 static double maxabs(const double *x, int64_t n) {
     double m = 0;
@@ -141,23 +108,23 @@ static double embed_loss(void *p) {
 }
 
 static void test_embed(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {101};
     enum { V = 5, D = 3, N = 7 };
     static const int32_t ids[N] = {4, 0, 2, 4, 1, 4, 0};   /* repeats: scatter-add */
-    embed_ctx c = {rnd(&pl, &r, V * D, 1), rnd(&pl, &r, N * D, 1), dalloc(&pl, N * D), ids, N, D};
-    double *dW = dalloc(&pl, V * D);
+    embed_ctx c = {t_rnd(&pl, &r, V * D, 1), t_rnd(&pl, &r, N * D, 1), t_dalloc(&pl, N * D), ids, N, D};
+    double *dW = t_dalloc(&pl, V * D);
     dsc_op_embed_bwd_f64(dW, c.r, ids, N, D);
     fd_var v[] = {{"W", c.W, dW, V * D}};
     fd_check(t, "embed", embed_loss, &c, v, 1);
 
-    float *y32 = falloc(&pl, N * D), *dW32 = falloc(&pl, V * D);
-    dsc_op_embed_fwd_f32(y32, to_f32(&pl, c.W, V * D), ids, N, D);
-    dsc_op_embed_bwd_f32(dW32, to_f32(&pl, c.r, N * D), ids, N, D);
+    float *y32 = t_falloc(&pl, N * D), *dW32 = t_falloc(&pl, V * D);
+    dsc_op_embed_fwd_f32(y32, t_to_f32(&pl, c.W, V * D), ids, N, D);
+    dsc_op_embed_bwd_f32(dW32, t_to_f32(&pl, c.r, N * D), ids, N, D);
     embed_loss(&c);
     agree(t, "y", y32, c.y, N * D);
     agree(t, "dW", dW32, dW, V * D);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 2. RMSNorm ---- */
@@ -175,25 +142,25 @@ static double rms_loss(void *p) {
 }
 
 static void test_rmsnorm(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {202};
     enum { N = 3, D = 7 };
-    rms_ctx c = {rnd(&pl, &r, N * D, 1), rnd(&pl, &r, D, 1), rnd(&pl, &r, N * D, 1),
-                 dalloc(&pl, N * D), N, D, 1e-6};
-    double *dx = dalloc(&pl, N * D), *dw = dalloc(&pl, D);
+    rms_ctx c = {t_rnd(&pl, &r, N * D, 1), t_rnd(&pl, &r, D, 1), t_rnd(&pl, &r, N * D, 1),
+                 t_dalloc(&pl, N * D), N, D, 1e-6};
+    double *dx = t_dalloc(&pl, N * D), *dw = t_dalloc(&pl, D);
     dsc_op_rmsnorm_bwd_f64(dx, dw, c.r, c.x, c.w, N, D, c.eps);
     fd_var v[] = {{"x", c.x, dx, N * D}, {"w", c.w, dw, D}};
     fd_check(t, "rmsnorm", rms_loss, &c, v, 2);
 
-    float *y32 = falloc(&pl, N * D), *dx32 = falloc(&pl, N * D), *dw32 = falloc(&pl, D);
-    float *x32 = to_f32(&pl, c.x, N * D), *w32 = to_f32(&pl, c.w, D);
+    float *y32 = t_falloc(&pl, N * D), *dx32 = t_falloc(&pl, N * D), *dw32 = t_falloc(&pl, D);
+    float *x32 = t_to_f32(&pl, c.x, N * D), *w32 = t_to_f32(&pl, c.w, D);
     dsc_op_rmsnorm_fwd_f32(y32, x32, w32, N, D, c.eps);
-    dsc_op_rmsnorm_bwd_f32(dx32, dw32, to_f32(&pl, c.r, N * D), x32, w32, N, D, c.eps);
+    dsc_op_rmsnorm_bwd_f32(dx32, dw32, t_to_f32(&pl, c.r, N * D), x32, w32, N, D, c.eps);
     rms_loss(&c);
     agree(t, "y", y32, c.y, N * D);
     agree(t, "dx", dx32, dx, N * D);
     agree(t, "dw", dw32, dw, D);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 3. linear ---- */
@@ -210,25 +177,25 @@ static double lin_loss(void *p) {
 }
 
 static void test_linear(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {303};
     enum { N = 3, DIN = 5, DOUT = 4 };
-    lin_ctx c = {rnd(&pl, &r, N * DIN, 1), rnd(&pl, &r, DOUT * DIN, 1), rnd(&pl, &r, N * DOUT, 1),
-                 dalloc(&pl, N * DOUT), N, DIN, DOUT};
-    double *dx = dalloc(&pl, N * DIN), *dW = dalloc(&pl, DOUT * DIN);
+    lin_ctx c = {t_rnd(&pl, &r, N * DIN, 1), t_rnd(&pl, &r, DOUT * DIN, 1), t_rnd(&pl, &r, N * DOUT, 1),
+                 t_dalloc(&pl, N * DOUT), N, DIN, DOUT};
+    double *dx = t_dalloc(&pl, N * DIN), *dW = t_dalloc(&pl, DOUT * DIN);
     dsc_op_linear_bwd_f64(dx, dW, c.r, c.x, c.W, N, DIN, DOUT);
     fd_var v[] = {{"x", c.x, dx, N * DIN}, {"W", c.W, dW, DOUT * DIN}};
     fd_check(t, "linear", lin_loss, &c, v, 2);
 
-    float *y32 = falloc(&pl, N * DOUT), *dx32 = falloc(&pl, N * DIN), *dW32 = falloc(&pl, DOUT * DIN);
-    float *x32 = to_f32(&pl, c.x, N * DIN), *W32 = to_f32(&pl, c.W, DOUT * DIN);
+    float *y32 = t_falloc(&pl, N * DOUT), *dx32 = t_falloc(&pl, N * DIN), *dW32 = t_falloc(&pl, DOUT * DIN);
+    float *x32 = t_to_f32(&pl, c.x, N * DIN), *W32 = t_to_f32(&pl, c.W, DOUT * DIN);
     dsc_op_linear_fwd_f32(y32, x32, W32, N, DIN, DOUT);
-    dsc_op_linear_bwd_f32(dx32, dW32, to_f32(&pl, c.r, N * DOUT), x32, W32, N, DIN, DOUT);
+    dsc_op_linear_bwd_f32(dx32, dW32, t_to_f32(&pl, c.r, N * DOUT), x32, W32, N, DIN, DOUT);
     lin_loss(&c);
     agree(t, "y", y32, c.y, N * DOUT);
     agree(t, "dx", dx32, dx, N * DIN);
     agree(t, "dW", dW32, dW, DOUT * DIN);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 4. SwiGLU ---- */
@@ -245,25 +212,25 @@ static double swi_loss(void *p) {
 }
 
 static void test_swiglu(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {404};
     enum { M = 11 };
     /* g spread wide (sd 3) so both tails of the sigmoid are exercised */
-    swi_ctx c = {rnd(&pl, &r, M, 3), rnd(&pl, &r, M, 1), rnd(&pl, &r, M, 1), dalloc(&pl, M), M};
-    double *dg = dalloc(&pl, M), *du = dalloc(&pl, M);
+    swi_ctx c = {t_rnd(&pl, &r, M, 3), t_rnd(&pl, &r, M, 1), t_rnd(&pl, &r, M, 1), t_dalloc(&pl, M), M};
+    double *dg = t_dalloc(&pl, M), *du = t_dalloc(&pl, M);
     dsc_op_swiglu_bwd_f64(dg, du, c.r, c.g, c.u, M);
     fd_var v[] = {{"g", c.g, dg, M}, {"u", c.u, du, M}};
     fd_check(t, "swiglu", swi_loss, &c, v, 2);
 
-    float *h32 = falloc(&pl, M), *dg32 = falloc(&pl, M), *du32 = falloc(&pl, M);
-    float *g32 = to_f32(&pl, c.g, M), *u32 = to_f32(&pl, c.u, M);
+    float *h32 = t_falloc(&pl, M), *dg32 = t_falloc(&pl, M), *du32 = t_falloc(&pl, M);
+    float *g32 = t_to_f32(&pl, c.g, M), *u32 = t_to_f32(&pl, c.u, M);
     dsc_op_swiglu_fwd_f32(h32, g32, u32, M);
-    dsc_op_swiglu_bwd_f32(dg32, du32, to_f32(&pl, c.r, M), g32, u32, M);
+    dsc_op_swiglu_bwd_f32(dg32, du32, t_to_f32(&pl, c.r, M), g32, u32, M);
     swi_loss(&c);
     agree(t, "h", h32, c.h, M);
     agree(t, "dg", dg32, dg, M);
     agree(t, "du", du32, du, M);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 5. RoPE ---- */
@@ -287,31 +254,31 @@ static double rope_loss(void *p) {
    wide; positions out of order. Elements outside the slice pass through, so
    their gradient (identity) is checked too. */
 static void rope_case(dsc_t *t, int interleaved) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {505u + (uint64_t)interleaved};
     enum { N = 5, NPOS = 6, DIM = 4, LD = 15 };
     static const int32_t pos[N] = {3, 0, 5, 1, 2};
-    double *cs = dalloc(&pl, NPOS * DIM / 2), *sn = dalloc(&pl, NPOS * DIM / 2);
+    double *cs = t_dalloc(&pl, NPOS * DIM / 2), *sn = t_dalloc(&pl, NPOS * DIM / 2);
     for (int i = 0; i < NPOS * DIM / 2; i++) {
         double a = 6.283185307179586 * t_rng_uniform(&r);
         cs[i] = (float)cos(a), sn[i] = (float)sin(a);
     }
-    rope_ctx c = {rnd(&pl, &r, N * LD, 1), rnd(&pl, &r, N * LD, 1), dalloc(&pl, N * LD), cs, sn,
+    rope_ctx c = {t_rnd(&pl, &r, N * LD, 1), t_rnd(&pl, &r, N * LD, 1), t_dalloc(&pl, N * LD), cs, sn,
                   pos, {N, LD, 2, 7, 2, DIM}, N * LD, interleaved};
-    double *dx = dalloc(&pl, N * LD);
+    double *dx = t_dalloc(&pl, N * LD);
     memcpy(dx, c.r, sizeof(double) * N * LD);
     dsc_op_rope_bwd_f64(dx, &c.s, pos, cs, sn, interleaved);
     fd_var v[] = {{"x", c.x, dx, N * LD}};
     fd_check(t, interleaved ? "rope_interleaved" : "rope_half", rope_loss, &c, v, 1);
 
-    float *x32 = to_f32(&pl, c.x, N * LD), *dx32 = to_f32(&pl, c.r, N * LD);
-    float *cs32 = to_f32(&pl, cs, NPOS * DIM / 2), *sn32 = to_f32(&pl, sn, NPOS * DIM / 2);
+    float *x32 = t_to_f32(&pl, c.x, N * LD), *dx32 = t_to_f32(&pl, c.r, N * LD);
+    float *cs32 = t_to_f32(&pl, cs, NPOS * DIM / 2), *sn32 = t_to_f32(&pl, sn, NPOS * DIM / 2);
     dsc_op_rope_fwd_f32(x32, &c.s, pos, cs32, sn32, interleaved);
     dsc_op_rope_bwd_f32(dx32, &c.s, pos, cs32, sn32, interleaved);
     rope_loss(&c);
     agree(t, "y", x32, c.tmp, N * LD);
     agree(t, "dx", dx32, dx, N * LD);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_rope_interleaved(dsc_t *t) { rope_case(t, 1); }
@@ -334,26 +301,26 @@ static double attn_loss(void *p) {
 /* n = 7 queries, dqk 5, dv 3; every stride wider than its row (the padding
    columns must get no gradient and are part of the FD check). */
 static void test_attention(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {606};
     enum { N = 7, DQK = 5, DV = 3 };
     dsc_op_attn_dims d = {N, DQK, DV, 8, 6, 4, 5};
-    attn_ctx c = {rnd(&pl, &r, N * d.ldq, 1), rnd(&pl, &r, N * d.ldk, 1), rnd(&pl, &r, N * d.ldv, 1),
-                  rnd(&pl, &r, N * d.ldo, 1), dalloc(&pl, N * d.ldo), dalloc(&pl, N), d,
+    attn_ctx c = {t_rnd(&pl, &r, N * d.ldq, 1), t_rnd(&pl, &r, N * d.ldk, 1), t_rnd(&pl, &r, N * d.ldv, 1),
+                  t_rnd(&pl, &r, N * d.ldo, 1), t_dalloc(&pl, N * d.ldo), t_dalloc(&pl, N), d,
                   0.8 * 1.8738542 / sqrt(DQK)};
     for (int64_t i = 0; i < N; i++)   /* the padding of O is never written: r = 0 there */
         for (int64_t j = DV; j < d.ldo; j++) c.r[i * d.ldo + j] = 0;
-    double *dQ = dalloc(&pl, N * d.ldq), *dK = dalloc(&pl, N * d.ldk), *dV = dalloc(&pl, N * d.ldv);
+    double *dQ = t_dalloc(&pl, N * d.ldq), *dK = t_dalloc(&pl, N * d.ldk), *dV = t_dalloc(&pl, N * d.ldv);
     attn_loss(&c);
     dsc_op_attn_bwd_f64(dQ, dK, dV, c.r, c.Q, c.K, c.V, c.O, c.lse, &d, c.scale);
     fd_var v[] = {{"Q", c.Q, dQ, N * d.ldq}, {"K", c.K, dK, N * d.ldk}, {"V", c.V, dV, N * d.ldv}};
     fd_check(t, "attention", attn_loss, &c, v, 3);
 
-    float *Q32 = to_f32(&pl, c.Q, N * d.ldq), *K32 = to_f32(&pl, c.K, N * d.ldk);
-    float *V32 = to_f32(&pl, c.V, N * d.ldv), *O32 = falloc(&pl, N * d.ldo), *l32 = falloc(&pl, N);
-    float *dQ32 = falloc(&pl, N * d.ldq), *dK32 = falloc(&pl, N * d.ldk), *dV32 = falloc(&pl, N * d.ldv);
+    float *Q32 = t_to_f32(&pl, c.Q, N * d.ldq), *K32 = t_to_f32(&pl, c.K, N * d.ldk);
+    float *V32 = t_to_f32(&pl, c.V, N * d.ldv), *O32 = t_falloc(&pl, N * d.ldo), *l32 = t_falloc(&pl, N);
+    float *dQ32 = t_falloc(&pl, N * d.ldq), *dK32 = t_falloc(&pl, N * d.ldk), *dV32 = t_falloc(&pl, N * d.ldv);
     dsc_op_attn_fwd_f32(O32, l32, Q32, K32, V32, &d, c.scale);
-    dsc_op_attn_bwd_f32(dQ32, dK32, dV32, to_f32(&pl, c.r, N * d.ldo), Q32, K32, V32, O32, l32, &d,
+    dsc_op_attn_bwd_f32(dQ32, dK32, dV32, t_to_f32(&pl, c.r, N * d.ldo), Q32, K32, V32, O32, l32, &d,
                         c.scale);
     attn_loss(&c);
     agree(t, "O", O32, c.O, N * d.ldo);
@@ -361,7 +328,7 @@ static void test_attention(dsc_t *t) {
     agree(t, "dQ", dQ32, dQ, N * d.ldq);
     agree(t, "dK", dK32, dK, N * d.ldk);
     agree(t, "dV", dV32, dV, N * d.ldv);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* The causal mask: with a gradient only on the outputs of queries 0..2, the
@@ -369,14 +336,14 @@ static void test_attention(dsc_t *t) {
    and position 2's key/value do get gradient. Also query 0 sees only key 0,
    so O[0] == V[0]. */
 static void test_attention_causal(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {607};
     enum { N = 6, DQK = 4, DV = 3, SEEN = 3 };
     dsc_op_attn_dims d = {N, DQK, DV, DQK, DQK, DV, DV};
-    double *Q = rnd(&pl, &r, N * DQK, 1), *K = rnd(&pl, &r, N * DQK, 1), *V = rnd(&pl, &r, N * DV, 1);
-    double *O = dalloc(&pl, N * DV), *lse = dalloc(&pl, N), *dO = rnd(&pl, &r, N * DV, 1);
+    double *Q = t_rnd(&pl, &r, N * DQK, 1), *K = t_rnd(&pl, &r, N * DQK, 1), *V = t_rnd(&pl, &r, N * DV, 1);
+    double *O = t_dalloc(&pl, N * DV), *lse = t_dalloc(&pl, N), *dO = t_rnd(&pl, &r, N * DV, 1);
     for (int64_t i = SEEN * DV; i < N * DV; i++) dO[i] = 0;
-    double *dQ = dalloc(&pl, N * DQK), *dK = dalloc(&pl, N * DQK), *dV = dalloc(&pl, N * DV);
+    double *dQ = t_dalloc(&pl, N * DQK), *dK = t_dalloc(&pl, N * DQK), *dV = t_dalloc(&pl, N * DV);
     dsc_op_attn_fwd_f64(O, lse, Q, K, V, &d, 0.5);
     dsc_op_attn_bwd_f64(dQ, dK, dV, dO, Q, K, V, O, lse, &d, 0.5);
     for (int64_t i = SEEN * DQK; i < N * DQK; i++) {
@@ -390,7 +357,7 @@ static void test_attention_causal(dsc_t *t) {
     /* exact up to rounding of p = exp(s - lse) = 1 */
     for (int64_t c = 0; c < DV; c++)
         T_CHECK(t, fabs(O[c] - V[c]) <= 1e-15, "O[0][%lld] = %g, V[0] = %g", (long long)c, O[c], V[c]);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- MLA block composed from the ops (V2-Lite form: q = x Wq^T) ---- */
@@ -425,26 +392,26 @@ static double mla_loss(void *p) {
 }
 
 static void test_mla_block(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {707};
     mla_ctx m = {0};
-    m.x = rnd(&pl, &r, MN * MD, 1);
-    m.Wq = rnd(&pl, &r, MH * MQK * MD, 0.5);
-    m.Wa = rnd(&pl, &r, (MDC + MDR) * MD, 0.5);
-    m.wn = rnd(&pl, &r, MDC, 1);
-    m.Wb = rnd(&pl, &r, MH * MKV * MDC, 0.5);
-    m.Wo = rnd(&pl, &r, MD * MH * MDV, 0.5);
-    m.r = rnd(&pl, &r, MN * MD, 1);
-    m.cs = dalloc(&pl, MN * MDR / 2), m.sn = dalloc(&pl, MN * MDR / 2);
+    m.x = t_rnd(&pl, &r, MN * MD, 1);
+    m.Wq = t_rnd(&pl, &r, MH * MQK * MD, 0.5);
+    m.Wa = t_rnd(&pl, &r, (MDC + MDR) * MD, 0.5);
+    m.wn = t_rnd(&pl, &r, MDC, 1);
+    m.Wb = t_rnd(&pl, &r, MH * MKV * MDC, 0.5);
+    m.Wo = t_rnd(&pl, &r, MD * MH * MDV, 0.5);
+    m.r = t_rnd(&pl, &r, MN * MD, 1);
+    m.cs = t_dalloc(&pl, MN * MDR / 2), m.sn = t_dalloc(&pl, MN * MDR / 2);
     for (int64_t p = 0; p < MN; p++)   /* plain RoPE angles p * theta^(-2i/D) */
         for (int64_t i = 0; i < MDR / 2; i++) {
             double ang = (double)p * pow(10000.0, -2.0 * (double)i / MDR);
             m.cs[p * MDR / 2 + i] = cos(ang), m.sn[p * MDR / 2 + i] = sin(ang);
         }
-    m.q = dalloc(&pl, MN * MH * MQK), m.a = dalloc(&pl, MN * (MDC + MDR));
-    m.c = dalloc(&pl, MN * MDC), m.cn = dalloc(&pl, MN * MDC), m.kpe = dalloc(&pl, MN * MDR);
-    m.kv = dalloc(&pl, MN * MH * MKV), m.k = dalloc(&pl, MH * MN * MQK);
-    m.o = dalloc(&pl, MN * MH * MDV), m.lse = dalloc(&pl, MH * MN), m.out = dalloc(&pl, MN * MD);
+    m.q = t_dalloc(&pl, MN * MH * MQK), m.a = t_dalloc(&pl, MN * (MDC + MDR));
+    m.c = t_dalloc(&pl, MN * MDC), m.cn = t_dalloc(&pl, MN * MDC), m.kpe = t_dalloc(&pl, MN * MDR);
+    m.kv = t_dalloc(&pl, MN * MH * MKV), m.k = t_dalloc(&pl, MH * MN * MQK);
+    m.o = t_dalloc(&pl, MN * MH * MDV), m.lse = t_dalloc(&pl, MH * MN), m.out = t_dalloc(&pl, MN * MD);
     m.qs = (dsc_op_rope_slice){MN, MH * MQK, MH, MQK, MDN, MDR};
     m.ks = (dsc_op_rope_slice){MN, MDR, 1, MDR, 0, MDR};
     m.ad = (dsc_op_attn_dims){MN, MQK, MDV, MH * MQK, MQK, MH * MKV, MH * MDV};
@@ -452,13 +419,13 @@ static void test_mla_block(dsc_t *t) {
     mla_loss(&m);
 
     /* backward, in reverse order of mla_loss */
-    double *dx = dalloc(&pl, MN * MD), *dWq = dalloc(&pl, MH * MQK * MD);
-    double *dWa = dalloc(&pl, (MDC + MDR) * MD), *dwn = dalloc(&pl, MDC);
-    double *dWb = dalloc(&pl, MH * MKV * MDC), *dWo = dalloc(&pl, MD * MH * MDV);
-    double *dq = dalloc(&pl, MN * MH * MQK), *da = dalloc(&pl, MN * (MDC + MDR));
-    double *dc = dalloc(&pl, MN * MDC), *dcn = dalloc(&pl, MN * MDC), *dkpe = dalloc(&pl, MN * MDR);
-    double *dkv = dalloc(&pl, MN * MH * MKV), *dk = dalloc(&pl, MH * MN * MQK);
-    double *dO = dalloc(&pl, MN * MH * MDV);
+    double *dx = t_dalloc(&pl, MN * MD), *dWq = t_dalloc(&pl, MH * MQK * MD);
+    double *dWa = t_dalloc(&pl, (MDC + MDR) * MD), *dwn = t_dalloc(&pl, MDC);
+    double *dWb = t_dalloc(&pl, MH * MKV * MDC), *dWo = t_dalloc(&pl, MD * MH * MDV);
+    double *dq = t_dalloc(&pl, MN * MH * MQK), *da = t_dalloc(&pl, MN * (MDC + MDR));
+    double *dc = t_dalloc(&pl, MN * MDC), *dcn = t_dalloc(&pl, MN * MDC), *dkpe = t_dalloc(&pl, MN * MDR);
+    double *dkv = t_dalloc(&pl, MN * MH * MKV), *dk = t_dalloc(&pl, MH * MN * MQK);
+    double *dO = t_dalloc(&pl, MN * MH * MDV);
     dsc_op_linear_bwd_f64(dO, dWo, m.r, m.o, m.Wo, MN, MH * MDV, MD);
     for (int64_t h = 0; h < MH; h++)
         dsc_op_attn_bwd_f64(dq + h * MQK, dk + h * MN * MQK, dkv + h * MKV + MDN, dO + h * MDV,
@@ -478,7 +445,7 @@ static void test_mla_block(dsc_t *t) {
                   {"Wkv_a", m.Wa, dWa, (MDC + MDR) * MD}, {"kv_norm", m.wn, dwn, MDC},
                   {"Wkv_b", m.Wb, dWb, MH * MKV * MDC},   {"Wo", m.Wo, dWo, MD * MH * MDV}};
     fd_check(t, "mla", mla_loss, &m, v, 6);
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 /* ---- 7. MoE gate ---- */
@@ -497,13 +464,13 @@ static double gate_loss(void *p) {
 }
 
 static void gate_case(dsc_t *t, dsc_scoring sf, int norm) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {808u + 2u * (uint64_t)sf + (uint64_t)norm};
     enum { N = 4, E = 7, K = 3 };
     static const int32_t idx[N * K] = {6, 0, 3, 2, 5, 1, 4, 1, 0, 3, 6, 5};
-    gate_ctx c = {rnd(&pl, &r, N * E, 1.5), rnd(&pl, &r, N * K, 1), dalloc(&pl, N * K), idx, N,
+    gate_ctx c = {t_rnd(&pl, &r, N * E, 1.5), t_rnd(&pl, &r, N * K, 1), t_dalloc(&pl, N * K), idx, N,
                   {E, K, sf, norm, 2.5}};
-    double *dz = dalloc(&pl, N * E);
+    double *dz = t_dalloc(&pl, N * E);
     dsc_op_gate_bwd_f64(dz, c.r, c.z, idx, N, &c.p);
     char name[48];
     snprintf(name, sizeof name, "gate_%s%s", sf == DSC_SCORE_SOFTMAX ? "softmax" : "sigmoid",
@@ -511,9 +478,9 @@ static void gate_case(dsc_t *t, dsc_scoring sf, int norm) {
     fd_var v[] = {{"z", c.z, dz, N * E}};
     fd_check(t, name, gate_loss, &c, v, 1);
 
-    float *z32 = to_f32(&pl, c.z, N * E), *g32 = falloc(&pl, N * K), *dz32 = falloc(&pl, N * E);
+    float *z32 = t_to_f32(&pl, c.z, N * E), *g32 = t_falloc(&pl, N * K), *dz32 = t_falloc(&pl, N * E);
     dsc_op_gate_fwd_f32(g32, z32, idx, N, &c.p);
-    dsc_op_gate_bwd_f32(dz32, to_f32(&pl, c.r, N * K), z32, idx, N, &c.p);
+    dsc_op_gate_bwd_f32(dz32, t_to_f32(&pl, c.r, N * K), z32, idx, N, &c.p);
     gate_loss(&c);
     agree(t, "g", g32, c.g, N * K);
     agree(t, "dz", dz32, dz, N * E);
@@ -523,7 +490,7 @@ static void gate_case(dsc_t *t, dsc_scoring sf, int norm) {
             T_CHECK(t, fabs(s - 2.5) <= 1e-14, "token %lld: gate weights sum to %.17g", (long long)i, s);
         }
     }
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 static void test_gate(dsc_t *t) {
@@ -547,12 +514,12 @@ static double xent_loss(void *p) {
 }
 
 static void test_xent(dsc_t *t) {
-    pool pl = {0};
+    t_pool pl = {0};
     t_rng r = {909};
     enum { N = 5, V = 9 };
     static const int32_t tg[N] = {3, -1, 8, 0, 3};   /* token 1 ignored */
-    xent_ctx c = {rnd(&pl, &r, N * V, 2), tg, N, V};
-    double *dz = dalloc(&pl, N * V);
+    xent_ctx c = {t_rnd(&pl, &r, N * V, 2), tg, N, V};
+    double *dz = t_dalloc(&pl, N * V);
     double loss = dsc_op_xent_f64(dz, c.z, tg, N, V, 1.0);
     fd_var v[] = {{"logits", c.z, dz, N * V}};
     fd_check(t, "xent", xent_loss, &c, v, 1);
@@ -570,21 +537,21 @@ static void test_xent(dsc_t *t) {
     want /= 4;
     T_CHECK(t, fabs(loss - want) <= 1e-14 * fabs(want), "loss %.17g want %.17g", loss, want);
 
-    float *dz32 = falloc(&pl, N * V);
-    double loss32 = dsc_op_xent_f32(dz32, to_f32(&pl, c.z, N * V), tg, N, V, 1.0);
+    float *dz32 = t_falloc(&pl, N * V);
+    double loss32 = dsc_op_xent_f32(dz32, t_to_f32(&pl, c.z, N * V), tg, N, V, 1.0);
     T_CHECK(t, fabs(loss32 - loss) <= AGREE_TOL * fabs(loss), "f32 loss %.9g vs %.9g", loss32, loss);
     agree(t, "dlogits", dz32, dz, N * V);
 
     /* dscale multiplies the gradient; nothing counted: loss 0, no gradient */
-    double *dz2 = dalloc(&pl, N * V);
+    double *dz2 = t_dalloc(&pl, N * V);
     dsc_op_xent_f64(dz2, c.z, tg, N, V, 0.25);
     for (int64_t i = 0; i < N * V; i++)
         T_CHECK(t, fabs(dz2[i] - 0.25 * dz[i]) <= 1e-16, "dscale: dz[%lld]", (long long)i);
     static const int32_t none[N] = {-1, -1, -1, -1, -1};
-    double *dz3 = dalloc(&pl, N * V);
+    double *dz3 = t_dalloc(&pl, N * V);
     T_CHECK(t, dsc_op_xent_f64(dz3, c.z, none, N, V, 1.0) == 0.0, "all ignored: loss not 0");
     T_CHECK(t, maxabs(dz3, N * V) == 0.0, "all ignored: gradient not 0");
-    pool_free(&pl);
+    t_pool_free(&pl);
 }
 
 const dsc_test_case dsc_tests_train_ops[] = {
