@@ -7,9 +7,11 @@
  * margin).
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dsc.h"
+#include "gen/sample.h"
 #include "test.h"
 
 static dsc_sampler_t *mk(dsc_t *t, dsc_sampler_params p, int64_t V) {
@@ -157,7 +159,87 @@ static void test_bad_params(dsc_t *t) {
     T_CHECK(t, dsc_sampler_new(&p, 0, &s, &e) == DSC_ERR_ARG && !s, "empty vocab accepted");
 }
 
+/* Brute force: all V ids sorted by (tempered logit desc, id asc) in
+   double, then the top-p and min-p cuts; the sampler's distribution must
+   hold the same ids in the same order with the same probabilities. */
+typedef struct {
+    double z;
+    int32_t id;
+} zid;
+
+static int zid_cmp(const void *a, const void *b) {
+    const zid *x = a, *y = b;
+    if (x->z != y->z) return x->z > y->z ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Large vocabularies without top-k take the sorted-prefix path of
+   sample.c: the distribution equals the full sort's (ids exactly,
+   probabilities within 1e-9 relative: the same double sums in another
+   order). */
+static void test_large_vocab_cuts(dsc_t *t) {
+    enum { V = 5000 };
+    static float lg[V], work[V];
+    static zid ref[V];
+    int32_t *ids = malloc(V * sizeof *ids);
+    float *pr = malloc(V * sizeof *pr);
+    t_rng r = {77};
+    for (int i = 0; i < V; i++) lg[i] = t_rng_normal(&r) * 3.0f;
+    /* flat (temp 3, 5) and peaked cases: the cut lands past the first
+       sorted prefix of 256, so the prefix grows */
+    const float tps[4] = {0.9f, 1.0f, 0.5f, 0.999f}, mps[4] = {0.0f, 0.05f, 0.01f, 0.0f};
+    const float temps[4] = {0.8f, 0.8f, 3.0f, 5.0f};
+    for (int c = 0; c < 4 && ids && pr; c++) {
+        dsc_sampler_params p = plain();
+        p.temp = temps[c];
+        p.top_p = tps[c];
+        p.min_p = mps[c];
+        dsc_sampler_t *s = mk(t, p, V);
+        if (!s) break;
+        memcpy(work, lg, sizeof lg);
+        int64_t n = dsc_sampler_dist(s, work, NULL, 0, ids, pr);
+        dsc_sampler_free(s);
+        for (int i = 0; i < V; i++) ref[i] = (zid){(double)(lg[i] / p.temp), i};
+        qsort(ref, V, sizeof *ref, zid_cmp);
+        double mx = ref[0].z, sum = 0.0, acc = 0.0;
+        for (int i = 0; i < V; i++) sum += exp(ref[i].z - mx);
+        int64_t keep = V;
+        if (p.top_p < 1.0f)
+            for (int i = 0; i < V; i++) {
+                acc += exp(ref[i].z - mx) / sum;
+                if (acc >= p.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        if (p.min_p > 0.0f) {
+            int64_t k = 1;
+            while (k < keep && ref[k].z - mx >= log((double)p.min_p)) k++;
+            keep = k;
+        }
+        double ks = 0.0;
+        for (int64_t i = 0; i < keep; i++) ks += exp(ref[i].z - mx);
+        T_CHECK(t, n == keep, "top-p %g min-p %g: %lld candidates, full sort keeps %lld",
+                (double)p.top_p, (double)p.min_p, (long long)n, (long long)keep);
+        if (getenv("DSC_TEST_VERBOSE"))
+            fprintf(stderr, "    temp %g top-p %g min-p %g: %lld candidates\n", (double)p.temp,
+                    (double)p.top_p, (double)p.min_p, (long long)n);
+        for (int64_t i = 0; i < n && i < keep; i++) {
+            double want = exp(ref[i].z - mx) / ks;
+            if (ids[i] != ref[i].id || fabs(pr[i] - want) > 1e-6 * want + 1e-9) {
+                T_CHECK(t, 0, "top-p %g min-p %g: candidate %lld is id %d p %.9g, want %d %.9g",
+                        (double)p.top_p, (double)p.min_p, (long long)i, ids[i], pr[i],
+                        ref[i].id, want);
+                break;
+            }
+        }
+    }
+    free(ids);
+    free(pr);
+}
+
 const dsc_test_case dsc_tests_sampler[] = {
+    {"large_vocab_cuts", test_large_vocab_cuts},
     {"greedy_and_eos", test_greedy},
     {"repeat_penalty", test_repeat_penalty},
     {"distributions_chi2", test_distributions},
