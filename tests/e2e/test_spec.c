@@ -7,8 +7,9 @@
  *  - greedy speculation gives the plain greedy ids token for token, for
  *    draft_n 1..5, small prefill chunks, continued calls, and after the
  *    cache was rewritten by dsc_forward between calls; on the random v3
- *    fixture (drafts mostly rejected) and on a model trained here on a
- *    repetitive text (drafts mostly accepted);
+ *    fixture (drafts mostly rejected), on V3.2 (DSA, the module with its
+ *    own indexer) and FP8 fixtures with a module, and on a model trained
+ *    here on a repetitive text (drafts mostly accepted);
  *  - sampling: the joint distribution of the generated tokens matches the
  *    exact one computed from the main model alone (chi-square test,
  *    significance 0.001, fixed seeds so the outcome is reproducible);
@@ -184,6 +185,21 @@ static void test_greedy_fixture(dsc_t *t) {
     greedy_same(t, m, "v3 chunked", 2, 3, 4, 0, prompt, 7, NULL);
     greedy_same(t, m, "v3 draft vocab 40", 2, 64, 0, 40, prompt, 7, NULL);
     dsc_model_free(m);
+    /* the module in the other layouts (tests/reference/make_mtp_fixtures.py):
+       V3.2, whose module has its own DSA indexer and key cache (contexts
+       past index_topk = 7, so both the main model and the module select
+       sparsely), and FP8 block-scaled weights with an FP8 eh_proj */
+    const char *more[2] = {"v32_mtp", "v3_fp8_mtp"};
+    for (int f = 0; f < 2; f++) {
+        m = t_load_fixture(t, more[f]);
+        if (!m) continue;
+        dsc_model_info in;
+        dsc_model_get_info(m, &in);
+        T_CHECK(t, in.n_mtp_modules == 1, "%s: MTP module not bound", more[f]);
+        greedy_same(t, m, more[f], 2, 64, 0, 0, prompt, 7, NULL);
+        greedy_same(t, m, more[f], 1, 4, 2, 0, prompt, 7, NULL);
+        dsc_model_free(m);
+    }
 }
 
 /* ---- a model trained here, whose module drafts well ---- */
