@@ -86,6 +86,7 @@ $(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -ma
 # the row loops of the training kernels and AdamW rely on the vectoriser (util.h)
 $(BUILD)/src/train/tk.o:           CFLAGS += -O3
 $(BUILD)/src/train/optim.o:        CFLAGS += -O3
+$(BUILD)/src/nsa/nsa_fast.o:       CFLAGS += -O3
 
 SETTINGS := CC=$(CC) OPT=$(OPT) SAN=$(SAN) NO_OMP=$(NO_OMP) NO_BLAS=$(NO_BLAS)
 

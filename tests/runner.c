@@ -32,6 +32,8 @@ extern const dsc_test_case dsc_tests_cli[];
 extern const dsc_test_case dsc_tests_train_cli[];
 extern const dsc_test_case dsc_tests_spec[];
 extern const dsc_test_case dsc_tests_nsa[];
+extern const dsc_test_case dsc_tests_nsa_fast[];
+extern const dsc_test_case dsc_tests_nsa_decode[];
 
 static const struct {
     const char *name;
@@ -56,6 +58,8 @@ static const struct {
     {"train_cli", dsc_tests_train_cli},
     {"spec", dsc_tests_spec},
     {"nsa", dsc_tests_nsa},
+    {"nsa_fast", dsc_tests_nsa_fast},
+    {"nsa_decode", dsc_tests_nsa_decode},
 };
 
 void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {
