@@ -400,15 +400,27 @@ int cmd_info(const cli_opts *o) {
     printf("layers       : %lld (%lld dense FFN + %lld MoE), hidden %lld, vocab %lld\n",
            (long long)c->num_hidden_layers, (long long)in.n_dense_layers,
            (long long)in.n_moe_layers, (long long)c->hidden_size, (long long)c->vocab_size);
-    if (c->q_lora_rank > 0)
+    if (c->attention_nsa)
+        printf("attention    : NSA (trainable; no inference yet), %lld query heads over %lld "
+               "KV heads, d_k %lld (first %lld roped), d_v %lld,\n               block %lld "
+               "stride %lld, select %lld x %lld, window %lld, compress %s%s, scale %.7f\n",
+               (long long)c->num_attention_heads, (long long)c->nsa_kv_heads,
+               (long long)c->nsa_head_dim_k, (long long)c->qk_rope_head_dim,
+               (long long)c->nsa_head_dim_v, (long long)c->nsa_block_size,
+               (long long)c->nsa_stride, (long long)c->nsa_n_select,
+               (long long)c->nsa_select_block, (long long)c->nsa_window,
+               c->nsa_compress_mean ? "mean" : "mlp", c->nsa_shared_kv ? ", shared k/v" : "",
+               c->softmax_scale);
+    else if (c->q_lora_rank > 0)
         printf("attention    : MLA, %lld heads, q_lora_rank %lld, ", (long long)c->num_attention_heads,
                (long long)c->q_lora_rank);
     else
         printf("attention    : MLA, %lld heads, no q compression, ",
                (long long)c->num_attention_heads);
-    printf("kv_lora_rank %lld, qk %lld nope + %lld rope, v %lld, softmax scale %.7f\n",
-           (long long)c->kv_lora_rank, (long long)c->qk_nope_head_dim,
-           (long long)c->qk_rope_head_dim, (long long)c->v_head_dim, c->softmax_scale);
+    if (!c->attention_nsa)
+        printf("kv_lora_rank %lld, qk %lld nope + %lld rope, v %lld, softmax scale %.7f\n",
+               (long long)c->kv_lora_rank, (long long)c->qk_nope_head_dim,
+               (long long)c->qk_rope_head_dim, (long long)c->v_head_dim, c->softmax_scale);
     if (c->yarn)
         printf("rope         : YaRN factor %g over %lld positions (beta %g/%g, mscale %g/%g), "
                "theta %g, %s pairs\n",
@@ -462,13 +474,15 @@ int cmd_info(const cli_opts *o) {
     int64_t lat = in.latent_cache_values_per_token, mha = in.mha_cache_values_per_token;
     cli_bytes(b1, sizeof b1, (double)lat * 4);
     cli_bytes(b2, sizeof b2, (double)mha * 4);
-    printf("kv cache     : latent %lld values/token (%lld per layer) = %s/token fp32; "
-           "standard MHA %lld values/token = %s/token fp32 (%.1fx larger)\n",
-           (long long)lat, (long long)(c->kv_lora_rank + c->qk_rope_head_dim), b1,
-           (long long)mha, b2, lat ? (double)mha / (double)lat : 0.0);
-    cli_bytes(b1, sizeof b1, (double)lat * 2);
-    cli_bytes(b2, sizeof b2, (double)mha * 2);
-    printf("               in bf16: latent %s/token vs MHA %s/token\n", b1, b2);
+    if (!c->attention_nsa) {   /* NSA: no inference cache yet */
+        printf("kv cache     : latent %lld values/token (%lld per layer) = %s/token fp32; "
+               "standard MHA %lld values/token = %s/token fp32 (%.1fx larger)\n",
+               (long long)lat, (long long)(c->kv_lora_rank + c->qk_rope_head_dim), b1,
+               (long long)mha, b2, lat ? (double)mha / (double)lat : 0.0);
+        cli_bytes(b1, sizeof b1, (double)lat * 2);
+        cli_bytes(b2, sizeof b2, (double)mha * 2);
+        printf("               in bf16: latent %s/token vs MHA %s/token\n", b1, b2);
+    }
     printf("load time    : %.1f ms\n", t_load * 1e3);
     dsc_model_free(m);
     return 0;

@@ -114,6 +114,22 @@ typedef struct {
     int64_t index_head_dim;       /* D_I; its first qk_rope_head_dim dims carry RoPE */
     int64_t index_topk;           /* k: keys each query attends to                 */
     int scale_ue8m0;              /* quantization_config.scale_fmt == "ue8m0"     */
+    /* NSA (Native Sparse Attention, GQA) in place of MLA: our config.json
+       extension "attention_type": "nsa" + an "nsa" object (config.c says
+       which keys). attention_nsa == 0: MLA, and every nsa_* field is 0.
+       NSA models are trainable (dsc train); inference refuses them. */
+    int attention_nsa;
+    int64_t nsa_kv_heads;         /* H_kv (num_attention_heads is H_q)             */
+    int64_t nsa_head_dim_k;       /* d_k; RoPE on its first qk_rope_head_dims      */
+    int64_t nsa_head_dim_v;       /* d_v                                           */
+    int64_t nsa_block_size;       /* l   compression block                         */
+    int64_t nsa_stride;           /* d   compression stride                        */
+    int64_t nsa_select_block;     /* l'  selection block                           */
+    int64_t nsa_n_select;         /* n   selected blocks (forced ones included)    */
+    int64_t nsa_window;           /* w   sliding-window keys, t included           */
+    int64_t nsa_compress_hidden;  /* m   compression MLP width (0 for mean)        */
+    int nsa_compress_mean;        /* 1: "compress": "mean"; 0: "mlp"               */
+    int nsa_shared_kv;            /* 1: one k_proj / v_proj for the three branches */
 } dsc_config;
 
 typedef struct dsc_model dsc_model_t;

@@ -34,6 +34,7 @@ extern const dsc_test_case dsc_tests_spec[];
 extern const dsc_test_case dsc_tests_nsa[];
 extern const dsc_test_case dsc_tests_nsa_fast[];
 extern const dsc_test_case dsc_tests_nsa_decode[];
+extern const dsc_test_case dsc_tests_nsa_model[];
 
 static const struct {
     const char *name;
@@ -60,6 +61,7 @@ static const struct {
     {"nsa", dsc_tests_nsa},
     {"nsa_fast", dsc_tests_nsa_fast},
     {"nsa_decode", dsc_tests_nsa_decode},
+    {"nsa_model", dsc_tests_nsa_model},
 };
 
 void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {
@@ -192,6 +194,13 @@ int main(int argc, char **argv) {
     const char *filter = NULL;
     dsc_t t = {0};
     t.dsc_bin = "build/dsc";
+    /* default: the dsc built next to this binary (BUILD=... builds both) */
+    static char self_dsc[4096];
+    const char *slash = strrchr(argv[0], '/');
+    if (slash && (size_t)(slash - argv[0]) + 5 < sizeof self_dsc) {
+        snprintf(self_dsc, sizeof self_dsc, "%.*s/dsc", (int)(slash - argv[0]), argv[0]);
+        t.dsc_bin = self_dsc;
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dsc") && i + 1 < argc)
             t.dsc_bin = argv[++i];

@@ -10,6 +10,21 @@
  * value we do not implement is an error naming the field and the value.
  * Fields we do not use (torch_dtype, use_cache, ...) are ignored. Defaults for
  * absent optional fields follow transformers' configuration classes.
+ *
+ * NSA (our extension; transformers ignores these keys): "attention_type":
+ * "nsa" (default "mla") makes every decoder layer (MTP's too) use Native
+ * Sparse Attention with GQA (src/nsa/nsa.h) in place of MLA, configured by
+ *   "nsa": {"num_key_value_heads": H_kv, "head_dim_k": d_k, "head_dim_v": d_v,
+ *           "block_size": l, "stride": d, "select_block": l', "n_select": n,
+ *           "window": w, "compress": "mlp" | "mean", "compress_hidden": m
+ *           (the MLP's width; required for "mlp"), "shared_kv": false}
+ * with num_attention_heads = H_q, checked by dsc_nsa_config_check (errors
+ * name the config key). The MLA keys kv_lora_rank, qk_nope_head_dim and
+ * v_head_dim are then optional and unused, q_lora_rank must be 0/null (q is
+ * one q_proj) and deepseek_v32 (DSA) is refused. qk_rope_head_dim stays
+ * required: RoPE (rope_theta, YaRN if configured) rotates the FIRST
+ * qk_rope_head_dim dims of every query and key head (<= d_k), pairs as
+ * rope_interleave says. softmax_scale is 1/sqrt(d_k).
  */
 #include <math.h>
 #include <string.h>
@@ -17,6 +32,7 @@
 #include <jansson.h>
 
 #include "model/model.h"
+#include "nsa/nsa.h"
 #include "util/util.h"
 
 typedef struct {
@@ -223,6 +239,130 @@ static dsc_status parse_moe(cfg_ctx *cx, json_t *root, dsc_config *c, int is_v3)
     return DSC_OK;
 }
 
+void dsc_config_nsa(const dsc_config *c, dsc_nsa_config *o) {
+    memset(o, 0, sizeof *o);
+    o->l = c->nsa_block_size;
+    o->d = c->nsa_stride;
+    o->l_sel = c->nsa_select_block;
+    o->n = c->nsa_n_select;
+    o->w = c->nsa_window;
+    o->H_q = c->num_attention_heads;
+    o->H_kv = c->nsa_kv_heads;
+    o->d_k = c->nsa_head_dim_k;
+    o->d_v = c->nsa_head_dim_v;
+    o->phi = c->nsa_compress_mean ? DSC_NSA_PHI_MEAN : DSC_NSA_PHI_MLP;
+    o->phi_hidden = c->nsa_compress_mean ? 0 : c->nsa_compress_hidden;
+    o->shared_kv = c->nsa_shared_kv;
+    o->scale = 0.0;
+}
+
+int dsc_nsa_tensors(const dsc_config *c, dsc_nsa_tensor *out) {
+    static const char *const br[3] = {"cmp", "slc", "win"};
+    int64_t d = c->hidden_size, Hq = c->num_attention_heads, Hkv = c->nsa_kv_heads;
+    int64_t dk = c->nsa_head_dim_k, dv = c->nsa_head_dim_v, l = c->nsa_block_size;
+    int64_t m = c->nsa_compress_hidden;
+    int n = 0;
+#define T(s, r, cc, dec, ...)                                                   \
+    do {                                                                       \
+        out[n].slot = (s);                                                     \
+        snprintf(out[n].name, sizeof out[n].name, __VA_ARGS__);                \
+        out[n].rows = (r), out[n].cols = (cc), out[n].decay = (dec);           \
+        n++;                                                                   \
+    } while (0)
+    T(DSC_NSA_W_Q, Hq * dk, d, 1, "q_proj.weight");
+    int nb = c->nsa_shared_kv ? 1 : 3;
+    for (int b = 0; b < nb; b++) {
+        if (nb == 1) T(DSC_NSA_W_K, Hkv * dk, d, 1, "k_proj.weight");
+        else T(DSC_NSA_W_K + b, Hkv * dk, d, 1, "k_proj_%s.weight", br[b]);
+    }
+    for (int b = 0; b < nb; b++) {
+        if (nb == 1) T(DSC_NSA_W_V, Hkv * dv, d, 1, "v_proj.weight");
+        else T(DSC_NSA_W_V + b, Hkv * dv, d, 1, "v_proj_%s.weight", br[b]);
+    }
+    T(DSC_NSA_W_GATE, 3 * Hq, d, 1, "gate_proj.weight");
+    T(DSC_NSA_W_O, d, Hq * dv, 1, "o_proj.weight");
+    if (!c->nsa_compress_mean) {
+        T(DSC_NSA_W_PE_K, Hkv * l, dk, 0, "compress_k.pe");
+        T(DSC_NSA_W_W1_K, Hkv * m, l * dk, 1, "compress_k.w1.weight");
+        T(DSC_NSA_W_W2_K, Hkv * dk, m, 1, "compress_k.w2.weight");
+        T(DSC_NSA_W_PE_V, Hkv * l, dv, 0, "compress_v.pe");
+        T(DSC_NSA_W_W1_V, Hkv * m, l * dv, 1, "compress_v.w1.weight");
+        T(DSC_NSA_W_W2_V, Hkv * dv, m, 1, "compress_v.w2.weight");
+    }
+#undef T
+    return n;
+}
+
+dsc_wmat *dsc_nsa_slot(dsc_layer *ly, int slot) {
+    switch (slot) {
+    case DSC_NSA_W_Q: return &ly->nsa.q;
+    case DSC_NSA_W_GATE: return &ly->nsa.gate;
+    case DSC_NSA_W_O: return &ly->o;
+    case DSC_NSA_W_PE_K: return &ly->nsa.pe_k;
+    case DSC_NSA_W_W1_K: return &ly->nsa.w1_k;
+    case DSC_NSA_W_W2_K: return &ly->nsa.w2_k;
+    case DSC_NSA_W_PE_V: return &ly->nsa.pe_v;
+    case DSC_NSA_W_W1_V: return &ly->nsa.w1_v;
+    case DSC_NSA_W_W2_V: return &ly->nsa.w2_v;
+    default:
+        if (slot >= DSC_NSA_W_K && slot < DSC_NSA_W_K + 3) return &ly->nsa.k[slot - DSC_NSA_W_K];
+        return &ly->nsa.v[slot - DSC_NSA_W_V];
+    }
+}
+
+/* The "nsa" object (attention_type "nsa"), see the file comment. */
+static dsc_status parse_nsa(cfg_ctx *cx, json_t *root, dsc_config *c) {
+    json_t *o = json_object_get(root, "nsa");
+    if (!o || !json_is_object(o))
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: attention_type \"nsa\" needs an object \"nsa\" (num_key_value_"
+                           "heads, head_dim_k, head_dim_v, block_size, stride, select_block, "
+                           "n_select, window, compress, compress_hidden)", cx->path);
+    c->attention_nsa = 1;
+    DSC_TRY(get_int(cx, o, "num_key_value_heads", 1, 0, 1, &c->nsa_kv_heads));
+    DSC_TRY(get_int(cx, o, "head_dim_k", 1, 0, 1, &c->nsa_head_dim_k));
+    DSC_TRY(get_int(cx, o, "head_dim_v", 1, 0, 1, &c->nsa_head_dim_v));
+    DSC_TRY(get_int(cx, o, "block_size", 1, 0, 1, &c->nsa_block_size));
+    DSC_TRY(get_int(cx, o, "stride", 1, 0, 1, &c->nsa_stride));
+    DSC_TRY(get_int(cx, o, "select_block", 1, 0, 1, &c->nsa_select_block));
+    DSC_TRY(get_int(cx, o, "n_select", 1, 0, 1, &c->nsa_n_select));
+    DSC_TRY(get_int(cx, o, "window", 1, 0, 1, &c->nsa_window));
+    const char *cm = NULL;
+    DSC_TRY(get_str(cx, o, "compress", &cm));
+    if (!cm || !strcmp(cm, "mlp")) c->nsa_compress_mean = 0;
+    else if (!strcmp(cm, "mean")) c->nsa_compress_mean = 1;
+    else
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: nsa.compress \"%s\" is not supported (mlp, mean)", cx->path, cm);
+    DSC_TRY(get_int(cx, o, "compress_hidden", !c->nsa_compress_mean, 0, c->nsa_compress_mean ? 0 : 1,
+                    &c->nsa_compress_hidden));
+    if (c->nsa_compress_mean) c->nsa_compress_hidden = 0;
+    DSC_TRY(get_bool(cx, o, "shared_kv", 0, &c->nsa_shared_kv));
+    const int64_t cap = (int64_t)1 << 20;
+    const struct {
+        const char *k;
+        int64_t v;
+    } lim[] = {{"num_key_value_heads", c->nsa_kv_heads}, {"head_dim_k", c->nsa_head_dim_k},
+               {"head_dim_v", c->nsa_head_dim_v},     {"block_size", c->nsa_block_size},
+               {"stride", c->nsa_stride},             {"select_block", c->nsa_select_block},
+               {"n_select", c->nsa_n_select},         {"window", c->nsa_window},
+               {"compress_hidden", c->nsa_compress_hidden}};
+    for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+        if (lim[i].v > cap)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG, "%s: nsa.%s = %lld exceeds %lld",
+                               cx->path, lim[i].k, (long long)lim[i].v, (long long)cap);
+    dsc_nsa_config nc;
+    dsc_config_nsa(c, &nc);
+    dsc_err e = {0};
+    if (dsc_nsa_config_check(&nc, &e) != DSC_OK)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: bad \"nsa\" config: %s (keys: block_size = l, stride = d, "
+                           "select_block = l_sel, n_select = n, window = w, num_attention_heads "
+                           "= H_q, num_key_value_heads = H_kv, compress_hidden = phi_hidden)",
+                           cx->path, e.msg);
+    return DSC_OK;
+}
+
 static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
     const char *mt = NULL;
     DSC_TRY(get_str(cx, root, "model_type", &mt));
@@ -241,11 +381,33 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
     DSC_TRY(get_int(cx, root, "hidden_size", 1, 0, 1, &c->hidden_size));
     DSC_TRY(get_int(cx, root, "num_hidden_layers", 1, 0, 1, &c->num_hidden_layers));
     DSC_TRY(get_int(cx, root, "num_attention_heads", 1, 0, 1, &c->num_attention_heads));
+    const char *at = NULL;
+    DSC_TRY(get_str(cx, root, "attention_type", &at));
+    if (at && strcmp(at, "mla") != 0 && strcmp(at, "nsa") != 0)
+        return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                           "%s: attention_type \"%s\" is not supported (mla, nsa)", cx->path, at);
+    int mla = !at || !strcmp(at, "mla");
     DSC_TRY(get_int(cx, root, "q_lora_rank", 0, 0, 0, &c->q_lora_rank));
-    DSC_TRY(get_int(cx, root, "kv_lora_rank", 1, 0, 1, &c->kv_lora_rank));
-    DSC_TRY(get_int(cx, root, "qk_nope_head_dim", 1, 0, 0, &c->qk_nope_head_dim));
+    DSC_TRY(get_int(cx, root, "kv_lora_rank", mla, 0, mla, &c->kv_lora_rank));
+    DSC_TRY(get_int(cx, root, "qk_nope_head_dim", mla, 0, 0, &c->qk_nope_head_dim));
     DSC_TRY(get_int(cx, root, "qk_rope_head_dim", 1, 0, 2, &c->qk_rope_head_dim));
-    DSC_TRY(get_int(cx, root, "v_head_dim", 1, 0, 1, &c->v_head_dim));
+    DSC_TRY(get_int(cx, root, "v_head_dim", mla, 0, mla, &c->v_head_dim));
+    if (!mla) {
+        DSC_TRY(parse_nsa(cx, root, c));
+        if (is_v32)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                               "%s: attention_type \"nsa\" with deepseek_v32 (DSA) is not "
+                               "supported", cx->path);
+        if (c->q_lora_rank > 0)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                               "%s: attention_type \"nsa\" needs q_lora_rank = 0 or null (q is "
+                               "one q_proj), got %lld", cx->path, (long long)c->q_lora_rank);
+        if (c->qk_rope_head_dim > c->nsa_head_dim_k)
+            return dsc_err_set(cx->err, DSC_ERR_CONFIG,
+                               "%s: qk_rope_head_dim = %lld exceeds nsa.head_dim_k = %lld (RoPE "
+                               "rotates the first qk_rope_head_dim dims of each head)", cx->path,
+                               (long long)c->qk_rope_head_dim, (long long)c->nsa_head_dim_k);
+    }
     if (c->qk_rope_head_dim % 2 != 0)
         return dsc_err_set(cx->err, DSC_ERR_CONFIG,
                            "%s: qk_rope_head_dim = %lld must be even", cx->path,
@@ -370,6 +532,7 @@ static dsc_status parse_root(cfg_ctx *cx, json_t *root, dsc_config *c) {
             c->yarn_attention_factor = yarn_get_mscale(c->yarn_factor, 1.0);
     }
     if (!c->yarn) c->yarn_attention_factor = 1.0;
+    if (c->attention_nsa) c->softmax_scale = 1.0 / sqrt((double)c->nsa_head_dim_k);
     return DSC_OK;
 }
 

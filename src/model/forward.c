@@ -58,6 +58,10 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     *out = NULL;
     const dsc_config *cf = &m->cfg;
     dsc_ctx_params p = pp ? *pp : dsc_ctx_default_params();
+    if (cf->attention_nsa)
+        return dsc_err_set(err, DSC_ERR_UNSUPPORTED,
+                           "NSA models are trainable; inference comes later (this model has "
+                           "attention_type \"nsa\")");
     if (p.n_ctx < 1 || p.n_batch < 1 || p.n_ctx > INT32_MAX)
         return dsc_err_set(err, DSC_ERR_ARG,
                            "n_ctx (%lld) must be in 1..2^31-1 and n_batch (%lld) >= 1",

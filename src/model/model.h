@@ -17,6 +17,7 @@
 #include "dsc.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
+#include "nsa/nsa.h"
 
 /* config.c: parse config.json text (path is used in messages only). */
 dsc_status dsc_config_parse(const char *json_text, size_t len, const char *path,
@@ -24,6 +25,33 @@ dsc_status dsc_config_parse(const char *json_text, size_t len, const char *path,
 /* The RoPE/YaRN table parameters a config implies (MLA and the DSA indexer
    share them; the trainer builds the same tables). */
 void dsc_config_rope_params(const dsc_config *c, dsc_rope_params *rp);
+/* The NSA operator's config of an attention_type "nsa" model (scale 0:
+   1/sqrt(d_k); see config.c for the config.json keys). */
+void dsc_config_nsa(const dsc_config *c, dsc_nsa_config *o);
+/* The NSA attention tensors of one layer, by slot, in the order the loader
+   binds, init writes and the trainer lists them (under
+   model.layers.{l}.self_attn.): q_proj, k_proj_{cmp,slc,win},
+   v_proj_{cmp,slc,win} (k_proj, v_proj when shared_kv), gate_proj, o_proj,
+   then for the MLP compression compress_k.{pe, w1.weight, w2.weight} and
+   compress_v.*. pe is the intra-block position encoding (no weight decay). */
+enum {
+    DSC_NSA_W_Q = 0,
+    DSC_NSA_W_K = 1,               /* + branch */
+    DSC_NSA_W_V = 4,               /* + branch */
+    DSC_NSA_W_GATE = 7,
+    DSC_NSA_W_O,
+    DSC_NSA_W_PE_K, DSC_NSA_W_W1_K, DSC_NSA_W_W2_K,
+    DSC_NSA_W_PE_V, DSC_NSA_W_W1_V, DSC_NSA_W_W2_V,
+    DSC_NSA_W_N
+};
+typedef struct {
+    int slot;
+    char name[40];           /* after "self_attn."  */
+    int64_t rows, cols;
+    int decay;               /* 1: a weight matrix; 0: pe */
+} dsc_nsa_tensor;
+/* Fills out[0 .. count-1] (count <= DSC_NSA_W_N) and returns the count. */
+int dsc_nsa_tensors(const dsc_config *c, dsc_nsa_tensor *out);
 /* Whether layer l uses MoE (else a dense SwiGLU FFN). */
 int dsc_config_layer_is_moe(const dsc_config *c, int64_t l);
 
@@ -48,6 +76,15 @@ typedef struct {
     dsc_wmat idx_k_norm_w;     /* (D_I) LayerNorm weight                        */
     dsc_wmat idx_k_norm_b;     /* (D_I) LayerNorm bias                          */
     dsc_wmat idx_weights;      /* (H_I, d)       per-head weights from x        */
+    /* NSA (attention_type "nsa"; the MLA fields above unbound then except o) */
+    struct {
+        dsc_wmat q;            /* (H_q*d_k, d)   q_proj                        */
+        dsc_wmat k[3], v[3];   /* (H_kv*d_k, d), (H_kv*d_v, d) per branch
+                                  cmp, slc, win; only [0] when shared_kv       */
+        dsc_wmat gate;         /* (3*H_q, d)     g = sigmoid(x gate^T), "(h 3)" */
+        dsc_wmat pe_k, w1_k, w2_k; /* (H_kv*l, d_k), (H_kv*m, l*d_k), (H_kv*d_k, m) */
+        dsc_wmat pe_v, w1_v, w2_v; /* (H_kv*l, d_v), (H_kv*m, l*d_v), (H_kv*d_v, m) */
+    } nsa;                     /* o_proj is `o` (d, H_q*d_v)                   */
     /* FFN */
     int is_moe;
     dsc_mlp dense;             /* dense FFN (ff = intermediate_size)           */
@@ -78,6 +115,9 @@ struct dsc_model {
     int64_t n_mtp;
     dsc_model_info info;
 };
+
+/* The bound matrix of an NSA slot of a layer (o is ly->o). */
+dsc_wmat *dsc_nsa_slot(dsc_layer *ly, int slot);
 
 /* weights.c: bind every tensor of the model from the opened set. */
 dsc_status dsc_weights_bind(dsc_model_t *m, dsc_err *err);

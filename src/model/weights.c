@@ -119,19 +119,29 @@ static dsc_status bind_layer(binder *b, int64_t l, dsc_layer *ly) {
 #define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
     DSC_TRY(bind(b, &ly->attn_norm, NAME("input_layernorm.weight"), d, 0));
     DSC_TRY(bind(b, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), d, 0));
-    if (c->q_lora_rank > 0) {
+    if (c->attention_nsa) {   /* NSA in place of MLA (config.c) */
+        dsc_nsa_tensor nt[DSC_NSA_W_N];
+        int nn = dsc_nsa_tensors(c, nt);
+        for (int i = 0; i < nn; i++) {
+            snprintf(n, sizeof n, "model.layers.%lld.self_attn.%s", (long long)l, nt[i].name);
+            DSC_TRY(bind(b, dsc_nsa_slot(ly, nt[i].slot), n, nt[i].rows, nt[i].cols));
+        }
+    } else if (c->q_lora_rank > 0) {
         DSC_TRY(bind(b, &ly->q_a, NAME("self_attn.q_a_proj.weight"), c->q_lora_rank, d));
         DSC_TRY(bind(b, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), c->q_lora_rank, 0));
         DSC_TRY(bind(b, &ly->q_b, NAME("self_attn.q_b_proj.weight"), H * dqk, c->q_lora_rank));
     } else {
         DSC_TRY(bind(b, &ly->q_b, NAME("self_attn.q_proj.weight"), H * dqk, d));
     }
-    DSC_TRY(bind(b, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
-             c->kv_lora_rank + c->qk_rope_head_dim, d));
-    DSC_TRY(bind(b, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), c->kv_lora_rank, 0));
-    DSC_TRY(bind(b, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
-             H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank));
-    DSC_TRY(bind(b, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim));
+    if (!c->attention_nsa) {
+        DSC_TRY(bind(b, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"),
+                 c->kv_lora_rank + c->qk_rope_head_dim, d));
+        DSC_TRY(bind(b, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"),
+                 c->kv_lora_rank, 0));
+        DSC_TRY(bind(b, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"),
+                 H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank));
+        DSC_TRY(bind(b, &ly->o, NAME("self_attn.o_proj.weight"), d, H * c->v_head_dim));
+    }
     if (c->index_topk > 0) {
         int64_t HI = c->index_n_heads, DI = c->index_head_dim;
         DSC_TRY(bind(b, &ly->idx_wq_b, NAME("self_attn.indexer.wq_b.weight"), HI * DI,

@@ -117,6 +117,23 @@ dsc_status dsc_ckpt_config_json(const dsc_config *c, char **out, dsc_err *err) {
         json_object_set_new(r, "index_head_dim", json_integer(c->index_head_dim));
         json_object_set_new(r, "index_topk", json_integer(c->index_topk));
     }
+    if (c->attention_nsa) {   /* our extension (config.c), ignored by transformers */
+        json_t *o = json_object();
+        json_object_set_new(o, "num_key_value_heads", json_integer(c->nsa_kv_heads));
+        json_object_set_new(o, "head_dim_k", json_integer(c->nsa_head_dim_k));
+        json_object_set_new(o, "head_dim_v", json_integer(c->nsa_head_dim_v));
+        json_object_set_new(o, "block_size", json_integer(c->nsa_block_size));
+        json_object_set_new(o, "stride", json_integer(c->nsa_stride));
+        json_object_set_new(o, "select_block", json_integer(c->nsa_select_block));
+        json_object_set_new(o, "n_select", json_integer(c->nsa_n_select));
+        json_object_set_new(o, "window", json_integer(c->nsa_window));
+        json_object_set_new(o, "compress", json_string(c->nsa_compress_mean ? "mean" : "mlp"));
+        if (!c->nsa_compress_mean)
+            json_object_set_new(o, "compress_hidden", json_integer(c->nsa_compress_hidden));
+        json_object_set_new(o, "shared_kv", json_boolean(c->nsa_shared_kv));
+        json_object_set_new(r, "attention_type", json_string("nsa"));
+        json_object_set_new(r, "nsa", o);
+    }
     json_object_set_new(r, "torch_dtype", json_string("float32"));
     /* JSON_REAL_PRECISION(17): every double reads back bit for bit. */
     *out = json_dumps(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));

@@ -83,20 +83,30 @@ static void add_block(tlist *l, const dsc_config *c, int64_t i) {
 #define P "model.layers.%lld."
     add(l, INIT_ONES, d, 0, P "input_layernorm.weight", li);
     add(l, INIT_ONES, d, 0, P "post_attention_layernorm.weight", li);
-    /* MLA (spec §2.1) */
-    if (c->q_lora_rank > 0) {
+    /* NSA in place of MLA (config.c): every projection normal like the
+       other matrices, so gate_proj starts near 0 and every gate near 0.5
+       (no branch favoured; lucidrains' window-favouring gate init is not
+       copied); pe normal too (a small random shift per block position). */
+    if (c->attention_nsa) {
+        dsc_nsa_tensor nt[DSC_NSA_W_N];
+        int nn = dsc_nsa_tensors(c, nt);
+        for (int k = 0; k < nn; k++)
+            add(l, INIT_NORMAL, nt[k].rows, nt[k].cols, P "self_attn.%s", li, nt[k].name);
+    } else if (c->q_lora_rank > 0) {   /* MLA (spec §2.1) */
         add(l, INIT_NORMAL, c->q_lora_rank, d, P "self_attn.q_a_proj.weight", li);
         add(l, INIT_ONES, c->q_lora_rank, 0, P "self_attn.q_a_layernorm.weight", li);
         add(l, INIT_NORMAL, H * dqk, c->q_lora_rank, P "self_attn.q_b_proj.weight", li);
     } else {
         add(l, INIT_NORMAL, H * dqk, d, P "self_attn.q_proj.weight", li);
     }
-    add(l, INIT_NORMAL, c->kv_lora_rank + c->qk_rope_head_dim, d,
-        P "self_attn.kv_a_proj_with_mqa.weight", li);
-    add(l, INIT_ONES, c->kv_lora_rank, 0, P "self_attn.kv_a_layernorm.weight", li);
-    add(l, INIT_NORMAL, H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
-        P "self_attn.kv_b_proj.weight", li);
-    add(l, INIT_NORMAL, d, H * c->v_head_dim, P "self_attn.o_proj.weight", li);
+    if (!c->attention_nsa) {
+        add(l, INIT_NORMAL, c->kv_lora_rank + c->qk_rope_head_dim, d,
+            P "self_attn.kv_a_proj_with_mqa.weight", li);
+        add(l, INIT_ONES, c->kv_lora_rank, 0, P "self_attn.kv_a_layernorm.weight", li);
+        add(l, INIT_NORMAL, H * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank,
+            P "self_attn.kv_b_proj.weight", li);
+        add(l, INIT_NORMAL, d, H * c->v_head_dim, P "self_attn.o_proj.weight", li);
+    }
     /* DSA lightning indexer (spec §4.2) */
     if (c->index_topk > 0) {
         int64_t HI = c->index_n_heads, DI = c->index_head_dim;
@@ -180,8 +190,9 @@ static void fill(float *x, int64_t n, init_kind k, double std, uint64_t seed) {
 
 static int config_ok(const dsc_config *c) {
     if (c->vocab_size < 1 || c->hidden_size < 1 || c->num_hidden_layers < 0 ||
-        c->num_attention_heads < 1 || c->kv_lora_rank < 1 || c->qk_rope_head_dim < 0 ||
-        c->qk_nope_head_dim < 0 || c->v_head_dim < 1 || c->q_lora_rank < 0 ||
+        c->num_attention_heads < 1 || c->qk_rope_head_dim < 0 || c->qk_nope_head_dim < 0 ||
+        c->q_lora_rank < 0 ||
+        (!c->attention_nsa && (c->kv_lora_rank < 1 || c->v_head_dim < 1)) ||
         c->num_nextn_predict_layers < 0)
         return 0;
     for (int64_t l = 0; l < c->num_hidden_layers + c->num_nextn_predict_layers; l++) {

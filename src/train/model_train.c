@@ -17,21 +17,6 @@
 #include "train/tm_impl.h"
 #include "util/util.h"
 
-/* ---- carving: count on the first walk (base NULL), assign on the second ---- */
-
-typedef struct {
-    char *base;
-    size_t used;
-} carver;
-
-static void *carve(carver *cv, int64_t n, size_t elem) {
-    size_t bytes = ((size_t)(n > 0 ? n : 0) * elem + 63) / 64 * 64;
-    void *p = cv->base && n > 0 ? cv->base + cv->used : NULL;
-    cv->used += bytes;
-    return p;
-}
-#define CARVE(cv, n, T) ((T *)carve((cv), (n), sizeof(T)))
-
 /* ---- parameters ---- */
 
 typedef struct {
@@ -101,17 +86,28 @@ static void player(pwalk *pw, const dsc_layer *ly, int64_t l) {
 #define NAME(fmt) (snprintf(n, sizeof n, "model.layers.%lld." fmt, (long long)l), n)
     t.attn_norm = ptake(pw, &ly->attn_norm, NAME("input_layernorm.weight"), 0);
     t.ffn_norm = ptake(pw, &ly->ffn_norm, NAME("post_attention_layernorm.weight"), 0);
-    if (c->q_lora_rank > 0) {
+    if (c->attention_nsa) {   /* NSA's tensors in place of MLA's (attn_nsa.c) */
+        t.attn = &dsc_tattn_nsa;
+        dsc_nsa_tensor nt[DSC_NSA_W_N];
+        int nn = dsc_nsa_tensors(c, nt);
+        for (int i = 0; i < nn; i++) {
+            snprintf(n, sizeof n, "model.layers.%lld.self_attn.%s", (long long)l, nt[i].name);
+            *dsc_tnsa_slot(&t, nt[i].slot) =
+                ptake(pw, dsc_nsa_slot((dsc_layer *)ly, nt[i].slot), n, nt[i].decay);
+        }
+    } else if (c->q_lora_rank > 0) {
         t.q_a = ptake(pw, &ly->q_a, NAME("self_attn.q_a_proj.weight"), 1);
         t.q_a_norm = ptake(pw, &ly->q_a_norm, NAME("self_attn.q_a_layernorm.weight"), 0);
         t.q_b = ptake(pw, &ly->q_b, NAME("self_attn.q_b_proj.weight"), 1);
     } else {
         t.q_b = ptake(pw, &ly->q_b, NAME("self_attn.q_proj.weight"), 1);
     }
-    t.kv_a = ptake(pw, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"), 1);
-    t.kv_a_norm = ptake(pw, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), 0);
-    t.kv_b = ptake(pw, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"), 1);
-    t.o = ptake(pw, &ly->o, NAME("self_attn.o_proj.weight"), 1);
+    if (!c->attention_nsa) {
+        t.kv_a = ptake(pw, &ly->kv_a, NAME("self_attn.kv_a_proj_with_mqa.weight"), 1);
+        t.kv_a_norm = ptake(pw, &ly->kv_a_norm, NAME("self_attn.kv_a_layernorm.weight"), 0);
+        t.kv_b = ptake(pw, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"), 1);
+        t.o = ptake(pw, &ly->o, NAME("self_attn.o_proj.weight"), 1);
+    }
     t.is_moe = ly->is_moe;
     if (!ly->is_moe) {
         snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)l);
@@ -173,6 +169,7 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
     int64_t N = tm->max_b * tm->max_t, d = c->hidden_size, H = c->num_attention_heads;
     int64_t dq = c->q_lora_rank, dc = c->kv_lora_rank, dr = c->qk_rope_head_dim;
     int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr;
+    if (tm->is_nsa) dq = dc = dn = dv = dqk = 0;   /* MLA's buffers: none */
     int64_t E = c->n_routed_experts, K = c->num_experts_per_tok, V = c->vocab_size;
     int64_t ff_sh = c->n_shared_experts * c->moe_intermediate_size;
     int64_t ff_max = max64(max64(c->intermediate_size, ff_sh), c->moe_intermediate_size);
@@ -191,7 +188,8 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
         a->kv = CARVE(cv, N * H * (dn + dv), float);
         a->k = CARVE(cv, N * H * dqk, float);
         a->o = CARVE(cv, N * H * dv, float);
-        a->lse = CARVE(cv, N * H, float);
+        a->lse = CARVE(cv, tm->is_nsa ? 0 : N * H, float);
+        if (tm->is_nsa) dsc_tnsa_carve_layer(tm, cv, a);
         a->xm = CARVE(cv, N * d, float);
         a->xn2 = CARVE(cv, N * d, float);
         a->fg = CARVE(cv, N * ff, float);
@@ -263,6 +261,7 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
     tm->mtp_dxf = CARVE(cv, Nm * d, float);
     tm->bal_f = CARVE(cv, E, double);
     tm->bal_c = CARVE(cv, E, double);
+    if (tm->is_nsa) dsc_tnsa_carve_shared(tm, cv);
 }
 
 /* ---- creation ---- */
@@ -296,6 +295,14 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
     tm->n_threads = dsc_kctx_threads(tm->k);
     tm->attn_ws_floats = dsc_tk_attn_scratch(max_t);
     int64_t L = tm->n_layers, E = c->n_routed_experts;
+    if (c->attention_nsa) {
+        dsc_status ns = dsc_tnsa_setup(tm, err);
+        if (ns != DSC_OK) {
+            dsc_train_model_free(tm);
+            return ns;
+        }
+        tm->attn_ws_floats = 0;   /* MLA's attention scratch: none */
+    }
 
     /* the MTP module (D = 1), as the loader bound it */
     const dsc_mtp *mtp = NULL;

@@ -3,7 +3,9 @@
  * (parameters, saved activations, scratch) shared by its three files:
  *   model_train.c  creation: parameters, activations, the public getters;
  *   train_step.c   the forward and backward of the whole model;
- *   attn_mla.c     MLA, the attention of a layer, behind tm_attn_ops.
+ *   attn_mla.c     MLA, the attention of a layer, behind tm_attn_ops;
+ *   attn_nsa.c     NSA (attention_type "nsa"), the other table, with its
+ *                  setup and its part of the activation carving.
  *
  * The attention seam. A decoder layer reaches its attention only through
  * tm_attn_ops (forward: a->xn -> tm->y; backward: dy -> dx and the
@@ -24,8 +26,24 @@
 #include "kernels/kernels.h"
 #include "model/model.h"
 #include "train/model_train.h"
+#include "nsa/nsa_fast.h"
 #include "train/ops.h"
 #include "train/tk.h"
+
+/* ---- carving (model_train.c, attn_nsa.c): count on the first walk (base
+   NULL), assign on the second ---- */
+typedef struct {
+    char *base;
+    size_t used;
+} carver;
+
+static inline void *carve(carver *cv, int64_t n, size_t elem) {
+    size_t bytes = ((size_t)(n > 0 ? n : 0) * elem + 63) / 64 * 64;
+    void *p = cv->base && n > 0 ? cv->base + cv->used : NULL;
+    cv->used += bytes;
+    return p;
+}
+#define CARVE(cv, n, T) ((T *)carve((cv), (n), sizeof(T)))
 
 /* q_a_layernorm / kv_a_layernorm eps, fixed as in mla.c and transformers. */
 #define LATENT_EPS 1e-6
@@ -37,6 +55,14 @@ typedef struct {
 
 typedef struct tm_attn_ops tm_attn_ops;
 
+/* An NSA layer's attention parameters (o_proj is tm_layer.o). */
+typedef struct {
+    float *q;               /* (H_q*d_k, d)                                   */
+    float *k[3], *v[3];     /* (H_kv*d_k, d), (H_kv*d_v, d); [0] only when shared */
+    float *gate;            /* (3*H_q, d)                                     */
+    float *pe_k, *w1_k, *w2_k, *pe_v, *w1_v, *w2_v;   /* NULL for mean        */
+} tm_nsa_w;
+
 typedef struct {
     const tm_attn_ops *attn;       /* the layer's attention (MLA)      */
     float *attn_norm, *ffn_norm;   /* (d)                              */
@@ -44,7 +70,8 @@ typedef struct {
     float *q_b;                    /* (H*dqk, dq) or q_proj (H*dqk, d)  */
     float *kv_a, *kv_a_norm;       /* (dc + dr, d), (dc)                */
     float *kv_b;                   /* (H*(dn+dv), dc)                   */
-    float *o;                      /* (d, H*dv)                         */
+    float *o;                      /* (d, H*dv)   (NSA: (d, H_q*d_v))   */
+    tm_nsa_w nsa;                  /* NSA layers only                   */
     int is_moe;
     tm_mlp dense, shared;          /* shared.ff == 0: no shared experts */
     float *router, *router_bias;   /* (E, d), (E) or NULL               */
@@ -63,7 +90,12 @@ typedef struct {
     float *kpe;      /* (N, dr) RoPE(k_pe), shared by the heads        */
     float *kv;       /* (N, H*(dn+dv)) kv_b_proj(cn)                   */
     float *k;        /* (B, H, T, dqk) per-head keys [k_nope ; kpe]    */
-    float *o;        /* (N, H*dv) attention outputs                    */
+    float *o;        /* (N, H*dv) attention outputs (NSA: (N, H_q*d_v)) */
+    /* NSA (attn_nsa.c): roped q and k, v, gates after the sigmoid, and the
+       operator's saved buffers, one block per sequence (tm->nsa_sz strides) */
+    float *nq, *nk[3], *nv[3], *ng;
+    float *n_obr, *n_lse, *n_kc, *n_vc, *n_hk, *n_hv;
+    int32_t *n_sel;
     float *lse;      /* (B, H, T) log-sum-exp of each attention row    */
     float *xm;       /* (N, d) residual after attention                */
     float *xn2;      /* (N, d) ffn_norm(xm)                            */
@@ -133,6 +165,14 @@ struct dsc_train_model {
     float *mtp_out, *mtp_outn;     /* (N, d) block output, shared_head.norm */
     float *mtp_logits;             /* (N, V)                               */
     float *mtp_dxf;                /* (N, d) MTP's gradient into main xfn   */
+    /* NSA (attention_type "nsa", attn_nsa.c) */
+    int is_nsa;
+    dsc_nsa_config nsa;
+    dsc_nsa_fast_opts nsa_opts;    /* threads = n_threads, default chunks  */
+    dsc_nsa_sizes nsa_sz;          /* for max_t tokens: per-sequence strides */
+    size_t nsa_ws_bytes;
+    char *nsa_ws;                  /* the fast operator's scratch          */
+    float *nsa_dq, *nsa_dk[3], *nsa_dv[3], *nsa_dg, *nsa_dO;
 };
 
 /* The linear layers through the fast fp32 GEMMs (the same contracts as
@@ -174,5 +214,15 @@ struct tm_attn_ops {
 
 /* MLA in its training (naive) form, spec §2 (attn_mla.c). */
 extern const tm_attn_ops dsc_tattn_mla;
+
+/* NSA (attn_nsa.c): the table; setup of tm->nsa* from tm->cfg before the
+   activations are carved (DSC_ERR_CONFIG / DSC_ERR_ARG); an NSA layer's
+   activations and the shared NSA scratch in carve_acts; the parameter
+   pointer of a dsc_nsa_tensors slot. */
+extern const tm_attn_ops dsc_tattn_nsa;
+dsc_status dsc_tnsa_setup(dsc_train_model_t *tm, dsc_err *err);
+void dsc_tnsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a);
+void dsc_tnsa_carve_shared(dsc_train_model_t *tm, carver *cv);
+float **dsc_tnsa_slot(tm_layer *t, int slot);
 
 #endif
