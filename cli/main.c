@@ -401,7 +401,7 @@ int cmd_info(const cli_opts *o) {
            (long long)c->num_hidden_layers, (long long)in.n_dense_layers,
            (long long)in.n_moe_layers, (long long)c->hidden_size, (long long)c->vocab_size);
     if (c->attention_nsa)
-        printf("attention    : NSA (trainable; no inference yet), %lld query heads over %lld "
+        printf("attention    : NSA, %lld query heads over %lld "
                "KV heads, d_k %lld (first %lld roped), d_v %lld,\n               block %lld "
                "stride %lld, select %lld x %lld, window %lld, compress %s%s, scale %.7f\n",
                (long long)c->num_attention_heads, (long long)c->nsa_kv_heads,
@@ -474,7 +474,7 @@ int cmd_info(const cli_opts *o) {
     int64_t lat = in.latent_cache_values_per_token, mha = in.mha_cache_values_per_token;
     cli_bytes(b1, sizeof b1, (double)lat * 4);
     cli_bytes(b2, sizeof b2, (double)mha * 4);
-    if (!c->attention_nsa) {   /* NSA: no inference cache yet */
+    if (!c->attention_nsa) {   /* NSA: no latent cache (a decode state per layer) */
         printf("kv cache     : latent %lld values/token (%lld per layer) = %s/token fp32; "
                "standard MHA %lld values/token = %s/token fp32 (%.1fx larger)\n",
                (long long)lat, (long long)(c->kv_lora_rank + c->qk_rope_head_dim), b1,

@@ -117,7 +117,9 @@ typedef struct {
     /* NSA (Native Sparse Attention, GQA) in place of MLA: our config.json
        extension "attention_type": "nsa" + an "nsa" object (config.c says
        which keys). attention_nsa == 0: MLA, and every nsa_* field is 0.
-       NSA models are trainable (dsc train); inference refuses them. */
+       NSA models are trainable (dsc train) and run (dsc_forward /
+       dsc_generate, one NSA decode state per layer in the context; no
+       speculative decoding: spec MTP is refused, AUTO decodes plainly). */
     int attention_nsa;
     int64_t nsa_kv_heads;         /* H_kv (num_attention_heads is H_q)             */
     int64_t nsa_head_dim_k;       /* d_k; RoPE on its first qk_rope_head_dims      */

@@ -35,6 +35,7 @@ extern const dsc_test_case dsc_tests_nsa[];
 extern const dsc_test_case dsc_tests_nsa_fast[];
 extern const dsc_test_case dsc_tests_nsa_decode[];
 extern const dsc_test_case dsc_tests_nsa_model[];
+extern const dsc_test_case dsc_tests_nsa_infer[];
 
 static const struct {
     const char *name;
@@ -62,6 +63,7 @@ static const struct {
     {"nsa_fast", dsc_tests_nsa_fast},
     {"nsa_decode", dsc_tests_nsa_decode},
     {"nsa_model", dsc_tests_nsa_model},
+    {"nsa_infer", dsc_tests_nsa_infer},
 };
 
 void t_fail(dsc_t *t, const char *file, int line, const char *fmt, ...) {

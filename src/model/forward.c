@@ -3,10 +3,13 @@
  *
  *   h_0 = Emb(ids)
  *   for each layer:  h += MLA(RMSNorm_in(h));  h += FFN(RMSNorm_post(h))
+ *                    (NSA in place of MLA for attention_type "nsa", nsa_attn.c)
  *   logits = lm_head(RMSNorm_final(h))
  *
  * dsc_ctx_new sizes every buffer from the config and the context parameters
- * and makes exactly two allocations: the latent cache and the work arena.
+ * and makes exactly two allocations: the latent cache and the work arena
+ * (plus the indexer key cache for DSA, and one block of per-layer decode
+ * states for NSA, whose latent cache is empty).
  * dsc_forward validates its arguments, then runs without allocating.
  */
 #include <stdio.h>
@@ -58,10 +61,6 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     *out = NULL;
     const dsc_config *cf = &m->cfg;
     dsc_ctx_params p = pp ? *pp : dsc_ctx_default_params();
-    if (cf->attention_nsa)
-        return dsc_err_set(err, DSC_ERR_UNSUPPORTED,
-                           "NSA models are trainable; inference comes later (this model has "
-                           "attention_type \"nsa\")");
     if (p.n_ctx < 1 || p.n_batch < 1 || p.n_ctx > INT32_MAX)
         return dsc_err_set(err, DSC_ERR_ARG,
                            "n_ctx (%lld) must be in 1..2^31-1 and n_batch (%lld) >= 1",
@@ -83,6 +82,10 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
                            (long long)p.draft_vocab, (long long)cf->vocab_size);
     if (p.spec_probe < 0)
         return dsc_err_set(err, DSC_ERR_ARG, "spec_probe %d < 0", p.spec_probe);
+    if (p.spec == DSC_SPEC_MTP && cf->attention_nsa)
+        return dsc_err_set(err, DSC_ERR_UNSUPPORTED,
+                           "speculative decoding is not supported on NSA models yet (this "
+                           "model has attention_type \"nsa\"); run without --spec");
     if (p.spec == DSC_SPEC_MTP && m->n_mtp == 0)
         return dsc_err_set(err, DSC_ERR_MISSING,
                            "speculative decoding with MTP needs the model's MTP module, and "
@@ -112,6 +115,8 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
                            max64(cf->n_shared_experts * cf->moe_intermediate_size,
                                  max64(cf->moe_intermediate_size, E)));
     int64_t widest = max64(max64(d, ff_max), max64(H * dv, max64(cf->q_lora_rank, dc)));
+    int nsa = cf->attention_nsa;
+    if (nsa) widest = max64(widest, H * cf->nsa_head_dim_v); /* o_proj's input */
 
     dsc_status s = dsc_kctx_new(c->n_threads, widest, &c->k, err);
     if (s != DSC_OK) {
@@ -121,13 +126,14 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
 
     /* speculation: the MTP module's cache layers follow the main ones */
     dsc_spec *sp = &c->spec;
-    sp->enabled = p.spec != DSC_SPEC_NONE && m->n_mtp > 0;
+    sp->enabled = p.spec != DSC_SPEC_NONE && m->n_mtp > 0 && !cf->attention_nsa;
     sp->draft_n = sp->enabled ? (p.draft_n > 0 ? p.draft_n : (int)m->n_mtp) : 0;
     if (sp->draft_n > DSC_SPEC_MAX_DRAFT) sp->draft_n = DSC_SPEC_MAX_DRAFT;
     snprintf(sp->note, sizeof sp->note, "%s",
              p.spec == DSC_SPEC_NONE ? "speculation off"
-             : sp->enabled ? "speculation with the MTP module"
-                           : "the model has no MTP module: plain decoding");
+             : sp->enabled      ? "speculation with the MTP module"
+             : cf->attention_nsa ? "NSA model: no speculation yet, plain decoding"
+                                 : "the model has no MTP module: plain decoding");
     int64_t n_cache_layers = cf->num_hidden_layers + (sp->enabled ? 1 : 0);
     int64_t N1 = sp->draft_n + 1, V = cf->vocab_size;
     sp->h_cap = B + N1;
@@ -185,6 +191,18 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         plan_add(&pl, (void **)&w->dsa_ws, (int64_t)c->n_threads * w->dsa_ws_floats, 4);
     }
     plan_add(&pl, (void **)&w->tokens, p.n_ctx, 4);
+    if (nsa) {
+        int64_t Hkv = cf->nsa_kv_heads, nk = cf->nsa_head_dim_k, nv = cf->nsa_head_dim_v;
+        int nb = cf->nsa_shared_kv ? 1 : 3;
+        plan_add(&pl, (void **)&w->nsa_q, B * H * nk, 4);
+        for (int b = 0; b < nb; b++) {
+            plan_add(&pl, (void **)&w->nsa_k[b], B * Hkv * nk, 4);
+            plan_add(&pl, (void **)&w->nsa_v[b], B * Hkv * nv, 4);
+        }
+        plan_add(&pl, (void **)&w->nsa_g, B * 3 * H, 4);
+        plan_add(&pl, (void **)&w->nsa_o, B * H * nv, 4);
+        plan_add(&pl, (void **)&w->nsa_phi, dsc_nsa_phi_floats(m), 4);
+    }
     if (sp->enabled) {
         plan_add(&pl, (void **)&sp->h, sp->h_cap * d, 4);
         plan_add(&pl, (void **)&sp->cat, B * 2 * d, 4);
@@ -200,29 +218,60 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         plan_add(&pl, (void **)&sp->next, sp->h_cap, 4);
     }
 
+    /* NSA layers keep no latent cache: one decode state per layer instead
+       (structs then buffers, one block) */
     size_t cache_n = 0, cache_b = 0;
     int ok = !pl.overflow &&
              dsc_mul_ok((size_t)n_cache_layers, (size_t)p.n_ctx, &cache_n) &&
-             dsc_mul_ok(cache_n, (size_t)(dc + dr), &cache_n) &&
+             dsc_mul_ok(cache_n, (size_t)(nsa ? 0 : dc + dr), &cache_n) &&
              dsc_mul_ok(cache_n, sizeof(float), &cache_b);
+    size_t nsa_one = 0, nsa_head = 0, nsa_b = 0;
+    if (nsa) {
+        dsc_config_nsa(cf, &c->nsa);
+        dsc_status ns = dsc_nsa_decode_sizes_f32(&c->nsa, p.n_ctx, &nsa_one, err);
+        if (ns != DSC_OK) {
+            dsc_ctx_free(c);
+            return ns;
+        }
+        nsa_one = (nsa_one + ALIGN - 1) / ALIGN * ALIGN;
+        nsa_head = ((size_t)n_cache_layers * sizeof(dsc_nsa_decode_f32) + ALIGN - 1) / ALIGN *
+                   ALIGN;
+        ok = ok && dsc_mul_ok(nsa_one, (size_t)n_cache_layers, &nsa_b) &&
+             dsc_add_ok(nsa_b, nsa_head, &nsa_b);
+    }
     size_t index_b = 0;
     if (ok && cf->index_topk > 0 && !p.dense)
         ok = dsc_mul_ok((size_t)n_cache_layers * (size_t)p.n_ctx,
                         (size_t)dsc_dsa_key_bytes(cf, p.index_cache), &index_b);
     if (ok) {
         c->work_mem = aligned_alloc(ALIGN, pl.total ? pl.total : ALIGN);
-        c->cache = aligned_alloc(ALIGN, (cache_b + ALIGN - 1) / ALIGN * ALIGN);
+        c->cache = aligned_alloc(ALIGN, cache_b ? (cache_b + ALIGN - 1) / ALIGN * ALIGN : ALIGN);
         if (index_b) c->index_cache = aligned_alloc(ALIGN, (index_b + ALIGN - 1) / ALIGN * ALIGN);
+        if (nsa_b) c->nsa_mem = aligned_alloc(ALIGN, nsa_b);
     }
-    if (!ok || !c->work_mem || !c->cache || (index_b && !c->index_cache)) {
+    if (!ok || !c->work_mem || !c->cache || (index_b && !c->index_cache) ||
+        (nsa_b && !c->nsa_mem)) {
         dsc_ctx_free(c);
         return dsc_err_set(err, DSC_ERR_OOM,
                            "cannot allocate the context: %zu bytes of work buffers + %zu "
-                           "bytes of latent cache (n_ctx %lld, n_batch %lld)",
-                           pl.total, cache_b, (long long)p.n_ctx, (long long)p.n_batch);
+                           "bytes of %s cache (n_ctx %lld, n_batch %lld)",
+                           pl.total, nsa ? nsa_b : cache_b, nsa ? "NSA decode" : "latent",
+                           (long long)p.n_ctx, (long long)p.n_batch);
+    }
+    if (nsa) {
+        c->nsa_st = c->nsa_mem;
+        for (int64_t l = 0; l < n_cache_layers; l++) {
+            char *mem = (char *)c->nsa_mem + nsa_head + (size_t)l * nsa_one;
+            dsc_status ns = dsc_nsa_decode_init_f32(&c->nsa_st[l], &c->nsa, p.n_ctx, mem,
+                                                    nsa_one, err);
+            if (ns != DSC_OK) {
+                dsc_ctx_free(c);
+                return ns;
+            }
+        }
     }
     c->work_bytes = (int64_t)pl.total + dsc_kctx_bytes(c->k);
-    c->cache_bytes = (int64_t)(cache_b + index_b);
+    c->cache_bytes = (int64_t)(cache_b + index_b + nsa_b);
     char *at = c->work_mem;
     for (int i = 0; i < pl.n; i++) {
         *pl.slot[i] = pl.bytes[i] ? at : NULL;
@@ -244,6 +293,7 @@ void dsc_ctx_free(dsc_ctx_t *c) {
     free(c->work_mem);
     free(c->cache);
     free(c->index_cache);
+    free(c->nsa_mem);
     free(c);
 }
 
@@ -282,7 +332,10 @@ void dsc_block_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, 
     float eps = (float)c->m->cfg.rms_norm_eps;
     /* h += MLA(RMSNorm_in(h)); h += FFN(RMSNorm_post(h)) */
     dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->attn_norm, n, d, eps);
-    dsc_mla_forward(c, ly, l, n, pos0);
+    if (c->m->cfg.attention_nsa)
+        dsc_nsa_attn_forward(c, ly, l, n, pos0);
+    else
+        dsc_mla_forward(c, ly, l, n, pos0);
     add_rows(w->x, w->y, n * d);
     dsc_k_rmsnorm(c->k, w->xn, w->x, &ly->ffn_norm, n, d, eps);
     dsc_ffn_forward(c, ly, n);
@@ -353,6 +406,9 @@ void dsc_ctx_reset(dsc_ctx_t *c) {
     c->pending = -1;
     c->spec.mtp_n = 0;
     c->spec.n_h = 0;
+    if (c->nsa_st)
+        for (int64_t l = 0; l < c->m->cfg.num_hidden_layers; l++)
+            dsc_nsa_decode_reset_f32(&c->nsa_st[l]);
 }
 int dsc_ctx_spec_enabled(const dsc_ctx_t *c) { return c->spec.enabled; }
 int dsc_ctx_spec_draft_n(const dsc_ctx_t *c) { return c->spec.draft_n; }

@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 #include "nsa/nsa.h"
+#include "nsa/nsa_decode.h"
 
 /* config.c: parse config.json text (path is used in messages only). */
 dsc_status dsc_config_parse(const char *json_text, size_t len, const char *path,
@@ -165,6 +166,14 @@ typedef struct {
     float *dsa_ws;   /* per thread: dsa_ws_floats                   */
     int64_t dsa_ws_floats;
     int32_t *tokens; /* (n_ctx) ids at each cached position         */
+    /* NSA (attention_type "nsa"; all NULL otherwise) */
+    float *nsa_q;    /* (B, H_q*d_k) queries, roped                   */
+    float *nsa_k[3]; /* (B, H_kv*d_k) keys per branch, roped; [0] only when shared_kv */
+    float *nsa_v[3]; /* (B, H_kv*d_v) values per branch               */
+    float *nsa_g;    /* (B, 3*H_q) gates, sigmoid applied             */
+    float *nsa_o;    /* (B, H_q*d_v) operator output                  */
+    float *nsa_phi;  /* phi's parameters of one layer as fp32, when stored in another
+                        dtype: pe_k, w1_k, w2_k, pe_v, w1_v, w2_v back to back */
 } dsc_work;
 
 /* Speculative decoding state of a context (gen/spec.c). Positions
@@ -200,6 +209,11 @@ struct dsc_ctx {
     float *cache;    /* (L, n_ctx, dc + dr) normed latent ; rotated k_pe */
     void *index_cache; /* DSA: (L, n_ctx) keys of D_I in p.index_cache's format */
     int64_t cache_bytes;
+    /* NSA: one decode state per layer (f32, capacity n_ctx), the structs
+       and their buffers carved from the one block nsa_mem */
+    dsc_nsa_config nsa;
+    dsc_nsa_decode_f32 *nsa_st;  /* [num_hidden_layers]              */
+    void *nsa_mem;
     void *work_mem;
     int64_t work_bytes;
     dsc_work w;
@@ -229,6 +243,13 @@ dsc_status dsc_forward_hidden(dsc_ctx_t *c, const int32_t *ids, int64_t n, int64
 
 /* mla.c: attention block for tokens pos0..pos0+n-1; reads w->xn, writes w->y. */
 void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
+/* nsa_attn.c: NSA in place of MLA (attention_type "nsa"), the same contract:
+   tokens pos0..pos0+n-1 of layer l, reads w->xn, writes w->y. A pos0 below
+   the layer state's length first truncates the state to pos0 (rollback). */
+void dsc_nsa_attn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
+/* Floats of w->nsa_phi a layer needs (0 when every phi tensor is F32 or
+   the compression is the mean). */
+int64_t dsc_nsa_phi_floats(const dsc_model_t *m);
 /* Scratch floats one naive-attention thread needs (dsc_work.head_ws). */
 int64_t dsc_mla_head_ws_floats(const dsc_config *cfg, int64_t n_ctx, int64_t n_batch);
 /* Query rows per absorbed (MQA-form) attention block. */
