@@ -203,8 +203,9 @@ static double forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B, i
             tm->tgt[b * T + t] = tokens[b * (T + 1) + t + 1];
         }
     tm->last_n = N;
-    memset(tm->load, 0,
-           (size_t)((tm->n_layers + tm->has_mtp) * c->n_routed_experts) * sizeof *tm->load);
+    if (tm->load) /* NULL for a model without routed experts */
+        memset(tm->load, 0,
+               (size_t)((tm->n_layers + tm->has_mtp) * c->n_routed_experts) * sizeof *tm->load);
     /* h = Emb(x) */
     float *h = tm->n_layers > 0 ? tm->act[0].x : tm->xf;
     dsc_op_embed_fwd_f32(h, tm->embed, tm->ids, N, d);
