@@ -23,6 +23,7 @@ extern const dsc_test_case dsc_tests_sampler[];
 extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_dsa[];
 extern const dsc_test_case dsc_tests_train_ops[];
+extern const dsc_test_case dsc_tests_idx_ops[];
 extern const dsc_test_case dsc_tests_tk[];
 extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_train_model[];
@@ -51,6 +52,7 @@ static const struct {
     {"generate", dsc_tests_generate},
     {"dsa", dsc_tests_dsa},
     {"train_ops", dsc_tests_train_ops},
+    {"idx_ops", dsc_tests_idx_ops},
     {"tk", dsc_tests_tk},
     {"train_io", dsc_tests_train_io},
     {"train_model", dsc_tests_train_model},

@@ -1,0 +1,9 @@
+/*
+ * idx_f32.c - the float instance of the indexer training ops (see idx_ops.h):
+ * every dsc_op_idx_<name>_f32, generated from idx_impl.inc.
+ */
+#include "train/idx_ops.h"
+
+#define DSC_OP_T float
+#define DSC_OP(name) dsc_op_##name##_f32
+#include "train/idx_impl.inc"
