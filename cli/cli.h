@@ -32,6 +32,8 @@ typedef struct {
     double init_std;          /* --init-std: std of a new model's matrices             */
     double balance_alpha;     /* --balance-alpha: sequence-wise balance loss; 0 = off  */
     double mtp_weight;        /* --mtp-weight: MTP loss weight (models with MTP); 0 = off */
+    int dsa_warmup;           /* --dsa-stage warmup: only the DSA indexer trains       */
+    double dsa_kl_weight;     /* --dsa-kl-weight: the indexer's KL loss weight (1)     */
     const char *preset;       /* --preset NAME: built-in architecture of a new model   */
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
 } cli_train_opts;
@@ -102,6 +104,8 @@ typedef struct {
     double tok_s;             /* tokens per second of this step                  */
     double elapsed_s;         /* training wall time since step 0, all runs       */
     double val_loss, val_mtp; /* validation CE / MTP CE (NAN: not evaluated)     */
+    double idx_kl, idx_recall;/* DSA indexer KL (unweighted) and top-k recall,
+                                 layer means (NAN: not a DSA model)              */
 } cli_log_row;
 
 typedef struct {

@@ -83,6 +83,9 @@ static void usage(FILE *f) {
             "  --bias-gamma G         aux-loss-free router bias step (1e-3; 0 = off)\n"
             "  --balance-alpha A      sequence-wise balance loss weight (V3: 1e-4; default 0)\n"
             "  --mtp-weight W         MTP loss weight, models with num_nextn_predict_layers 1 (0.3; 0 = off)\n"
+            "  --dsa-stage S          deepseek_v32: none (default: everything trains, the indexer by\n"
+            "                         its KL loss) or warmup (dense warm-up: only the indexer trains)\n"
+            "  --dsa-kl-weight W      weight of the DSA indexer's KL loss (1)\n"
             "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
             "  --save-every N         checkpoint every N steps (and at the end)\n"
             "  --val-frac F           share of documents held out for validation (0.05)\n"
@@ -269,6 +272,14 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--mtp-weight", "--mtp-weight")) {
             o->train.mtp_weight = parse_float(VALUE(), a);
             if (!(o->train.mtp_weight >= 0 && o->train.mtp_weight <= 1e30)) cli_die_usage("--mtp-weight must be finite and >= 0", v);
+        } else if (IS("--dsa-stage", "--dsa-stage")) {
+            const char *m = VALUE();
+            if (!strcmp(m, "warmup")) o->train.dsa_warmup = 1;
+            else if (!strcmp(m, "none")) o->train.dsa_warmup = 0;
+            else cli_die_usage("--dsa-stage must be none or warmup", m);
+        } else if (IS("--dsa-kl-weight", "--dsa-kl-weight")) {
+            o->train.dsa_kl_weight = parse_float(VALUE(), a);
+            if (!(o->train.dsa_kl_weight >= 0 && o->train.dsa_kl_weight <= 1e30)) cli_die_usage("--dsa-kl-weight must be finite and >= 0", v);
         } else if (IS("--init-std", "--init-std")) {
             o->train.init_std = parse_float(VALUE(), a);
             if (o->train.init_std < 0) cli_die_usage("--init-std must be >= 0", v);

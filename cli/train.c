@@ -87,6 +87,7 @@
  *   step 12/100  loss 7.123456  lr 3.000e-04  gnorm 1.2345  2345 tok/s  eta 1m05s
  *   step 12/100  loss 9.100000  main 7.123456  mtp 6.589514  lr ...   (MTP)
  *   step 12/100  loss 7.123556  main 7.123456  bal 0.000100  lr ...   (--balance-alpha)
+ *   step 12/100  loss 7.9  main 7.1  idx_kl 0.8  idx_recall 0.9312  lr ...   (DSA)
  *   step 12/?    ...            (--time-budget: the schedule is not sized yet)
  *   step 12      val loss 7.234567 (40 seqs)       (+ "  mtp X" with MTP)
  *   step 12      expert load max/mean: L1 1.75 L2 2.00
@@ -94,8 +95,19 @@
  * or the time budget) times the mean time of the last 20 steps (the run's
  * first step not counted), plus the validations still due.
  *
- * What this is not: multi-device (one process, fp32, CPU), a DSA
- * (deepseek_v32) trainer, or an MTP trainer for D > 1 (refused).
+ * DSA (deepseek_v32 configs; spec §4.6, dense warm-up only): attention
+ * is dense MLA and each layer's indexer learns, from detached inputs, to
+ * match MLA's head-summed attention by a KL loss (weight --dsa-kl-weight,
+ * 1) added to the loss. --dsa-stage none (the default) trains everything
+ * together; --dsa-stage warmup trains only the indexer tensors: the others'
+ * gradients are zeroed (so the clipping norm is the indexer's), AdamW skips
+ * them (no update, no weight decay) and the router-bias balancing is off,
+ * so every non-indexer tensor is saved bit for bit as it was loaded. The
+ * log and train_log.csv show idx_kl (unweighted) and idx_recall (top-
+ * index_topk recall of the true attention mass), means over the layers.
+ *
+ * What this is not: multi-device (one process, fp32, CPU), DSA's sparse
+ * stage, or an MTP trainer for D > 1 (refused).
  */
 #include "cli.h"
 
@@ -188,6 +200,7 @@ cli_train_opts cli_train_default_opts(void) {
     t.val_frac = 0.05;
     t.init_std = 0.006;
     t.mtp_weight = 0.3;
+    t.dsa_kl_weight = 1.0;
     return t;
 }
 
@@ -568,8 +581,24 @@ int cmd_train(const cli_opts *o) {
                 (long long)dsc_tokenizer_vocab(tok), (long long)c->vocab_size);
         exit(1);
     }
+    /* DSA (deepseek_v32): the indexer's KL weight; in the dense warm-up
+       (--dsa-stage warmup) every other tensor is frozen: its gradient is
+       zeroed after the backward and AdamW neither updates nor decays it */
+    int dsa_on = dsc_train_model_is_dsa(tm), warm = a->dsa_warmup;
+    if (warm && !dsa_on) {
+        fprintf(stderr, "dsc: --dsa-stage warmup needs a DSA model (deepseek_v32, index_topk > "
+                "0); %s is %s\n", dir, c->model_type);
+        exit(1);
+    }
+    if (dsa_on) dsc_train_set_dsa_kl_weight(tm, a->dsa_kl_weight);
     int64_t np = 0;
-    const dsc_param *params = dsc_train_model_params(tm, &np);
+    const dsc_param *mparams = dsc_train_model_params(tm, &np);
+    dsc_param *params = malloc((size_t)np * sizeof *params);
+    if (!params) die_msg("out of memory%s", "");
+    for (int64_t i = 0; i < np; i++) {
+        params[i] = mparams[i];
+        params[i].frozen = warm && !dsc_train_param_is_indexer(&mparams[i]);
+    }
     dsc_adamw_params hp = dsc_adamw_default_params();
     hp.weight_decay = a->wd;
     dsc_adamw_t *opt = NULL;
@@ -656,12 +685,17 @@ int cmd_train(const cli_opts *o) {
     /* end: the last step of this run (sizing: until the budget fixes it) */
     int64_t end = sizing ? INT64_MAX : total;
     if (a->stop_after > 0 && a->stop_after < end) end = a->stop_after;
-    char mtp_desc[96] = "", budget_desc[96] = "";
+    char mtp_desc[192] = "", budget_desc[96] = "";
     if (mtp_on) snprintf(mtp_desc, sizeof mtp_desc, ", MTP (D = 1) weight %g", a->mtp_weight);
     else if (dsc_train_model_has_mtp(tm))
         snprintf(mtp_desc, sizeof mtp_desc, ", MTP module kept but not trained (weight 0)");
     if (a->time_budget > 0)
         snprintf(budget_desc, sizeof budget_desc, ", time budget %g min", a->time_budget);
+    if (dsa_on) {
+        size_t k = strlen(mtp_desc);
+        snprintf(mtp_desc + k, sizeof mtp_desc - k, ", DSA %s, indexer KL weight %g",
+                 warm ? "dense warm-up (only the indexer trains)" : "dense", a->dsa_kl_weight);
+    }
     int64_t n_par = 0;
     for (int64_t i = 0; i < np; i++) n_par += dsc_param_numel(&params[i]);
     char total_txt[32], end_txt[32];
@@ -720,15 +754,20 @@ int cmd_train(const cli_opts *o) {
             t_save = cli_now() - ts;
             if (!o->quiet) fprintf(stderr, "step %-6lld saved %s\n", (long long)pst.step, dir);
         }
-        double ce = 0, mtp = 0, bal = 0;
+        double ce = 0, mtp = 0, bal = 0, ikl = NAN, irec = NAN;
         dsc_train_loss_parts(tm, &ce, &bal, &mtp);
+        if (dsa_on) dsc_train_dsa_stats(tm, &ikl, &irec);
+        if (warm)   /* frozen: no gradient (and none in the clipping norm) */
+            for (int64_t i = 0; i < np; i++)
+                if (params[i].frozen)
+                    memset(params[i].grad, 0, (size_t)dsc_param_numel(&params[i]) * sizeof(float));
         double gn = dsc_clip_grad_norm(params, np, a->clip);
         double lr = dsc_lr_at(&sched, step);
         int skipped = !isfinite(gn);
         if (!skipped) dsc_adamw_step(opt, lr);
         else dsc_adamw_set_steps(opt, dsc_adamw_steps(opt) + 1);
         /* spec §5.5: b_i += gamma * sign(mean load - load_i), from this batch */
-        if (!skipped) dsc_train_update_bias(tm, (float)a->bias_gamma);
+        if (!skipped && !warm) dsc_train_update_bias(tm, (float)a->bias_gamma);
         const int64_t *load = dsc_train_model_expert_load(tm);
         st.step = step + 1;
         st.lr = lr;
@@ -773,12 +812,15 @@ int cmd_train(const cli_opts *o) {
             }
         }
         if (!o->quiet) {
-            char parts[128] = "", eta[32], of[32];
+            char parts[192] = "", eta[32], of[32];
             int np_ = 0;
-            if (mtp_on || bal_on)
+            if (mtp_on || bal_on || dsa_on)
                 np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  main %.6f", ce);
             if (mtp_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  mtp %.6f", mtp);
-            if (bal_on) snprintf(parts + np_, sizeof parts - (size_t)np_, "  bal %.6f", bal);
+            if (bal_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  bal %.6f", bal);
+            if (dsa_on)
+                snprintf(parts + np_, sizeof parts - (size_t)np_, "  idx_kl %.6f  idx_recall %.4f",
+                         ikl, irec);
             /* the ETA: steps left x mean step time + the validations due */
             double left_s;
             if (sizing) {
@@ -801,7 +843,7 @@ int cmd_train(const cli_opts *o) {
                         "(resumable)\n", a->time_budget, (long long)st.step, (long long)total);
         }
         cli_log_row row = {st.step, loss, ce, mtp_on ? mtp : NAN, bal_on ? bal : NAN, lr, gn,
-                           (double)(B * T) / (dt > 0 ? dt : 1e-9), 0, NAN, NAN};
+                           (double)(B * T) / (dt > 0 ? dt : 1e-9), 0, NAN, NAN, ikl, irec};
         if ((a->eval_every > 0 && st.step % a->eval_every == 0) || last) {
             if (!o->quiet) log_load(c, load, st.step);
             if (n_val > 0) {
@@ -860,6 +902,7 @@ int cmd_train(const cli_opts *o) {
     dsc_data_iter_free(it);
     dsc_data_free(ds);
     dsc_adamw_free(opt);
+    free(params);
     dsc_train_model_free(tm);
     dsc_tokenizer_free(tok);
     return failed ? 1 : 0;

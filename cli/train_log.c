@@ -10,15 +10,19 @@
  *
  * CSV format (a header line, then one row per step, in step order):
  *
- *   step,loss,lm,mtp,balance,lr,grad_norm,tokens_per_s,elapsed_s,val_loss,val_mtp
+ *   step,loss,lm,mtp,balance,lr,grad_norm,tokens_per_s,elapsed_s,val_loss,val_mtp,
+ *   idx_kl,idx_recall
  *
  * loss is the optimised total (lm + balance + mtp_weight x mtp); lm the
  * next-token cross-entropy; mtp the MTP cross-entropy (unweighted); balance
  * the sequence-wise balance term (alpha included); elapsed_s the training
  * wall time since step 0, summed over resumed runs. val_loss / val_mtp are
- * filled on the steps where the validation loss was measured. A field that
+ * filled on the steps where the validation loss was measured. idx_kl and
+ * idx_recall (deepseek_v32 models) are the DSA indexer's KL loss
+ * (unweighted) and the recall of its top-k against the true attention's,
+ * each a mean over the layers. A field that
  * does not apply (mtp without MTP, balance with --balance-alpha 0, the val
- * columns off evaluation steps) is empty.
+ * columns off evaluation steps, the idx columns without DSA) is empty.
  *
  * What this is not: a general CSV reader. It reads back what it wrote (by
  * the header's column names, so a column added later does not break older
@@ -33,19 +37,22 @@
 #include "cli.h"
 
 static const char *const COLS[] = {"step", "loss", "lm", "mtp", "balance", "lr", "grad_norm",
-                                   "tokens_per_s", "elapsed_s", "val_loss", "val_mtp"};
+                                   "tokens_per_s", "elapsed_s", "val_loss", "val_mtp",
+                                   "idx_kl", "idx_recall"};
 #define N_COLS ((int)(sizeof COLS / sizeof COLS[0]))
 
 /* Field i of a row (0 = step). */
 static double *row_field(cli_log_row *r, int i) {
     double *f[N_COLS] = {NULL, &r->loss, &r->lm, &r->mtp, &r->balance, &r->lr, &r->grad_norm,
-                         &r->tok_s, &r->elapsed_s, &r->val_loss, &r->val_mtp};
+                         &r->tok_s, &r->elapsed_s, &r->val_loss, &r->val_mtp,
+                         &r->idx_kl, &r->idx_recall};
     return f[i];
 }
 
 /* printf format of each column; each reads back to the same text. */
 static const char *const FMT[N_COLS] = {"%lld", "%.6f", "%.6f", "%.6f", "%.6g", "%.6e",
-                                        "%.6g", "%.1f", "%.3f", "%.6f", "%.6f"};
+                                        "%.6g", "%.1f", "%.3f", "%.6f", "%.6f",
+                                        "%.6f", "%.6f"};
 
 void cli_log_free(cli_train_log *l) {
     free(l->rows);

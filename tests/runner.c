@@ -22,6 +22,7 @@ extern const dsc_test_case dsc_tests_tokenizer[];
 extern const dsc_test_case dsc_tests_sampler[];
 extern const dsc_test_case dsc_tests_generate[];
 extern const dsc_test_case dsc_tests_dsa[];
+extern const dsc_test_case dsc_tests_dsa_train[];
 extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_idx_ops[];
 extern const dsc_test_case dsc_tests_tk[];
@@ -51,6 +52,7 @@ static const struct {
     {"sampler", dsc_tests_sampler},
     {"generate", dsc_tests_generate},
     {"dsa", dsc_tests_dsa},
+    {"dsa_train", dsc_tests_dsa_train},
     {"train_ops", dsc_tests_train_ops},
     {"idx_ops", dsc_tests_idx_ops},
     {"tk", dsc_tests_tk},

@@ -26,7 +26,7 @@ static float *thread_ws(const dsc_train_model_t *tm) {
     return tm->attn_ws + (int64_t)t * tm->attn_ws_floats;
 }
 
-static double mla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     tm_act *a = &tm->act[l];
@@ -72,8 +72,8 @@ static double mla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     return 0.0;
 }
 
-static void mla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
-                    float *dx) {
+void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                  float *dx) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     const tm_act *a = &tm->act[l];
@@ -129,4 +129,4 @@ static void mla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, cons
     }
 }
 
-const tm_attn_ops dsc_tattn_mla = {"mla", mla_fwd, mla_bwd};
+const tm_attn_ops dsc_tattn_mla = {"mla", dsc_tmla_fwd, dsc_tmla_bwd};

@@ -108,6 +108,14 @@ static void player(pwalk *pw, const dsc_layer *ly, int64_t l) {
         t.kv_b = ptake(pw, &ly->kv_b, NAME("self_attn.kv_b_proj.weight"), 1);
         t.o = ptake(pw, &ly->o, NAME("self_attn.o_proj.weight"), 1);
     }
+    if (c->index_topk > 0 && !c->attention_nsa) {   /* DSA's indexer (attn_dsa.c) */
+        t.attn = &dsc_tattn_dsa;
+        t.ix_wq_b = ptake(pw, &ly->idx_wq_b, NAME("self_attn.indexer.wq_b.weight"), 1);
+        t.ix_wk = ptake(pw, &ly->idx_wk, NAME("self_attn.indexer.wk.weight"), 1);
+        t.ix_kn_w = ptake(pw, &ly->idx_k_norm_w, NAME("self_attn.indexer.k_norm.weight"), 0);
+        t.ix_kn_b = ptake(pw, &ly->idx_k_norm_b, NAME("self_attn.indexer.k_norm.bias"), 0);
+        t.ix_w = ptake(pw, &ly->idx_weights, NAME("self_attn.indexer.weights_proj.weight"), 1);
+    }
     t.is_moe = ly->is_moe;
     if (!ly->is_moe) {
         snprintf(n, sizeof n, "model.layers.%lld.mlp", (long long)l);
@@ -190,6 +198,7 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
         a->o = CARVE(cv, N * H * dv, float);
         a->lse = CARVE(cv, tm->is_nsa ? 0 : N * H, float);
         if (tm->is_nsa) dsc_tnsa_carve_layer(tm, cv, a);
+        if (tm->is_dsa) dsc_tdsa_carve_layer(tm, cv, a);
         a->xm = CARVE(cv, N * d, float);
         a->xn2 = CARVE(cv, N * d, float);
         a->fg = CARVE(cv, N * ff, float);
@@ -262,6 +271,7 @@ static void carve_acts(dsc_train_model_t *tm, carver *cv) {
     tm->bal_f = CARVE(cv, E, double);
     tm->bal_c = CARVE(cv, E, double);
     if (tm->is_nsa) dsc_tnsa_carve_shared(tm, cv);
+    if (tm->is_dsa) dsc_tdsa_carve_shared(tm, cv);
 }
 
 /* ---- creation ---- */
@@ -273,10 +283,6 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
     if (max_b < 1 || max_t < 1)
         return dsc_err_set(err, DSC_ERR_ARG, "batch %lld x %lld tokens: both must be >= 1",
                            (long long)max_b, (long long)max_t);
-    if (c->index_topk > 0)
-        return dsc_err_set(err, DSC_ERR_UNSUPPORTED,
-                           "training a %s model (DSA indexer) is not supported yet",
-                           c->model_type);
     size_t nn = 0;
     if (!dsc_mul_ok((size_t)max_b, (size_t)max_t, &nn) || nn > (size_t)INT32_MAX / 64)
         return dsc_err_set(err, DSC_ERR_ARG, "batch %lld x %lld tokens is too large",
@@ -302,6 +308,12 @@ static dsc_status model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t, 
             return ns;
         }
         tm->attn_ws_floats = 0;   /* MLA's attention scratch: none */
+    } else if (c->index_topk > 0) {
+        dsc_status ds = dsc_tdsa_setup(tm, err);
+        if (ds != DSC_OK) {
+            dsc_train_model_free(tm);
+            return ds;
+        }
     }
 
     /* the MTP module (D = 1), as the loader bound it */
@@ -463,3 +475,19 @@ void dsc_train_update_bias(dsc_train_model_t *tm, float gamma) {
     }
 }
 
+
+int dsc_train_model_is_dsa(const dsc_train_model_t *tm) { return tm->is_dsa; }
+
+void dsc_train_set_dsa_kl_weight(dsc_train_model_t *tm, double weight) {
+    tm->dsa_kl_weight = weight;
+}
+
+void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall) {
+    double n = tm->dsa_n > 0 ? (double)tm->dsa_n : 1.0;
+    if (kl) *kl = tm->dsa_kl_sum / n;
+    if (recall) *recall = tm->dsa_recall_sum / n;
+}
+
+int dsc_train_param_is_indexer(const dsc_param *p) {
+    return p->name && strstr(p->name, ".self_attn.indexer.") != NULL;
+}

@@ -26,8 +26,11 @@
  * SwiGLU and the loss on the SIMD kernels of tk.h (each tested against its
  * ops.h reference). The attention of a layer sits behind one seam
  * (tm_attn_ops, tm_impl.h) for DSA / NSA to plug into.
- * What this is not (yet): DSA-aware (deepseek_v32 models are refused), or
- * MTP with D > 1 (refused).
+ * DSA (deepseek_v32): the dense warm-up's form (attn_dsa.c). Attention is
+ * dense MLA; each layer's lightning indexer is trained by a KL loss towards
+ * MLA's head-summed attention on detached inputs (see
+ * dsc_train_set_dsa_kl_weight). What this is not (yet): DSA's sparse stage
+ * (MLA over the indexer's top-k), or MTP with D > 1 (refused).
  */
 #ifndef DSC_TRAIN_MODEL_TRAIN_H
 #define DSC_TRAIN_MODEL_TRAIN_H
@@ -43,7 +46,8 @@ typedef struct dsc_train_model dsc_train_model_t;
  * Copy the weights of m into a new trainable model whose activations hold
  * up to max_b sequences of up to max_t input tokens. m is only read during
  * the call and may be freed afterwards. DSC_ERR_ARG for max_b or max_t < 1;
- * DSC_ERR_UNSUPPORTED for a DSA (deepseek_v32) model; DSC_ERR_OOM. An MTP
+ * DSC_ERR_CONFIG for a DSA model without q_lora_rank, index_n_heads or with
+ * index_head_dim < qk_rope_head_dim; DSC_ERR_OOM. An MTP
  * module in m's checkpoint is ignored (not loaded, not trained, not listed).
  */
 dsc_status dsc_train_model_new(const dsc_model_t *m, int64_t max_b, int64_t max_t,
@@ -167,5 +171,30 @@ void dsc_train_set_mtp_weight(dsc_train_model_t *tm, double lambda);
  * gets no gradient. gamma 0 disables it.
  */
 void dsc_train_update_bias(dsc_train_model_t *tm, float gamma);
+
+/*
+ * DSA's dense warm-up (spec §4.6), for a model whose config has index_topk
+ * > 0 (deepseek_v32; dsc_train_model_is_dsa). The five indexer tensors of
+ * each layer are listed as parameters under the names inference binds
+ * (model.layers.{l}.self_attn.indexer.wq_b.weight, .wk.weight,
+ * .k_norm.weight, .k_norm.bias, .weights_proj.weight; the LayerNorm's two
+ * with decay = 0), after the layer's o_proj. Each layer's forward is dense
+ * MLA, then the indexer on the detached normed q latent and layer input
+ * (as src/model/dsa.c computes it), whose scores I are trained towards
+ * P = MLA's attention probabilities summed over heads, L1-normalised per
+ * query:  kl_l = mean over sequences and queries of KL(P_t || softmax I_t).
+ * The loss becomes ce + bal + weight * sum_l kl_l (+ MTP); the KL's
+ * gradient reaches the indexer tensors only (every other gradient is what
+ * it would be without the term, bit for bit). weight defaults to 1; 0 keeps
+ * the forward's statistics but adds no loss and no gradient.
+ * dsc_train_dsa_stats: of the last forward, the unweighted KL and the recall
+ * of the indexer's top-index_topk against P's (idx_ops.h), each averaged
+ * over the layers (MTP's included when it ran); 0 for a model without DSA.
+ * dsc_train_param_is_indexer: whether a listed tensor is an indexer's.
+ */
+int dsc_train_model_is_dsa(const dsc_train_model_t *tm);
+void dsc_train_set_dsa_kl_weight(dsc_train_model_t *tm, double weight);
+void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall);
+int dsc_train_param_is_indexer(const dsc_param *p);
 
 #endif

@@ -160,7 +160,7 @@ void dsc_adamw_step(dsc_adamw_t *o, double lr) {
             const dsc_param *p = &o->params[i];
             int64_t a = (lo > o->off[i] ? lo : o->off[i]) - o->off[i];
             int64_t e = (hi < o->off[i + 1] ? hi : o->off[i + 1]) - o->off[i];
-            if (e > a)
+            if (e > a && !p->frozen)
                 adamw_span(p->data + a, p->grad + a, o->m + o->off[i] + a, o->v + o->off[i] + a,
                            e - a, p->decay ? keep_decay : 1.0f, &c);
         }

@@ -32,6 +32,8 @@ typedef struct {
     int ndim;
     int64_t shape[DSC_PARAM_MAX_DIMS];
     int decay;            /* 1: apply weight decay (matrices); 0: none              */
+    int frozen;           /* 1: dsc_adamw_step leaves data and moments as they are
+                             (no update, no decay); 0: trained                     */
 } dsc_param;
 
 /* Elements of a parameter (product of its shape; 1 for ndim 0). */

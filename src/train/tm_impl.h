@@ -5,7 +5,10 @@
  *   train_step.c   the forward and backward of the whole model;
  *   attn_mla.c     MLA, the attention of a layer, behind tm_attn_ops;
  *   attn_nsa.c     NSA (attention_type "nsa"), the other table, with its
- *                  setup and its part of the activation carving.
+ *                  setup and its part of the activation carving;
+ *   attn_dsa.c     DSA's dense warm-up (deepseek_v32): MLA plus the
+ *                  lightning indexer trained by its KL loss on detached
+ *                  inputs, with its part of the activation carving.
  *
  * The attention seam. A decoder layer reaches its attention only through
  * tm_attn_ops (forward: a->xn -> tm->y; backward: dy -> dx and the
@@ -72,6 +75,11 @@ typedef struct {
     float *kv_b;                   /* (H*(dn+dv), dc)                   */
     float *o;                      /* (d, H*dv)   (NSA: (d, H_q*d_v))   */
     tm_nsa_w nsa;                  /* NSA layers only                   */
+    /* DSA lightning indexer (deepseek_v32 only; NULL otherwise) */
+    float *ix_wq_b;                /* (H_I*D_I, dq)                     */
+    float *ix_wk;                  /* (D_I, d)                          */
+    float *ix_kn_w, *ix_kn_b;      /* (D_I) k_norm LayerNorm            */
+    float *ix_w;                   /* (H_I, d) weights_proj             */
     int is_moe;
     tm_mlp dense, shared;          /* shared.ff == 0: no shared experts */
     float *router, *router_bias;   /* (E, d), (E) or NULL               */
@@ -97,6 +105,11 @@ typedef struct {
     float *n_obr, *n_lse, *n_kc, *n_vc, *n_hk, *n_hv;
     int32_t *n_sel;
     float *lse;      /* (B, H, T) log-sum-exp of each attention row    */
+    /* DSA indexer (attn_dsa.c), in the final form of idx_ops.h */
+    float *ix_q;     /* (N, H_I*D_I) RoPE_half(wq_b(qan))              */
+    float *ix_kraw;  /* (N, D_I) wk(xn), before k_norm                 */
+    float *ix_k;     /* (N, D_I) RoPE_half(LayerNorm(kraw))            */
+    float *ix_w;     /* (N, H_I) weights_proj(xn) H_I^-1/2 D_I^-1/2    */
     float *xm;       /* (N, d) residual after attention                */
     float *xn2;      /* (N, d) ffn_norm(xm)                            */
     float *fg, *fu, *fh; /* (N, ff) dense or shared: gate, up, silu(g)*u */
@@ -173,6 +186,16 @@ struct dsc_train_model {
     size_t nsa_ws_bytes;
     char *nsa_ws;                  /* the fast operator's scratch          */
     float *nsa_dq, *nsa_dk[3], *nsa_dv[3], *nsa_dg, *nsa_dO;
+    /* DSA (index_topk > 0, attn_dsa.c): the indexer's KL loss weight, the
+       statistics of the last forward (sums over the layers that ran it),
+       and scratch shared by the layers */
+    int is_dsa;
+    double dsa_kl_weight;          /* 1 by default                         */
+    double dsa_kl_sum, dsa_recall_sum;   /* unweighted KL, recall          */
+    int64_t dsa_n;                 /* layers summed                        */
+    float *ix_dq, *ix_dk, *ix_dkraw, *ix_dw;   /* like a->ix_*             */
+    float *ix_I, *ix_P, *ix_dI;    /* (max_t, max_t) one sequence          */
+    double *ix_ws;                 /* (max_t) recall scratch               */
 };
 
 /* The linear layers through the fast fp32 GEMMs (the same contracts as
@@ -224,5 +247,19 @@ dsc_status dsc_tnsa_setup(dsc_train_model_t *tm, dsc_err *err);
 void dsc_tnsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a);
 void dsc_tnsa_carve_shared(dsc_train_model_t *tm, carver *cv);
 float **dsc_tnsa_slot(tm_layer *t, int slot);
+
+/* DSA dense warm-up (attn_dsa.c): MLA's forward and backward unchanged,
+   plus the indexer's KL loss (weight tm->dsa_kl_weight) whose gradient
+   reaches the indexer's tensors only. Setup checks the config
+   (DSC_ERR_CONFIG); carve_layer / carve_shared add the indexer's
+   activations and scratch in carve_acts. MLA's own functions are shared
+   with it here. */
+extern const tm_attn_ops dsc_tattn_dsa;
+dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err);
+void dsc_tdsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a);
+void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv);
+double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T);
+void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                  float *dx);
 
 #endif

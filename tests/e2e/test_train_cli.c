@@ -357,7 +357,7 @@ static void test_train_usage(dsc_t *t) {
    one. Rows with a validation loss are counted in *n_val. */
 static int csv_steps(const char *dir, int *steps, int cap, int *n_val) {
     static const char *HEADER = "step,loss,lm,mtp,balance,lr,grad_norm,tokens_per_s,"
-                                "elapsed_s,val_loss,val_mtp\n";
+                                "elapsed_s,val_loss,val_mtp,idx_kl,idx_recall\n";
     char path[700];
     snprintf(path, sizeof path, "%s/train_log.csv", dir);
     char *csv = t_read_file(path, NULL);

@@ -1,0 +1,178 @@
+/*
+ * attn_dsa.c - DSA's dense warm-up stage (spec §4.6; V3.2-Exp §2.1) as a
+ * trainer attention (tm_attn_ops, tm_impl.h) for deepseek_v32 layers.
+ *
+ * Forward: MLA exactly as attn_mla.c (dense causal attention; the layer's
+ * output and the LM loss do not depend on the indexer), then the lightning
+ * indexer on DETACHED inputs, fed as src/model/dsa.c feeds it:
+ *   q = RoPE_half(wq_b(qan)) per head       qan: MLA's normed q latent
+ *   k = RoPE_half(LayerNorm(wk(xn)))        xn: the layer input
+ *   w = weights_proj(xn) * H_I^-1/2 * D_I^-1/2
+ *   I = dsc_op_idx_score_fwd(q, k, w)       dense causal (T, T) per sequence
+ * and its target P_t = MLA's attention probabilities summed over the heads
+ * (recomputed from the saved per-head lse: p = exp(s q.k - lse)), which
+ * dsc_op_idx_kl L1-normalises. The layer's loss term is
+ *   weight * mean over the B sequences of idx_kl (a mean over queries).
+ * The recall of the indexer's top-k (index_topk) against P is a metric.
+ *
+ * Backward: MLA's backward unchanged, plus the indexer's: I and P are
+ * recomputed per sequence (nothing (T, T) is kept per layer), dI from the
+ * KL, then the score, RoPE, LayerNorm and linear backwards into the five
+ * indexer tensors only. Nothing flows into qan or xn (the indexer's inputs
+ * are detached), so the LM gradients are bit-identical to MLA's.
+ *
+ * What this is not: the sparse stage (MLA over the indexer's top-k, the KL
+ * over the selected set) and not fast: the indexer's score ops are the
+ * serial references of idx_ops.h, one sequence at a time.
+ */
+#include <math.h>
+
+#include "train/idx_ops.h"
+#include "train/tm_impl.h"
+#include "util/util.h"
+
+/* LayerNorm eps of k_norm, as dsa.c (INDEX_NORM_EPS). */
+#define IDX_NORM_EPS 1e-6
+
+dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err) {
+    const dsc_config *c = &tm->cfg;
+    if (c->q_lora_rank < 1 || c->index_n_heads < 1 || c->index_head_dim < c->qk_rope_head_dim)
+        return dsc_err_set(err, DSC_ERR_CONFIG,
+                           "DSA training needs q_lora_rank >= 1, index_n_heads >= 1 and "
+                           "index_head_dim >= qk_rope_head_dim (got %lld, %lld, %lld < %lld)",
+                           (long long)c->q_lora_rank, (long long)c->index_n_heads,
+                           (long long)c->index_head_dim, (long long)c->qk_rope_head_dim);
+    tm->is_dsa = 1;
+    tm->dsa_kl_weight = 1.0;
+    return DSC_OK;
+}
+
+void dsc_tdsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a) {
+    const dsc_config *c = &tm->cfg;
+    int64_t N = tm->max_b * tm->max_t, HI = c->index_n_heads, DI = c->index_head_dim;
+    a->ix_q = CARVE(cv, N * HI * DI, float);
+    a->ix_kraw = CARVE(cv, N * DI, float);
+    a->ix_k = CARVE(cv, N * DI, float);
+    a->ix_w = CARVE(cv, N * HI, float);
+}
+
+void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
+    const dsc_config *c = &tm->cfg;
+    int64_t N = tm->max_b * tm->max_t, HI = c->index_n_heads, DI = c->index_head_dim;
+    int64_t T = tm->max_t;
+    tm->ix_dq = CARVE(cv, N * HI * DI, float);
+    tm->ix_dk = CARVE(cv, N * DI, float);
+    tm->ix_dkraw = CARVE(cv, N * DI, float);
+    tm->ix_dw = CARVE(cv, N * HI, float);
+    tm->ix_I = CARVE(cv, T * T, float);
+    tm->ix_P = CARVE(cv, T * T, float);
+    tm->ix_dI = CARVE(cv, T * T, float);
+    tm->ix_ws = CARVE(cv, T, double);
+}
+
+/* Sequence b of layer l: I into tm->ix_I and the target P (MLA's attention
+   probabilities summed over heads; 0 where not visible) into tm->ix_P. */
+static void scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
+    const dsc_config *c = &tm->cfg;
+    const tm_act *a = &tm->act[l];
+    int64_t H = c->num_attention_heads, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+    dsc_idx_dims id = {T, HI, DI, 0};
+    dsc_op_idx_score_fwd_f32(tm->ix_I, a->ix_q + b * T * HI * DI, a->ix_k + b * T * DI,
+                             a->ix_w + b * T * HI, NULL, &id);
+    /* P[t][s] = sum_h exp(s q_h[t] . k_h[s] - lse_h[t]), as the attention's
+       backward recomputes its probabilities */
+    double scale = c->softmax_scale;
+    float *P = tm->ix_P;
+#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 4)
+    for (int64_t t = 0; t < T; t++) {
+        float *row = P + t * T;
+        for (int64_t s = 0; s < T; s++) row[s] = 0.0f;
+        for (int64_t h = 0; h < H; h++) {
+            const float *q = a->q + (b * T + t) * H * dqk + h * dqk;
+            const float *K = a->k + (b * H + h) * T * dqk;
+            double lse = a->lse[(b * H + h) * T + t];
+            for (int64_t s = 0; s <= t; s++) {
+                double dot = 0;
+                for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
+                row[s] += (float)exp(scale * dot - lse);
+            }
+        }
+    }
+}
+
+/* The indexer of layer l (tm->act[l].qan, .xn in), then its loss and
+   recall; returns weight * KL (mean over sequences). */
+static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+    double zero_loss = dsc_tmla_fwd(tm, l, B, T);
+    const dsc_config *c = &tm->cfg;
+    const tm_layer *w = &tm->layers[l];
+    tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = c->hidden_size, dq = c->q_lora_rank, dr = c->qk_rope_head_dim;
+    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+    /* q = RoPE_half(W_qb qan); k = RoPE_half(LayerNorm(W_k xn)); w = W_w xn * s */
+    lin_fwd(tm, a->ix_q, a->qan, w->ix_wq_b, N, dq, HI * DI);
+    lin_fwd(tm, a->ix_kraw, a->xn, w->ix_wk, N, d, DI);
+    dsc_op_idx_layernorm_fwd_f32(a->ix_k, a->ix_kraw, w->ix_kn_w, w->ix_kn_b, N, DI,
+                                 IDX_NORM_EPS);
+    lin_fwd(tm, a->ix_w, a->xn, w->ix_w, N, d, HI);
+    float s = (float)(1.0 / sqrt((double)HI) / sqrt((double)DI));
+    for (int64_t i = 0; i < N * HI; i++) a->ix_w[i] *= s;
+    dsc_op_rope_slice qs = {T, HI * DI, HI, DI, 0, dr}, ks = {T, DI, 1, DI, 0, dr};
+    for (int64_t b = 0; b < B; b++) {
+        dsc_op_rope_fwd_f32(a->ix_q + b * T * HI * DI, &qs, NULL, tm->rope_cos, tm->rope_sin, 0);
+        dsc_op_rope_fwd_f32(a->ix_k + b * T * DI, &ks, NULL, tm->rope_cos, tm->rope_sin, 0);
+    }
+    /* the KL against MLA's head-summed probabilities, and the recall */
+    double kl = 0, rec = 0;
+    for (int64_t b = 0; b < B; b++) {
+        scores_and_target(tm, l, b, T);
+        kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, T, 1.0);
+        rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL, tm->ix_ws);
+    }
+    kl /= (double)B;
+    tm->dsa_kl_sum += kl;
+    tm->dsa_recall_sum += rec / (double)B;
+    tm->dsa_n++;
+    return zero_loss + tm->dsa_kl_weight * kl;
+}
+
+static void dsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                    float *dx) {
+    dsc_tmla_bwd(tm, l, B, T, dy, dx);
+    if (tm->dsa_kl_weight == 0.0) return;
+    const dsc_config *c = &tm->cfg;
+    const tm_layer *w = &tm->layers[l];
+    const tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = c->hidden_size, dq = c->q_lora_rank, dr = c->qk_rope_head_dim;
+    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+    /* dI from the KL (scaled for the mean over sequences), into dq, dk, dw */
+    zero(tm->ix_dq, N * HI * DI);
+    zero(tm->ix_dk, N * DI);
+    zero(tm->ix_dw, N * HI);
+    dsc_idx_dims id = {T, HI, DI, 0};
+    for (int64_t b = 0; b < B; b++) {
+        scores_and_target(tm, l, b, T);
+        zero(tm->ix_dI, T * T);
+        dsc_op_idx_kl_f32(tm->ix_dI, tm->ix_I, tm->ix_P, T, T, tm->dsa_kl_weight / (double)B);
+        dsc_op_idx_score_bwd_f32(tm->ix_dq + b * T * HI * DI, tm->ix_dk + b * T * DI,
+                                 tm->ix_dw + b * T * HI, tm->ix_dI, a->ix_q + b * T * HI * DI,
+                                 a->ix_k + b * T * DI, a->ix_w + b * T * HI, NULL, &id);
+    }
+    dsc_op_rope_slice qs = {T, HI * DI, HI, DI, 0, dr}, ks = {T, DI, 1, DI, 0, dr};
+    for (int64_t b = 0; b < B; b++) {
+        dsc_op_rope_bwd_f32(tm->ix_dq + b * T * HI * DI, &qs, NULL, tm->rope_cos, tm->rope_sin, 0);
+        dsc_op_rope_bwd_f32(tm->ix_dk + b * T * DI, &ks, NULL, tm->rope_cos, tm->rope_sin, 0);
+    }
+    /* parameters only: the inputs qan and xn get nothing (detached) */
+    lin_bwd(tm, NULL, G(tm, w->ix_wq_b), tm->ix_dq, a->qan, w->ix_wq_b, N, dq, HI * DI);
+    zero(tm->ix_dkraw, N * DI);
+    dsc_op_idx_layernorm_bwd_f32(tm->ix_dkraw, G(tm, w->ix_kn_w), G(tm, w->ix_kn_b), tm->ix_dk,
+                                 a->ix_kraw, w->ix_kn_w, N, DI, IDX_NORM_EPS);
+    lin_bwd(tm, NULL, G(tm, w->ix_wk), tm->ix_dkraw, a->xn, w->ix_wk, N, d, DI);
+    float s = (float)(1.0 / sqrt((double)HI) / sqrt((double)DI));
+    for (int64_t i = 0; i < N * HI; i++) tm->ix_dw[i] *= s;
+    lin_bwd(tm, NULL, G(tm, w->ix_w), tm->ix_dw, a->xn, w->ix_w, N, d, HI);
+}
+
+const tm_attn_ops dsc_tattn_dsa = {"dsa", dsa_fwd, dsa_bwd};
