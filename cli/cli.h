@@ -33,6 +33,7 @@ typedef struct {
     double balance_alpha;     /* --balance-alpha: sequence-wise balance loss; 0 = off  */
     double mtp_weight;        /* --mtp-weight: MTP loss weight (models with MTP); 0 = off */
     int dsa_warmup;           /* --dsa-stage warmup: only the DSA indexer trains       */
+    int dsa_sparse;           /* --dsa-stage sparse: MLA over the indexer's top-k      */
     double dsa_kl_weight;     /* --dsa-kl-weight: the indexer's KL loss weight (1)     */
     const char *preset;       /* --preset NAME: built-in architecture of a new model   */
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */

@@ -84,7 +84,8 @@ static void usage(FILE *f) {
             "  --balance-alpha A      sequence-wise balance loss weight (V3: 1e-4; default 0)\n"
             "  --mtp-weight W         MTP loss weight, models with num_nextn_predict_layers 1 (0.3; 0 = off)\n"
             "  --dsa-stage S          deepseek_v32: none (default: everything trains, the indexer by\n"
-            "                         its KL loss) or warmup (dense warm-up: only the indexer trains)\n"
+            "                         its KL loss), warmup (dense warm-up: only the indexer trains)\n"
+            "                         or sparse (MLA over the indexer's top-k; everything trains)\n"
             "  --dsa-kl-weight W      weight of the DSA indexer's KL loss (1)\n"
             "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
             "  --save-every N         checkpoint every N steps (and at the end)\n"
@@ -274,9 +275,10 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             if (!(o->train.mtp_weight >= 0 && o->train.mtp_weight <= 1e30)) cli_die_usage("--mtp-weight must be finite and >= 0", v);
         } else if (IS("--dsa-stage", "--dsa-stage")) {
             const char *m = VALUE();
+            o->train.dsa_warmup = o->train.dsa_sparse = 0;
             if (!strcmp(m, "warmup")) o->train.dsa_warmup = 1;
-            else if (!strcmp(m, "none")) o->train.dsa_warmup = 0;
-            else cli_die_usage("--dsa-stage must be none or warmup", m);
+            else if (!strcmp(m, "sparse")) o->train.dsa_sparse = 1;
+            else if (strcmp(m, "none")) cli_die_usage("--dsa-stage must be none, warmup or sparse", m);
         } else if (IS("--dsa-kl-weight", "--dsa-kl-weight")) {
             o->train.dsa_kl_weight = parse_float(VALUE(), a);
             if (!(o->train.dsa_kl_weight >= 0 && o->train.dsa_kl_weight <= 1e30)) cli_die_usage("--dsa-kl-weight must be finite and >= 0", v);

@@ -95,7 +95,7 @@
  * or the time budget) times the mean time of the last 20 steps (the run's
  * first step not counted), plus the validations still due.
  *
- * DSA (deepseek_v32 configs; spec §4.6, dense warm-up only): attention
+ * DSA (deepseek_v32 configs; spec §4.6): attention
  * is dense MLA and each layer's indexer learns, from detached inputs, to
  * match MLA's head-summed attention by a KL loss (weight --dsa-kl-weight,
  * 1) added to the loss. --dsa-stage none (the default) trains everything
@@ -105,9 +105,13 @@
  * so every non-indexer tensor is saved bit for bit as it was loaded. The
  * log and train_log.csv show idx_kl (unweighted) and idx_recall (top-
  * index_topk recall of the true attention mass), means over the layers.
+ * --dsa-stage sparse is the sparse stage: each query's MLA attention runs
+ * over the indexer's top-index_topk keys only, every tensor trains (router
+ * bias balancing on), the KL is taken on the selected set, and idx_recall
+ * is the selection's share of the dense attention's mass.
  *
- * What this is not: multi-device (one process, fp32, CPU), DSA's sparse
- * stage, or an MTP trainer for D > 1 (refused).
+ * What this is not: multi-device (one process, fp32, CPU), or an MTP
+ * trainer for D > 1 (refused).
  */
 #include "cli.h"
 
@@ -584,13 +588,14 @@ int cmd_train(const cli_opts *o) {
     /* DSA (deepseek_v32): the indexer's KL weight; in the dense warm-up
        (--dsa-stage warmup) every other tensor is frozen: its gradient is
        zeroed after the backward and AdamW neither updates nor decays it */
-    int dsa_on = dsc_train_model_is_dsa(tm), warm = a->dsa_warmup;
-    if (warm && !dsa_on) {
-        fprintf(stderr, "dsc: --dsa-stage warmup needs a DSA model (deepseek_v32, index_topk > "
-                "0); %s is %s\n", dir, c->model_type);
+    int dsa_on = dsc_train_model_is_dsa(tm), warm = a->dsa_warmup, sparse = a->dsa_sparse;
+    if ((warm || sparse) && !dsa_on) {
+        fprintf(stderr, "dsc: --dsa-stage %s needs a DSA model (deepseek_v32, index_topk > "
+                "0); %s is %s\n", warm ? "warmup" : "sparse", dir, c->model_type);
         exit(1);
     }
     if (dsa_on) dsc_train_set_dsa_kl_weight(tm, a->dsa_kl_weight);
+    if (dsa_on) dsc_train_set_dsa_sparse(tm, sparse);
     int64_t np = 0;
     const dsc_param *mparams = dsc_train_model_params(tm, &np);
     dsc_param *params = malloc((size_t)np * sizeof *params);
@@ -694,7 +699,10 @@ int cmd_train(const cli_opts *o) {
     if (dsa_on) {
         size_t k = strlen(mtp_desc);
         snprintf(mtp_desc + k, sizeof mtp_desc - k, ", DSA %s, indexer KL weight %g",
-                 warm ? "dense warm-up (only the indexer trains)" : "dense", a->dsa_kl_weight);
+                 warm     ? "dense warm-up (only the indexer trains)"
+                 : sparse ? "sparse stage (MLA over the indexer's top-k, everything trains)"
+                          : "dense",
+                 a->dsa_kl_weight);
     }
     int64_t n_par = 0;
     for (int64_t i = 0; i < np; i++) n_par += dsc_param_numel(&params[i]);

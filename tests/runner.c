@@ -26,6 +26,7 @@ extern const dsc_test_case dsc_tests_dsa_train[];
 extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_idx_ops[];
 extern const dsc_test_case dsc_tests_tk[];
+extern const dsc_test_case dsc_tests_tk_sparse[];
 extern const dsc_test_case dsc_tests_train_io[];
 extern const dsc_test_case dsc_tests_train_model[];
 extern const dsc_test_case dsc_tests_train_parity[];
@@ -56,6 +57,7 @@ static const struct {
     {"train_ops", dsc_tests_train_ops},
     {"idx_ops", dsc_tests_idx_ops},
     {"tk", dsc_tests_tk},
+    {"tk_sparse", dsc_tests_tk_sparse},
     {"train_io", dsc_tests_train_io},
     {"train_model", dsc_tests_train_model},
     {"train_parity", dsc_tests_train_parity},

@@ -21,18 +21,45 @@
  * indexer tensors only. Nothing flows into qan or xn (the indexer's inputs
  * are detached), so the LM gradients are bit-identical to MLA's.
  *
- * What this is not: the sparse stage (MLA over the indexer's top-k, the KL
- * over the selected set) and not fast: the indexer's score ops are the
- * serial references of idx_ops.h, one sequence at a time.
+ * Sparse stage (tm->dsa_sparse, spec §4.6 step 2): MLA's projections, then
+ * the indexer, then per query t the indexer's top-index_topk keys of
+ * I(t, 0..t) (dsc_k_topk_set: ties to the lower position; all keys when
+ * t+1 <= index_topk; saved in a->ix_sel, not differentiated), MLA's
+ * attention over that set only (tk_sparse.h; every MLA weight trains from
+ * the LM loss through it), and the KL on the selected set with P = the
+ * sparse attention's probabilities summed over heads. The recall is the
+ * selection's share of the dense attention's mass (dense lse recomputed).
+ *
+ * What this is not: fast: the indexer's score ops are the serial
+ * references of idx_ops.h, one sequence at a time, and the sparse
+ * attention is a scalar kernel.
  */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "train/idx_ops.h"
+#include "train/tk_sparse.h"
 #include "train/tm_impl.h"
 #include "util/util.h"
 
 /* LayerNorm eps of k_norm, as dsa.c (INDEX_NORM_EPS). */
 #define IDX_NORM_EPS 1e-6
+
+/* Columns of a selection row for T tokens: kk = min(index_topk, T). */
+static int64_t sel_cols(const dsc_config *c, int64_t T) {
+    return c->index_topk < T ? c->index_topk : T;
+}
+
+/* The calling thread's attention scratch (as attn_mla.c's). */
+static float *thread_ws(const dsc_train_model_t *tm) {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    return tm->attn_ws + (int64_t)t * tm->attn_ws_floats;
+}
 
 dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err) {
     const dsc_config *c = &tm->cfg;
@@ -54,6 +81,7 @@ void dsc_tdsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a) {
     a->ix_kraw = CARVE(cv, N * DI, float);
     a->ix_k = CARVE(cv, N * DI, float);
     a->ix_w = CARVE(cv, N * HI, float);
+    a->ix_sel = CARVE(cv, N * sel_cols(c, tm->max_t), int32_t);
 }
 
 void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
@@ -71,8 +99,11 @@ void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
 }
 
 /* Sequence b of layer l: I into tm->ix_I and the target P (MLA's attention
-   probabilities summed over heads; 0 where not visible) into tm->ix_P. */
-static void scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
+   probabilities summed over heads; 0 where not visible) into tm->ix_P.
+   local_lse: the dense attention's lse is not saved (sparse stage), so each
+   head's row normaliser is recomputed here (in double) from a->q, a->k. */
+static void scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T,
+                              int local_lse) {
     const dsc_config *c = &tm->cfg;
     const tm_act *a = &tm->act[l];
     int64_t H = c->num_attention_heads, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
@@ -91,7 +122,21 @@ static void scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64
         for (int64_t h = 0; h < H; h++) {
             const float *q = a->q + (b * T + t) * H * dqk + h * dqk;
             const float *K = a->k + (b * H + h) * T * dqk;
-            double lse = a->lse[(b * H + h) * T + t];
+            double lse = local_lse ? 0 : a->lse[(b * H + h) * T + t];
+            if (local_lse) {
+                double mx = -INFINITY, sum = 0;
+                for (int64_t s = 0; s <= t; s++) {
+                    double dot = 0;
+                    for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
+                    if (scale * dot > mx) mx = scale * dot;
+                }
+                for (int64_t s = 0; s <= t; s++) {
+                    double dot = 0;
+                    for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
+                    sum += exp(scale * dot - mx);
+                }
+                lse = mx + log(sum);
+            }
             for (int64_t s = 0; s <= t; s++) {
                 double dot = 0;
                 for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
@@ -101,10 +146,63 @@ static void scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64
     }
 }
 
+/* Sparse stage, sequence b of layer l, after scores_and_target's I: the
+   top-kk keys of each query t by I(t, 0..t) (all t+1 of them when
+   t+1 <= kk), as dsc_k_topk_set returns them: ascending positions, ties at
+   the boundary to the LOWER position (NaN below -inf); the rest of the row
+   is -1. Not differentiated. tm->ix_dI serves as scratch. */
+static void select_keys(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
+    int64_t kk = sel_cols(&tm->cfg, T);
+    int32_t *sel = tm->act[l].ix_sel + b * T * kk;
+    for (int64_t t = 0; t < T; t++) {
+        int32_t *row = sel + t * kk;
+        int64_t m = dsc_k_topk_set(tm->ix_I + t * T, t + 1, kk, row, tm->ix_dI);
+        for (int64_t j = m; j < kk; j++) row[j] = -1;
+    }
+}
+
+/* Sparse stage, sequence b of layer l: the indexer's scores on the selected
+   set into tm->ix_I (T, kk) and the target there into tm->ix_P (T, kk):
+   MLA's (sparse) attention probabilities summed over heads, recomputed
+   from the saved lse (0 at padding; the KL op renormalises over the
+   selected set). */
+static void sel_scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
+    const dsc_config *c = &tm->cfg;
+    const tm_act *a = &tm->act[l];
+    int64_t H = c->num_attention_heads, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    int64_t HI = c->index_n_heads, DI = c->index_head_dim, kk = sel_cols(c, T);
+    const int32_t *sel = a->ix_sel + b * T * kk;
+    dsc_idx_dims id = {T, HI, DI, kk};
+    dsc_op_idx_score_fwd_f32(tm->ix_I, a->ix_q + b * T * HI * DI, a->ix_k + b * T * DI,
+                             a->ix_w + b * T * HI, sel, &id);
+    double scale = c->softmax_scale;
+    float *P = tm->ix_P;
+#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 4)
+    for (int64_t t = 0; t < T; t++) {
+        float *row = P + t * kk;
+        for (int64_t j = 0; j < kk; j++) {
+            int64_t s = sel[t * kk + j];
+            row[j] = 0.0f;
+            if (s < 0 || s > t) continue;
+            double p = 0;
+            for (int64_t h = 0; h < H; h++) {
+                const float *q = a->q + (b * T + t) * H * dqk + h * dqk;
+                const float *K = a->k + ((b * H + h) * T + s) * dqk;
+                double dot = 0;
+                for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[i];
+                p += exp(scale * dot - a->lse[(b * H + h) * T + t]);
+            }
+            row[j] = (float)p;
+        }
+    }
+}
+
 /* The indexer of layer l (tm->act[l].qan, .xn in), then its loss and
    recall; returns weight * KL (mean over sequences). */
 static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
-    double zero_loss = dsc_tmla_fwd(tm, l, B, T);
+    double zero_loss = 0;
+    if (tm->dsa_sparse) dsc_tmla_proj_fwd(tm, l, B, T);
+    else zero_loss = dsc_tmla_fwd(tm, l, B, T);
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     tm_act *a = &tm->act[l];
@@ -123,12 +221,43 @@ static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
         dsc_op_rope_fwd_f32(a->ix_q + b * T * HI * DI, &qs, NULL, tm->rope_cos, tm->rope_sin, 0);
         dsc_op_rope_fwd_f32(a->ix_k + b * T * DI, &ks, NULL, tm->rope_cos, tm->rope_sin, 0);
     }
-    /* the KL against MLA's head-summed probabilities, and the recall */
     double kl = 0, rec = 0;
-    for (int64_t b = 0; b < B; b++) {
-        scores_and_target(tm, l, b, T);
-        kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, T, 1.0);
-        rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL, tm->ix_ws);
+    if (tm->dsa_sparse) {
+        /* the selection from the indexer's dense causal scores (and the
+           recall of that top-k against the dense attention's head-summed
+           mass, a metric: the dense lse recomputed), then MLA's attention
+           over the selected keys, y = W^O o, and the KL on the selected set */
+        for (int64_t b = 0; b < B; b++) {
+            scores_and_target(tm, l, b, T, 1);
+            select_keys(tm, l, b, T);
+            rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL,
+                                         tm->ix_ws);
+        }
+        int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dv = c->v_head_dim;
+        int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
+        dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
+        float scale = (float)c->softmax_scale;
+#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
+        for (int64_t bh = 0; bh < B * H; bh++) {
+            int64_t b = bh / H, h = bh % H;
+            dsc_tks_attn_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T,
+                             a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
+                             a->kv + b * T * lkv + h * (dn + dv) + dn, a->ix_sel + b * T * kk,
+                             kk, &ad, scale, thread_ws(tm));
+        }
+        lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
+        for (int64_t b = 0; b < B; b++) {
+            sel_scores_and_target(tm, l, b, T);
+            kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, kk, 1.0);
+        }
+    } else {
+        /* the KL against MLA's head-summed probabilities, and the recall */
+        for (int64_t b = 0; b < B; b++) {
+            scores_and_target(tm, l, b, T, 0);
+            kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, T, 1.0);
+            rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL,
+                                         tm->ix_ws);
+        }
     }
     kl /= (double)B;
     tm->dsa_kl_sum += kl;
@@ -137,9 +266,42 @@ static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     return zero_loss + tm->dsa_kl_weight * kl;
 }
 
+/* Sparse stage: MLA's backward with the sparse attention's in the middle
+   (the selection fixed, as saved by the forward). */
+static void sparse_mla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T,
+                           const float *dy, float *dx) {
+    const dsc_config *c = &tm->cfg;
+    const tm_layer *w = &tm->layers[l];
+    const tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
+    int64_t dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
+    int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
+    zero(tm->dO, N * H * dv);
+    lin_bwd(tm, tm->dO, G(tm, w->o), dy, a->o, w->o, N, H * dv, d);
+    zero(tm->dq, N * H * dqk);
+    zero(tm->dk, N * H * dqk);
+    zero(tm->dkv, N * lkv);
+    dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
+    float scale = (float)c->softmax_scale;
+    /* heads in parallel: each writes only its own dq/dk/dkv slices, and
+       the kernel runs its queries in order, so the sums are fixed */
+#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, h = bh % H;
+        int64_t qo = b * T * H * dqk + h * dqk, vo = b * T * lkv + h * (dn + dv) + dn;
+        int64_t oo = b * T * H * dv + h * dv;
+        dsc_tks_attn_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
+                         a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo,
+                         a->lse + bh * T, a->ix_sel + b * T * kk, kk, &ad, scale,
+                         thread_ws(tm));
+    }
+    dsc_tmla_proj_bwd(tm, l, B, T, dx);
+}
+
 static void dsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
                     float *dx) {
-    dsc_tmla_bwd(tm, l, B, T, dy, dx);
+    if (tm->dsa_sparse) sparse_mla_bwd(tm, l, B, T, dy, dx);
+    else dsc_tmla_bwd(tm, l, B, T, dy, dx);
     if (tm->dsa_kl_weight == 0.0) return;
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
@@ -150,14 +312,22 @@ static void dsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, cons
     zero(tm->ix_dq, N * HI * DI);
     zero(tm->ix_dk, N * DI);
     zero(tm->ix_dw, N * HI);
-    dsc_idx_dims id = {T, HI, DI, 0};
+    /* dense: I, P, dI (T, T); sparse: (T, kk) on the selected set */
+    int64_t m = tm->dsa_sparse ? sel_cols(c, T) : T;
+    dsc_idx_dims id = {T, HI, DI, m};
     for (int64_t b = 0; b < B; b++) {
-        scores_and_target(tm, l, b, T);
-        zero(tm->ix_dI, T * T);
-        dsc_op_idx_kl_f32(tm->ix_dI, tm->ix_I, tm->ix_P, T, T, tm->dsa_kl_weight / (double)B);
+        const int32_t *sel = NULL;
+        if (tm->dsa_sparse) {
+            sel_scores_and_target(tm, l, b, T);
+            sel = a->ix_sel + b * T * m;
+        } else {
+            scores_and_target(tm, l, b, T, 0);
+        }
+        zero(tm->ix_dI, T * m);
+        dsc_op_idx_kl_f32(tm->ix_dI, tm->ix_I, tm->ix_P, T, m, tm->dsa_kl_weight / (double)B);
         dsc_op_idx_score_bwd_f32(tm->ix_dq + b * T * HI * DI, tm->ix_dk + b * T * DI,
                                  tm->ix_dw + b * T * HI, tm->ix_dI, a->ix_q + b * T * HI * DI,
-                                 a->ix_k + b * T * DI, a->ix_w + b * T * HI, NULL, &id);
+                                 a->ix_k + b * T * DI, a->ix_w + b * T * HI, sel, &id);
     }
     dsc_op_rope_slice qs = {T, HI * DI, HI, DI, 0, dr}, ks = {T, DI, 1, DI, 0, dr};
     for (int64_t b = 0; b < B; b++) {

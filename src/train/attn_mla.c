@@ -26,7 +26,8 @@ static float *thread_ws(const dsc_train_model_t *tm) {
     return tm->attn_ws + (int64_t)t * tm->attn_ws_floats;
 }
 
-double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+/* The projections: a->q (roped), a->k (B, H, T, dqk), a->kv (V in place). */
+void dsc_tmla_proj_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     tm_act *a = &tm->act[l];
@@ -57,6 +58,15 @@ double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
         dsc_op_mla_k_fwd_f32(a->k + b * H * T * dqk, a->kv + b * T * lkv, a->kpe + b * T * dr,
                              T, H, dn, dr, dv);
     }
+}
+
+double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+    const dsc_config *c = &tm->cfg;
+    const tm_layer *w = &tm->layers[l];
+    tm_act *a = &tm->act[l];
+    int64_t H = c->num_attention_heads, dr = c->qk_rope_head_dim;
+    int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr, lkv = H * (dn + dv);
+    dsc_tmla_proj_fwd(tm, l, B, T);
     /* per head: o = softmax(s q K^T) V, s = dqk^-1/2 m^2 */
     dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
     float scale = (float)c->softmax_scale;
@@ -68,7 +78,7 @@ double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
                         a->kv + b * T * lkv + h * (dn + dv) + dn, &ad, scale, thread_ws(tm));
     }
     /* y = W^O o */
-    lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
+    lin_fwd(tm, tm->y, a->o, w->o, B * T, H * dv, c->hidden_size);
     return 0.0;
 }
 
@@ -78,7 +88,7 @@ void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const 
     const tm_layer *w = &tm->layers[l];
     const tm_act *a = &tm->act[l];
     int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
-    int64_t dq = c->q_lora_rank, dc = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    int64_t dr = c->qk_rope_head_dim;
     int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr, lkv = H * (dn + dv);
     zero(tm->dO, N * H * dv);
     lin_bwd(tm, tm->dO, G(tm, w->o), dy, a->o, w->o, N, H * dv, d);
@@ -96,6 +106,18 @@ void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const 
                         a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo, a->lse + bh * T,
                         &ad, scale, thread_ws(tm));
     }
+    dsc_tmla_proj_bwd(tm, l, B, T, dx);
+}
+
+/* From the attention's gradients in tm->dq, tm->dk, tm->dkv back through
+   the projections: their parameter gradients, and dx (added into). */
+void dsc_tmla_proj_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dx) {
+    const dsc_config *c = &tm->cfg;
+    const tm_layer *w = &tm->layers[l];
+    const tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
+    int64_t dq = c->q_lora_rank, dc = c->kv_lora_rank, dr = c->qk_rope_head_dim;
+    int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr, lkv = H * (dn + dv);
     zero(tm->dkpe, N * dr);
     dsc_op_rope_slice qs = {T, H * dqk, H, dqk, dn, dr}, ks = {T, dr, 1, dr, 0, dr};
     for (int64_t b = 0; b < B; b++) {

@@ -482,6 +482,10 @@ void dsc_train_set_dsa_kl_weight(dsc_train_model_t *tm, double weight) {
     tm->dsa_kl_weight = weight;
 }
 
+void dsc_train_set_dsa_sparse(dsc_train_model_t *tm, int on) {
+    if (tm->is_dsa) tm->dsa_sparse = on != 0;
+}
+
 void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall) {
     double n = tm->dsa_n > 0 ? (double)tm->dsa_n : 1.0;
     if (kl) *kl = tm->dsa_kl_sum / n;

@@ -29,8 +29,9 @@
  * DSA (deepseek_v32): the dense warm-up's form (attn_dsa.c). Attention is
  * dense MLA; each layer's lightning indexer is trained by a KL loss towards
  * MLA's head-summed attention on detached inputs (see
- * dsc_train_set_dsa_kl_weight). What this is not (yet): DSA's sparse stage
- * (MLA over the indexer's top-k), or MTP with D > 1 (refused).
+ * dsc_train_set_dsa_kl_weight); dsc_train_set_dsa_sparse switches to the
+ * sparse stage (MLA over the indexer's top-k). What this is not (yet): MTP
+ * with D > 1 (refused).
  */
 #ifndef DSC_TRAIN_MODEL_TRAIN_H
 #define DSC_TRAIN_MODEL_TRAIN_H
@@ -192,6 +193,21 @@ void dsc_train_update_bias(dsc_train_model_t *tm, float gamma);
  * over the layers (MTP's included when it ran); 0 for a model without DSA.
  * dsc_train_param_is_indexer: whether a listed tensor is an indexer's.
  */
+/*
+ * DSA's sparse stage (spec §4.6 step 2; attn_dsa.c), on = 1 (0: back to the
+ * dense form above; ignored for a model without DSA). Each layer's forward
+ * selects, per query t, the indexer's top-index_topk keys by its causal
+ * scores I(t, 0..t) (all of them when t+1 <= index_topk; ties to the lower
+ * position, dsc_k_topk_set's rule; not differentiated), and MLA attends over
+ * that set only (tk_sparse.h), the same set for every head: all MLA weights
+ * get the LM loss's gradient through it. The KL becomes
+ * KL(p_{t,S_t} || softmax I(t, S_t)) on the selected set, with p = MLA's
+ * (sparse) attention probabilities summed over heads and renormalised; its
+ * gradient still reaches only the indexer tensors. The recall reported is
+ * the selection's share of the DENSE attention's head-summed mass against
+ * the best top-k's (the dense normalisers are recomputed for it).
+ */
+void dsc_train_set_dsa_sparse(dsc_train_model_t *tm, int on);
 int dsc_train_model_is_dsa(const dsc_train_model_t *tm);
 void dsc_train_set_dsa_kl_weight(dsc_train_model_t *tm, double weight);
 void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall);

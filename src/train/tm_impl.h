@@ -6,7 +6,7 @@
  *   attn_mla.c     MLA, the attention of a layer, behind tm_attn_ops;
  *   attn_nsa.c     NSA (attention_type "nsa"), the other table, with its
  *                  setup and its part of the activation carving;
- *   attn_dsa.c     DSA's dense warm-up (deepseek_v32): MLA plus the
+ *   attn_dsa.c     DSA's dense warm-up and sparse stage (deepseek_v32): MLA plus the
  *                  lightning indexer trained by its KL loss on detached
  *                  inputs, with its part of the activation carving.
  *
@@ -110,6 +110,9 @@ typedef struct {
     float *ix_kraw;  /* (N, D_I) wk(xn), before k_norm                 */
     float *ix_k;     /* (N, D_I) RoPE_half(LayerNorm(kraw))            */
     float *ix_w;     /* (N, H_I) weights_proj(xn) H_I^-1/2 D_I^-1/2    */
+    int32_t *ix_sel; /* (N, min(index_topk, max_t)) sparse stage: the
+                        indexer's top-k keys of each query, ascending, -1
+                        padded (per call kk = min(index_topk, T) columns) */
     float *xm;       /* (N, d) residual after attention                */
     float *xn2;      /* (N, d) ffn_norm(xm)                            */
     float *fg, *fu, *fh; /* (N, ff) dense or shared: gate, up, silu(g)*u */
@@ -196,6 +199,7 @@ struct dsc_train_model {
     float *ix_dq, *ix_dk, *ix_dkraw, *ix_dw;   /* like a->ix_*             */
     float *ix_I, *ix_P, *ix_dI;    /* (max_t, max_t) one sequence          */
     double *ix_ws;                 /* (max_t) recall scratch               */
+    int dsa_sparse;                /* sparse stage: MLA over the top-k     */
 };
 
 /* The linear layers through the fast fp32 GEMMs (the same contracts as
@@ -259,6 +263,12 @@ dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err);
 void dsc_tdsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a);
 void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv);
 double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T);
+/* MLA's projections alone (attn_mla.c), for an attention that replaces the
+   dense core (DSA's sparse stage): proj_fwd fills a->q, a->k, a->kv (the
+   attention's inputs); proj_bwd takes the attention's gradients in tm->dq,
+   tm->dk, tm->dkv and adds into dx and the projections' gradients. */
+void dsc_tmla_proj_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T);
+void dsc_tmla_proj_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dx);
 void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
                   float *dx);
 

@@ -26,6 +26,7 @@
 #include "test.h"
 #include "train/init.h"
 #include "train/model_train.h"
+#include "train/tm_impl.h"
 
 #define TOKDIR "tests/fixtures/tokenizer_brown"
 #define NSTEP 30
@@ -256,8 +257,270 @@ static void test_warmup(dsc_t *t) {
     free(o);
 }
 
+/* ---- the sparse stage ---- */
+
+static dsc_train_model_t *load_v32(dsc_t *t, int64_t B, int64_t T) {
+    dsc_model_t *m = NULL;
+    dsc_err e = {0};
+    T_CHECK(t, dsc_model_load("tests/fixtures/v32", &m, &e) == DSC_OK, "load: %s", e.msg);
+    if (!m) return NULL;
+    dsc_train_model_t *tm = NULL;
+    T_CHECK(t, dsc_train_model_new(m, B, T, &tm, &e) == DSC_OK, "train model: %s", e.msg);
+    dsc_model_free(m);
+    return tm;
+}
+
+static void test_sparse_eq(dsc_t *t) {
+    enum { B = 2, T = 7 };   /* the fixture's index_topk is 7: all keys kept */
+    dsc_train_model_t *tm = load_v32(t, B, T);
+    if (!tm) return;
+    T_CHECK(t, tm->cfg.index_topk >= T, "index_topk %lld < T", (long long)tm->cfg.index_topk);
+    int32_t tok[B * (T + 1)];
+    t_rng r = {21};
+    for (int i = 0; i < B * (T + 1); i++) tok[i] = (int32_t)(t_rng_u64(&r) % 128);
+    int64_t np = 0, nf = 0;
+    const dsc_param *ps = dsc_train_model_params(tm, &np);
+    float *grad = dsc_train_model_grad(tm, &nf);
+    float *gd = malloc((size_t)nf * sizeof *gd);
+    double ld = 0, ls = 0, kld = 0, kls = 0, rd = 0, rs = 0;
+    dsc_err e = {0};
+    dsc_train_set_dsa_kl_weight(tm, 1.0);
+    T_CHECK(t, dsc_train_forward_backward(tm, tok, B, T, &ld, &e) == DSC_OK, "%s", e.msg);
+    dsc_train_dsa_stats(tm, &kld, &rd);
+    memcpy(gd, grad, (size_t)nf * sizeof *gd);
+    dsc_train_set_dsa_sparse(tm, 1);
+    T_CHECK(t, dsc_train_forward_backward(tm, tok, B, T, &ls, &e) == DSC_OK, "%s", e.msg);
+    dsc_train_dsa_stats(tm, &kls, &rs);
+    /* the dense kernel sums in fp32 GEMM tiles, the sparse one in double:
+       the same maths up to fp32 rounding. Loss and KL within 1e-5
+       relative; each tensor's gradient within 1e-3 of its largest value
+       (a routing flip would give errors of order 1) */
+    fprintf(stderr, "  [dsa_train/sparse_eq] loss %.8f vs %.8f, kl %.6g vs %.6g, recall %.4f "
+            "vs %.4f\n", ls, ld, kls, kld, rs, rd);
+    T_CHECK(t, fabs(ls - ld) <= 1e-5 * fabs(ld), "loss %.9g vs dense %.9g", ls, ld);
+    T_CHECK(t, fabs(kls - kld) <= 1e-5 * fabs(kld) + 1e-9, "kl %.9g vs dense %.9g", kls, kld);
+    T_CHECK(t, fabs(rs - 1) < 1e-6 && fabs(rd - 1) < 1e-6, "recall %g / %g, want 1", rs, rd);
+    double worst = 0;
+    for (int64_t i = 0; i < np; i++) {
+        const dsc_param *p = &ps[i];
+        int64_t off = p->grad - grad, n = dsc_param_numel(p);
+        double mag = 0, err = 0;
+        for (int64_t j = 0; j < n; j++) {
+            mag = fmax(mag, fabs(gd[off + j]));
+            err = fmax(err, fabs((double)grad[off + j] - gd[off + j]));
+        }
+        if (mag > 0) worst = fmax(worst, err / mag);
+        T_CHECK(t, err <= 1e-3 * mag + 1e-7, "%s: sparse vs dense gradient %.3g (max %.3g)",
+                p->name, err, mag);
+    }
+    fprintf(stderr, "  [dsa_train/sparse_eq] worst gradient difference %.3g of the max\n",
+            worst);
+    free(gd);
+    dsc_train_model_free(tm);
+}
+
+/* Every layer's DSA selection and MoE routing, for "did it flip". */
+static int64_t route_size(const dsc_train_model_t *tm, int64_t N, int64_t T) {
+    int64_t kk = tm->cfg.index_topk < T ? tm->cfg.index_topk : T, n = 0;
+    for (int64_t l = 0; l < tm->n_layers; l++)
+        n += N * kk + (tm->layers[l].is_moe ? N * tm->cfg.num_experts_per_tok : 0);
+    return n;
+}
+
+static void route_snap(const dsc_train_model_t *tm, int64_t N, int64_t T, int32_t *out) {
+    int64_t kk = tm->cfg.index_topk < T ? tm->cfg.index_topk : T;
+    for (int64_t l = 0; l < tm->n_layers; l++) {
+        memcpy(out, tm->act[l].ix_sel, (size_t)(N * kk) * sizeof *out);
+        out += N * kk;
+        if (tm->layers[l].is_moe) {
+            int64_t k = N * tm->cfg.num_experts_per_tok;
+            memcpy(out, tm->act[l].sel, (size_t)k * sizeof *out);
+            out += k;
+        }
+    }
+}
+
+static void test_sparse_fd(dsc_t *t) {
+    enum { B = 2, T = 12 };   /* > index_topk 7: queries 7.. attend to 7 of their keys */
+    dsc_train_model_t *tm = load_v32(t, B, T);
+    if (!tm) return;
+    dsc_train_set_dsa_sparse(tm, 1);
+    int32_t tok[B * (T + 1)];
+    t_rng r = {31};
+    for (int i = 0; i < B * (T + 1); i++) tok[i] = (int32_t)(t_rng_u64(&r) % 128);
+    int64_t np = 0, nf = 0, nr = route_size(tm, B * T, T);
+    const dsc_param *ps = dsc_train_model_params(tm, &np);
+    float *grad = dsc_train_model_grad(tm, &nf);
+    float *g[2] = {malloc((size_t)nf * sizeof(float)), malloc((size_t)nf * sizeof(float))};
+    int32_t *r0 = malloc((size_t)nr * sizeof *r0), *r1 = malloc((size_t)nr * sizeof *r1);
+    dsc_err e = {0};
+    double l = 0;
+    /* g[0]: KL weight 0 (LM loss only), g[1]: weight 1 */
+    for (int wgt = 0; wgt < 2; wgt++) {
+        dsc_train_set_dsa_kl_weight(tm, wgt);
+        T_CHECK(t, dsc_train_forward_backward(tm, tok, B, T, &l, &e) == DSC_OK, "%s", e.msg);
+        memcpy(g[wgt], grad, (size_t)nf * sizeof(float));
+    }
+    route_snap(tm, B * T, T, r0);
+    /* the selection's shape: query t keeps min(kk, t+1) distinct visible
+       keys, ascending, then -1 padding */
+    int64_t kk = tm->cfg.index_topk;
+    for (int64_t ly = 0; ly < tm->n_layers; ly++)
+        for (int64_t q = 0; q < B * T; q++) {
+            const int32_t *row = tm->act[ly].ix_sel + q * kk;
+            int64_t tt = q % T, want = kk < tt + 1 ? kk : tt + 1, m = 0, okr = 1;
+            for (int64_t j = 0; j < kk; j++) {
+                if (row[j] < 0) continue;
+                okr &= row[j] <= tt && (m == 0 || row[j] > row[j - 1]) && j == m;
+                m++;
+            }
+            T_CHECK(t, okr && m == want, "layer %lld query %lld: bad selection (%lld of %lld)",
+                    (long long)ly, (long long)q, (long long)m, (long long)want);
+        }
+    /* Tolerance as test_train_model's fd: the 3 largest-|g| elements of each
+       tensor, step h = max(1e-2 |w|, 1e-3), 2e-2 relative (fp32 loss noise
+       ~1e-7 relative against 2h|g|); a step that flips the DSA selection or
+       the MoE routing is retried at h/4, h/16 and else skipped (counted). */
+    int checked = 0, skipped = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < np; i++) {
+        const dsc_param *p = &ps[i];
+        int idx = dsc_train_param_is_indexer(p);
+        if (!strstr(p->name, ".self_attn.") || strstr(p->name, "norm")) continue;
+        const float *gw = g[idx];   /* MLA: weight 0; indexer: weight 1 */
+        dsc_train_set_dsa_kl_weight(tm, idx);
+        int64_t off = p->grad - grad, n = dsc_param_numel(p);
+        int64_t top[3] = {-1, -1, -1};
+        for (int64_t j = 0; j < n; j++)
+            for (int k = 0; k < 3; k++)
+                if (top[k] < 0 || fabs(gw[off + j]) > fabs(gw[off + top[k]])) {
+                    for (int q = 2; q > k; q--) top[q] = top[q - 1];
+                    top[k] = j;
+                    break;
+                }
+        for (int k = 0; k < 3 && top[k] >= 0; k++) {
+            float *w = p->data + top[k], w0 = *w;
+            double an = gw[off + top[k]];
+            if (an == 0) continue;
+            double h = fmax(1e-2 * fabs(w0), 1e-3);
+            int ok = 0;
+            for (int tries = 0; tries < 3 && !ok; tries++, h *= 0.25) {
+                float wp = (float)(w0 + h), wm = (float)(w0 - h);
+                double lp = 0, lm = 0;
+                *w = wp;
+                dsc_train_forward(tm, tok, B, T, &lp, &e);
+                route_snap(tm, B * T, T, r1);
+                int same = !memcmp(r0, r1, (size_t)nr * sizeof *r0);
+                *w = wm;
+                dsc_train_forward(tm, tok, B, T, &lm, &e);
+                route_snap(tm, B * T, T, r1);
+                same &= !memcmp(r0, r1, (size_t)nr * sizeof *r0);
+                *w = w0;
+                if (!same) continue;
+                ok = 1;
+                double fd = (lp - lm) / ((double)wp - (double)wm), rel = fabs(fd - an) / fabs(an);
+                worst = fmax(worst, rel);
+                checked++;
+                T_CHECK(t, rel <= 2e-2, "%s[%lld]: fd %.6g, backward %.6g (rel %.2e)", p->name,
+                        (long long)top[k], fd, an, rel);
+            }
+            skipped += !ok;
+        }
+    }
+    fprintf(stderr, "  [dsa_train/sparse_fd] %d values checked, %d skipped (selection or "
+            "routing flipped), worst rel %.3g\n", checked, skipped, worst);
+    T_CHECK(t, checked >= 20 && skipped * 4 <= checked, "%d checked, %d skipped", checked,
+            skipped);
+    free(g[0]);
+    free(g[1]);
+    free(r0);
+    free(r1);
+    dsc_train_model_free(tm);
+}
+
+#define NSPARSE 20
+
+static void test_sparse_cli(dsc_t *t) {
+    dsc_config cfg;
+    dsc_err e = {0};
+    T_CHECK(t, dsc_config_parse(CONFIG, strlen(CONFIG), "test", &cfg, &e) == DSC_OK, "%s",
+            e.msg);
+    char d0[512], d1[512], data[512], args[3072];
+    snprintf(d0, sizeof d0, "%s/dsa_s0", t->tmpdir);
+    snprintf(d1, sizeof d1, "%s/dsa_s", t->tmpdir);
+    dsc_init_params ip = dsc_init_default_params();
+    ip.seed = 6;
+    ip.tokenizer_dir = TOKDIR;
+    T_CHECK(t, dsc_train_init_save(d0, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
+    T_CHECK(t, dsc_train_init_save(d1, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
+    write_data(t, data, sizeof data);
+    snprintf(args, sizeof args,
+             "train -m %s --data %s --tokenizer " TOKDIR " --steps %d --batch 2 --seq 16 "
+             "--lr 1e-2 --warmup 2 --val-frac 0.2 --seed 7 -t 2 --dsa-stage sparse",
+             d1, data, NSPARSE);
+    char *o = NULL;
+    int st = run(t, "dsa_s.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    T_CHECK(t, o && strstr(o, "sparse stage") && strstr(o, "idx_kl ") && strstr(o, "idx_recall "),
+            "no DSA sparse stage / idx_kl / recall in the log: %s", o ? o : "");
+    double lm[NSPARSE + 1] = {0};
+    int n = 0;
+    for (const char *p = o; p && (p = strstr(p, "step ")); p++) {
+        int step, tot;
+        const char *q = strstr(p, "main ");
+        const char *nl = strchr(p, '\n');
+        if (sscanf(p, "step %d/%d", &step, &tot) == 2 && step >= 1 && step <= NSPARSE && q &&
+            (!nl || q < nl)) {
+            lm[step] = atof(q + 5);
+            n++;
+        }
+    }
+    T_CHECK(t, n == NSPARSE, "%d steps logged the LM loss", n);
+    double first = 0, last = 0;
+    for (int s = 1; s <= 3; s++) first += lm[s] / 3, last += lm[NSPARSE - 3 + s] / 3;
+    fprintf(stderr, "  [dsa_train/sparse_cli] LM loss mean of steps 1-3 %.4f, %d-%d %.4f\n",
+            first, NSPARSE - 2, NSPARSE, last);
+    T_CHECK(t, last < first - 0.1, "LM loss did not fall: %g -> %g", first, last);
+    free(o);
+    if (st != 0) return;
+
+    /* every tensor trained (the router bias too: balancing on) */
+    dsc_st_set *a = NULL, *b = NULL;
+    char path[700];
+    snprintf(path, sizeof path, "%s/model.safetensors", d0);
+    T_CHECK(t, dsc_st_set_open_file(path, &a, &e) == DSC_OK, "%s: %s", path, e.msg);
+    snprintf(path, sizeof path, "%s/model.safetensors", d1);
+    T_CHECK(t, dsc_st_set_open_file(path, &b, &e) == DSC_OK, "%s: %s", path, e.msg);
+    if (a && b) {
+        int n_changed = 0, n_all = 0;
+        for (int64_t i = 0; i < dsc_st_count(a); i++) {
+            dsc_st_tensor *x = dsc_st_at(a, i), *y = dsc_st_find(b, x->name);
+            T_CHECK(t, y && y->nbytes == x->nbytes, "%s missing or resized", x->name);
+            if (!y || y->nbytes != x->nbytes) continue;
+            n_all++;
+            int same = !memcmp(x->data, y->data, x->nbytes);
+            n_changed += !same;
+            if (strstr(x->name, "self_attn.") || strstr(x->name, "e_score_correction_bias"))
+                T_CHECK(t, !same, "%s did not change in the sparse stage", x->name);
+        }
+        fprintf(stderr, "  [dsa_train/sparse_cli] %d of %d tensors changed\n", n_changed,
+                n_all);
+    }
+    if (a) dsc_st_set_close(a);
+    if (b) dsc_st_set_close(b);
+
+    snprintf(args, sizeof args, "run -m %s --ids 1,2,3,4,5 -n 4 --temp 0 --print-ids -q", d1);
+    st = run(t, "dsa_srun.txt", args, &o);
+    int ids[4], k = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
+    T_CHECK(t, st == 0 && k == 4, "dsc %s: exit %d, %d ids: %s", args, st, k, o ? o : "");
+    free(o);
+}
+
 const dsc_test_case dsc_tests_dsa_train[] = {
     {"grad", test_grad},
     {"warmup", test_warmup},
+    {"sparse_eq", test_sparse_eq},
+    {"sparse_fd", test_sparse_fd},
+    {"sparse_cli", test_sparse_cli},
     {NULL, NULL},
 };
