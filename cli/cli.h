@@ -39,6 +39,16 @@ typedef struct {
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
 } cli_train_opts;
 
+/* `dsc eval` options (cli/eval.c); --data, --val-frac, --seed and --ctx are
+   shared with train / run (o->train.data, o->train.val_frac, o->sp.seed,
+   o->n_ctx). */
+typedef struct {
+    int passkey;              /* --passkey: the passkey-retrieval task            */
+    const char *ctx_list;     /* --ctx-list 256,512: passkey context lengths       */
+    const char *depths;       /* --depths 0,25,50,75,100: needle depth, % of filler */
+    int64_t trials;           /* --trials N: per (ctx, depth) cell; 0 = default 5  */
+} cli_eval_opts;
+
 typedef struct {
     const char *model_dir;
     const char *ids;          /* --ids "5,17,42"                          */
@@ -63,6 +73,7 @@ typedef struct {
     int draft_n;              /* --draft-n N (0: the model's MTP modules)  */
     int64_t draft_vocab;      /* --draft-vocab N (0: the whole vocabulary) */
     cli_train_opts train;     /* train only                                */
+    cli_eval_opts eval;       /* eval only                                 */
 } cli_opts;
 
 /* Parse argv[2..] into o (argv[1] is the command); exits 2 on bad usage. */
@@ -88,6 +99,7 @@ int cmd_chat(const cli_opts *o);
 int cmd_tokenize(const cli_opts *o);
 int cmd_detokenize(const cli_opts *o);
 int cmd_train(const cli_opts *o);
+int cmd_eval(const cli_opts *o);
 cli_train_opts cli_train_default_opts(void);
 /* The --preset lines of the help text (names and what they are). */
 void cli_train_usage_presets(FILE *f);

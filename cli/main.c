@@ -29,6 +29,10 @@ static void usage(FILE *f) {
             "  train      -m OUT_DIR --data FILE --tokenizer DIR [--config CONFIG.json]\n"
             "                                         train a model (a new one from --config\n"
             "                                         when OUT_DIR is empty; resumes otherwise)\n"
+            "  eval       -m DIR --data FILE [--ctx N]  held-out loss / perplexity at context N\n"
+            "  eval       -m DIR --data FILE --passkey [--ctx-list L --depths L --trials N]\n"
+            "                                         passkey retrieval: accuracy table,\n"
+            "                                         OUT_PREFIX.svg heat map and .csv\n"
             "\n"
             "options:\n"
             "  -m, --model DIR        Hugging Face checkpoint directory (config.json +\n"
@@ -93,7 +97,16 @@ static void usage(FILE *f) {
             "  --init-std S           std of a new model's weights (0.006)\n"
             "  --seed S               train: init, split and batch order seed (default 0)\n"
             "  OUT_DIR also gets train_log.csv (one row per step) and loss.svg (loss plot)\n"
-            "  -h, --help             this help\n");
+            "  -h, --help             this help\n"
+            "\n"
+            "eval options (the held-out documents of --data, split as train splits them with\n"
+            "the same --val-frac and --seed; the tokenizer is the -m directory's):\n"
+            "  --ctx N                tokens per window (default 512); windows of stride N\n"
+            "  --passkey              passkey retrieval instead of the loss\n"
+            "  --ctx-list L           passkey context lengths (default 256,512,1024)\n"
+            "  --depths L             passkey depths, %% of the filler (default 0,25,50,75,100)\n"
+            "  --trials N             passkey trials per cell (default 5)\n"
+            "  -o PREFIX              passkey: writes PREFIX.svg and PREFIX.csv (default passkey)\n");
 }
 
 _Noreturn void cli_die_usage(const char *msg, const char *arg) {
@@ -285,6 +298,15 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--init-std", "--init-std")) {
             o->train.init_std = parse_float(VALUE(), a);
             if (o->train.init_std < 0) cli_die_usage("--init-std must be >= 0", v);
+        } else if (IS("--passkey", "--passkey")) {
+            o->eval.passkey = 1;
+        } else if (IS("--ctx-list", "--ctx-list")) {
+            o->eval.ctx_list = VALUE();
+        } else if (IS("--depths", "--depths")) {
+            o->eval.depths = VALUE();
+        } else if (IS("--trials", "--trials")) {
+            o->eval.trials = parse_int(VALUE(), a);
+            if (o->eval.trials < 1 || o->eval.trials > 1000000) cli_die_usage("--trials out of range", v);
         } else if (IS("--attn", "--attn")) {
             const char *m = VALUE();
             if (!strcmp(m, "absorbed")) o->attn = DSC_ATTN_ABSORBED;
@@ -554,7 +576,7 @@ int main(int argc, char **argv) {
     } cmds[] = {
         {"info", cmd_info},         {"logits", cmd_logits},     {"run", cmd_run},
         {"chat", cmd_chat},         {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize},
-        {"train", cmd_train},
+        {"train", cmd_train},       {"eval", cmd_eval},
     };
     if (argc < 2) {
         usage(stderr);

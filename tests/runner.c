@@ -33,6 +33,7 @@ extern const dsc_test_case dsc_tests_train_parity[];
 extern const dsc_test_case dsc_tests_trained_ckpt[];
 extern const dsc_test_case dsc_tests_cli[];
 extern const dsc_test_case dsc_tests_train_cli[];
+extern const dsc_test_case dsc_tests_eval[];
 extern const dsc_test_case dsc_tests_spec[];
 extern const dsc_test_case dsc_tests_nsa[];
 extern const dsc_test_case dsc_tests_nsa_fast[];
@@ -64,6 +65,7 @@ static const struct {
     {"trained_ckpt", dsc_tests_trained_ckpt},
     {"cli", dsc_tests_cli},
     {"train_cli", dsc_tests_train_cli},
+    {"eval", dsc_tests_eval},
     {"spec", dsc_tests_spec},
     {"nsa", dsc_tests_nsa},
     {"nsa_fast", dsc_tests_nsa_fast},
