@@ -37,6 +37,7 @@ typedef struct {
     double dsa_kl_weight;     /* --dsa-kl-weight: the indexer's KL loss weight (1)     */
     const char *preset;       /* --preset NAME: built-in architecture of a new model   */
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
+    double passkey_mix;       /* --passkey-mix F: share of passkey sequences, [0, 1)   */
 } cli_train_opts;
 
 /* `dsc eval` options (cli/eval.c); --data, --val-frac, --seed and --ctx are

@@ -22,7 +22,8 @@
  *     [BOS] filler[0..a) needle filler[a..F) question
  * with needle " The pass key is K. Remember it. K is the pass key." and
  * question " What is the pass key? The pass key is" (each tokenized on its
- * own), the filler F held-out ids (BOS/EOS removed; read cyclically from a
+ * own; the strings live in cli/passkey.h, shared with `dsc train
+ * --passkey-mix`), the filler F held-out ids (BOS/EOS removed; read cyclically from a
  * random offset), a = round(F x D / 100). K is a random 5-7 digit key. The
  * model then greedily generates up to 10 tokens (so prompt + answer fit C
  * positions); a trial is correct when the decoded answer starts, after
@@ -42,6 +43,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "passkey.h"
 #include "train/data.h"
 
 #define PK_GEN 10        /* tokens generated per passkey trial     */
@@ -188,13 +190,6 @@ static int eval_loss(const cli_opts *o, dsc_model_t *m, const dsc_dataset_t *ds)
 
 /* ---- passkey ---- */
 
-static uint64_t rng_next(uint64_t *st) {
-    uint64_t z = (*st += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Text -> ids without BOS into a malloc'd array. */
 static int32_t *encode(const dsc_tokenizer_t *t, const char *text, int64_t *n) {
     dsc_err e = {0};
@@ -315,7 +310,7 @@ static int eval_passkey(const cli_opts *o, dsc_model_t *m, const dsc_tokenizer_t
     size_t pcap = cli_piece_cap(tok);
     char *ans = xmalloc(PK_GEN * pcap + 8);
     int64_t nq;
-    int32_t *q = encode(tok, " What is the pass key? The pass key is", &nq);
+    int32_t *q = encode(tok, PASSKEY_QUESTION, &nq);
     int nb = dsc_tokenizer_adds_bos(tok) && bos >= 0;
     uint64_t rng = (o->seed_set ? o->sp.seed : 0) ^ 0x70A55CE7ull;
     double t0 = cli_now();
@@ -323,13 +318,9 @@ static int eval_passkey(const cli_opts *o, dsc_model_t *m, const dsc_tokenizer_t
     for (int64_t c = 0; c < nc; c++)
         for (int64_t d = 0; d < nd; d++)
             for (int64_t tr = 0; tr < trials; tr++) {
-                int digits = 5 + (int)(rng_next(&rng) % 3);
-                uint64_t base = digits == 5 ? 10000 : digits == 6 ? 100000 : 1000000;
                 char key[16], needle[160];
-                snprintf(key, sizeof key, "%llu",
-                         (unsigned long long)(base + rng_next(&rng) % (9 * base)));
-                snprintf(needle, sizeof needle,
-                         " The pass key is %s. Remember it. %s is the pass key.", key, key);
+                passkey_key(&rng, key);
+                snprintf(needle, sizeof needle, PASSKEY_NEEDLE, key, key);
                 int64_t nn;
                 int32_t *nid = encode(tok, needle, &nn);
                 int64_t P = ctxs[c] - PK_GEN, F = P - nb - nn - nq;
@@ -339,7 +330,7 @@ static int eval_passkey(const cli_opts *o, dsc_model_t *m, const dsc_tokenizer_t
                             (long long)(nb + nn + nq + PK_GEN));
                     exit(1);
                 }
-                int64_t off = (int64_t)(rng_next(&rng) % (uint64_t)nf);
+                int64_t off = (int64_t)(passkey_rng(&rng) % (uint64_t)nf);
                 int64_t a = (F * deps[d] + 50) / 100, np = 0;
                 if (nb) prompt[np++] = bos;
                 for (int64_t i = 0; i < a; i++) prompt[np++] = fill[(off + i) % nf];

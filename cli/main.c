@@ -94,6 +94,9 @@ static void usage(FILE *f) {
             "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
             "  --save-every N         checkpoint every N steps (and at the end)\n"
             "  --val-frac F           share of documents held out for validation (0.05)\n"
+            "  --passkey-mix F        replace a share F in [0, 1) of the training sequences by\n"
+            "                         passkey examples (training filler, the needle and question\n"
+            "                         of eval --passkey, then the key; default 0)\n"
             "  --init-std S           std of a new model's weights (0.006)\n"
             "  --seed S               train: init, split and batch order seed (default 0)\n"
             "  OUT_DIR also gets train_log.csv (one row per step) and loss.svg (loss plot)\n"
@@ -295,6 +298,9 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--dsa-kl-weight", "--dsa-kl-weight")) {
             o->train.dsa_kl_weight = parse_float(VALUE(), a);
             if (!(o->train.dsa_kl_weight >= 0 && o->train.dsa_kl_weight <= 1e30)) cli_die_usage("--dsa-kl-weight must be finite and >= 0", v);
+        } else if (IS("--passkey-mix", "--passkey-mix")) {
+            o->train.passkey_mix = parse_float(VALUE(), a);
+            if (!(o->train.passkey_mix >= 0 && o->train.passkey_mix < 1)) cli_die_usage("--passkey-mix must be in [0, 1)", v);
         } else if (IS("--init-std", "--init-std")) {
             o->train.init_std = parse_float(VALUE(), a);
             if (o->train.init_std < 0) cli_die_usage("--init-std must be >= 0", v);

@@ -18,6 +18,8 @@
  * the config.json of configs/demo-v3-tiny.json; an unknown preset, or
  * --preset with --config, exits 2. --time-budget 0.05 without --steps sizes
  * the schedule, stops by itself and leaves a loadable checkpoint.
+ * --passkey-mix 0.5 is deterministic, resumes exactly and changes the data;
+ * 1.5 is refused.
  * Dims are tiny so that the suite stays fast under ASan.
  */
 #include <math.h>
@@ -567,6 +569,56 @@ static void test_train_budget(dsc_t *t) {
     free(o);
 }
 
+/* --passkey-mix 0.5: 6 steps, deterministic, 3 + resume + 3 == 6, and it
+   changes the data (step 1's loss differs from an unmixed run's); a bad
+   share (1.5) is bad usage, a --seq too short for the example exits 1. */
+static void test_train_passkey_mix(dsc_t *t) {
+    char cfg[512], data[512], args[3072], common[2048];
+    snprintf(cfg, sizeof cfg, "%s/tiny_config.json", t->tmpdir);
+    T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
+    write_data(t, data, sizeof data);
+    snprintf(common, sizeof common,
+             "--data %s --tokenizer " TOKDIR " --config %s --steps 6 --batch 2 --seq 64 "
+             "--lr 1e-2 --warmup 1 --save-every 3 --val-frac 0.2 --seed 3 -t 2", data, cfg);
+    static char l[4][NSTEP + 1][32];
+    double v[NSTEP + 1];
+    const char *leg[4] = {"pka", "pkb", "pkc", "pkn"};
+    char *o = NULL;
+    for (int r = 0; r < 4; r++) {
+        int n = 0;
+        for (int part = 0; part < (r == 2 ? 2 : 1); part++) {
+            snprintf(args, sizeof args, "train -m %s/%s %s%s%s", t->tmpdir, leg[r], common,
+                     r == 3 ? "" : " --passkey-mix 0.5",
+                     r == 2 && part == 0 ? " --stop-after 3" : "");
+            int st = run(t, "pk.txt", args, &o);
+            T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+            if (r < 3)
+                T_CHECK(t, o && strstr(o, "passkey mix 0.5"), "no passkey mix line: %s",
+                        o ? o : "");
+            n += losses(o, l[r], v);
+            free(o);
+        }
+        T_CHECK(t, n == 6, "run %s logged %d steps", leg[r], n);
+    }
+    for (int s = 1; s <= 6; s++) {
+        T_CHECK(t, l[0][s][0] && !strcmp(l[0][s], l[1][s]), "same seed, step %d: %s vs %s", s,
+                l[0][s], l[1][s]);
+        T_CHECK(t, !strcmp(l[0][s], l[2][s]), "resumed, step %d: %s vs %s", s, l[2][s],
+                l[0][s]);
+    }
+    T_CHECK(t, strcmp(l[0][1], l[3][1]), "--passkey-mix 0.5 left step 1 unchanged (%s)",
+            l[0][1]);
+
+    snprintf(args, sizeof args, "train -m %s/pkbad %s --passkey-mix 1.5", t->tmpdir, common);
+    int st = run(t, "pk_bad.txt", args, &o);
+    T_CHECK(t, st == 2 && o && strstr(o, "--passkey-mix"), "dsc %s: exit %d (want 2): %s",
+            args, st, o ? o : "");
+    free(o);
+    snprintf(args, sizeof args, "train -m %s/pkshort %s --passkey-mix 0.5 --seq 16", t->tmpdir,
+             common);
+    expect_fail(t, "pk_short.txt", args, "too short for a passkey example");
+}
+
 const dsc_test_case dsc_tests_train_cli[] = {
     {"train_cli", test_train},
     {"train_cli_usage", test_train_usage},
@@ -575,5 +627,6 @@ const dsc_test_case dsc_tests_train_cli[] = {
     {"train_cli_log", test_train_log},
     {"train_cli_preset", test_train_preset},
     {"train_cli_budget", test_train_budget},
+    {"train_cli_passkey_mix", test_train_passkey_mix},
     {NULL, NULL},
 };
