@@ -170,6 +170,32 @@ float *t_to_f32(t_pool *pl, const double *x, int64_t n) {
     return y;
 }
 
+int t_run_dsc(dsc_t *t, const char *name, const char *args, char **out) {
+    char cmd[4096], path[512];
+    snprintf(path, sizeof path, "%s/%s", t->tmpdir, name);
+    snprintf(cmd, sizeof cmd, "%s %s > '%s' 2>&1", t->dsc_bin, args, path);
+    int st = system(cmd);
+    if (out) *out = t_read_file(path, NULL);
+    if (st == -1 || !WIFEXITED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
+void t_write_words(dsc_t *t, const char *name, int lines, char *path, size_t cap) {
+    static const char *w[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog",
+                              "ran", "to", "big", "red", "house", "while", "birds", "sang"};
+    snprintf(path, cap, "%s/%s", t->tmpdir, name);
+    FILE *f = fopen(path, "w");
+    T_CHECK(t, f != NULL, "cannot write %s", path);
+    if (!f) return;
+    t_rng r = {42};
+    for (int i = 0; i < lines; i++) {
+        int n = 4 + (int)(t_rng_u64(&r) % 8);
+        for (int j = 0; j < n; j++) fprintf(f, "%s%s", j ? " " : "", w[t_rng_u64(&r) % 16]);
+        fprintf(f, ".\n%s", i % 10 == 9 ? "\n" : "");
+    }
+    fclose(f);
+}
+
 void *t_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;

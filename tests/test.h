@@ -66,6 +66,16 @@ double *t_rnd(t_pool *pl, t_rng *r, int64_t n, double scale);
 /* A float copy of n doubles (NULL for NULL). */
 float *t_to_f32(t_pool *pl, const double *x, int64_t n);
 
+/* Run `dsc ARGS` (t->dsc_bin) with stdout+stderr into tmpdir/NAME; returns
+   the exit status (-1 when it did not exit normally) and, when out is not
+   NULL, the output in *out (malloc'd, NULL if unreadable). */
+int t_run_dsc(dsc_t *t, const char *name, const char *args, char **out);
+
+/* Write tmpdir/NAME: `lines` sentences of a 16-word language (fixed seed),
+   a blank line (document break) after every 10th, so a tiny model learns
+   something in a few steps; its path goes to path (cap bytes). */
+void t_write_words(dsc_t *t, const char *name, int lines, char *path, size_t cap);
+
 /* Read a whole file (malloc'd, caller frees); NULL on failure. */
 void *t_read_file(const char *path, size_t *len);
 /* Write bytes to a file; 0 on success. */

@@ -15,6 +15,7 @@
 
 #include "kernels/kernels.h"
 #include "nsa/nsa_fast.h"
+#include "util/rows.h"
 #include "util/util.h"
 
 /* The row loops are plain C for the vectoriser: this file is built with
@@ -104,28 +105,6 @@ static int layout(const geo *g, int bwd, lay *L) {
 
 /* ---- row kernels ---- */
 
-/* Max and double sum of n floats over eight interleaved partials (as tk.c:
-   independent chains vectorise and overlap). */
-static inline float row_max(const float *x, int64_t n) {
-    float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                  -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int q = 0; q < 8; q++) m[q] = x[j + q] > m[q] ? x[j + q] : m[q];
-    for (; j < n; j++) m[0] = x[j] > m[0] ? x[j] : m[0];
-    for (int q = 1; q < 8; q++) m[0] = m[q] > m[0] ? m[q] : m[0];
-    return m[0];
-}
-
-static inline double row_sum(const float *x, int64_t n) {
-    double s[8] = {0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int q = 0; q < 8; q++) s[q] += x[j + q];
-    for (; j < n; j++) s[0] += x[j];
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
-
 /* Row s[0, len) of raw scores becomes softmax(scale s) over the visible
    columns [a, b) and 0 elsewhere; returns the log-sum-exp (-inf, all 0,
    when nothing is visible: no 0/0). */
@@ -137,10 +116,10 @@ ROW static double softmax_row(float *s, int64_t len, int64_t a, int64_t b, float
     float *x = s + a;
     int64_t n = b - a;
     for (int64_t j = 0; j < n; j++) x[j] *= scale;
-    float mx = row_max(x, n);
+    float mx = dsc_row_max(x, n);
     for (int64_t j = 0; j < n; j++) x[j] -= mx;
     dsc_k_exp(NULL, x, x, n);
-    double sum = row_sum(x, n);
+    double sum = dsc_row_sum(x, n);
     float inv = (float)(1.0 / sum);
     for (int64_t j = 0; j < n; j++) x[j] *= inv;
     if (a > 0) memset(s, 0, (size_t)a * sizeof *s);

@@ -35,10 +35,6 @@
  * attention is a scalar kernel.
  */
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "train/idx_ops.h"
 #include "train/tk_sparse.h"
 #include "train/tm_impl.h"
@@ -50,15 +46,6 @@
 /* Columns of a selection row for T tokens: kk = min(index_topk, T). */
 static int64_t sel_cols(const dsc_config *c, int64_t T) {
     return c->index_topk < T ? c->index_topk : T;
-}
-
-/* The calling thread's attention scratch (as attn_mla.c's). */
-static float *thread_ws(const dsc_train_model_t *tm) {
-    int t = 0;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-#endif
-    return tm->attn_ws + (int64_t)t * tm->attn_ws_floats;
 }
 
 dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err) {
@@ -243,7 +230,7 @@ static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
             dsc_tks_attn_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T,
                              a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
                              a->kv + b * T * lkv + h * (dn + dv) + dn, a->ix_sel + b * T * kk,
-                             kk, &ad, scale, thread_ws(tm));
+                             kk, &ad, scale, tm_thread_ws(tm));
         }
         lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
         for (int64_t b = 0; b < B; b++) {
@@ -293,7 +280,7 @@ static void sparse_mla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t 
         dsc_tks_attn_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
                          a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo,
                          a->lse + bh * T, a->ix_sel + b * T * kk, kk, &ad, scale,
-                         thread_ws(tm));
+                         tm_thread_ws(tm));
     }
     dsc_tmla_proj_bwd(tm, l, B, T, dx);
 }

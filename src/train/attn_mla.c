@@ -11,20 +11,7 @@
  * thread's attention scratch), so results do not depend on the thread
  * count.
  */
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "train/tm_impl.h"
-
-/* The calling thread's attention scratch. */
-static float *thread_ws(const dsc_train_model_t *tm) {
-    int t = 0;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-#endif
-    return tm->attn_ws + (int64_t)t * tm->attn_ws_floats;
-}
 
 /* The projections: a->q (roped), a->k (B, H, T, dqk), a->kv (V in place). */
 void dsc_tmla_proj_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
@@ -75,7 +62,7 @@ double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
         int64_t b = bh / H, h = bh % H;
         dsc_tk_attn_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T,
                         a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
-                        a->kv + b * T * lkv + h * (dn + dv) + dn, &ad, scale, thread_ws(tm));
+                        a->kv + b * T * lkv + h * (dn + dv) + dn, &ad, scale, tm_thread_ws(tm));
     }
     /* y = W^O o */
     lin_fwd(tm, tm->y, a->o, w->o, B * T, H * dv, c->hidden_size);
@@ -104,7 +91,7 @@ void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const 
         int64_t oo = b * T * H * dv + h * dv;
         dsc_tk_attn_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
                         a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo, a->lse + bh * T,
-                        &ad, scale, thread_ws(tm));
+                        &ad, scale, tm_thread_ws(tm));
     }
     dsc_tmla_proj_bwd(tm, l, B, T, dx);
 }

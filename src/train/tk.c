@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "train/tk.h"
+#include "util/rows.h"
 #include "util/util.h"
 
 /* The row loops below (max, sums, scaling, the SwiGLU and RMSNorm
@@ -24,30 +25,6 @@ static int row_threads(const dsc_kctx *k, int64_t work) {
     return work < 32768 ? 1 : nt;
 }
 
-/* Max and double sum of n floats, each over eight interleaved partials:
-   a single running max or sum is a chain of dependent instructions (4+
-   cycles each), eight independent chains vectorise and overlap. NaN
-   entries are skipped by the max (they still poison the sum). */
-static inline float row_max(const float *x, int64_t n) {
-    float m[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
-                  -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int q = 0; q < 8; q++) m[q] = x[j + q] > m[q] ? x[j + q] : m[q];
-    for (; j < n; j++) m[0] = x[j] > m[0] ? x[j] : m[0];
-    for (int q = 1; q < 8; q++) m[0] = m[q] > m[0] ? m[q] : m[0];
-    return m[0];
-}
-
-static inline double row_sum(const float *x, int64_t n) {
-    double s[8] = {0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int q = 0; q < 8; q++) s[q] += x[j + q];
-    for (; j < n; j++) s[0] += x[j];
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-}
-
 /* ---- attention ---- */
 
 int64_t dsc_tk_attn_scratch(int64_t n) { return 2 * DSC_TK_QB * (n > 0 ? n : 1); }
@@ -61,10 +38,10 @@ TK_ROW static void softmax_tile(float *S, float *lse, int64_t rows, int64_t lk, 
         float *s = S + r * lk;
         int64_t vis = i0 + r + 1;
         for (int64_t j = 0; j < vis; j++) s[j] *= scale;
-        float mx = row_max(s, vis);
+        float mx = dsc_row_max(s, vis);
         for (int64_t j = 0; j < vis; j++) s[j] -= mx;
         dsc_k_exp(NULL, s, s, vis);
-        double sum = row_sum(s, vis);
+        double sum = dsc_row_sum(s, vis);
         float inv = (float)(1.0 / sum);
         for (int64_t j = 0; j < vis; j++) s[j] *= inv;
         if (lk > vis) memset(s + vis, 0, (size_t)(lk - vis) * sizeof *s);
@@ -130,12 +107,12 @@ void dsc_tk_attn_bwd(float *dQ, float *dK, float *dV, const float *dO, const flo
 /* One row's loss term lse(z) - z[y]; with grad, z becomes
    gscale (softmax(z) - onehot(y)). */
 TK_ROW static double xent_row(float *z, int64_t V, int32_t y, int grad, double gscale) {
-    float mx = row_max(z, V), zy = z[y];
+    float mx = dsc_row_max(z, V), zy = z[y];
     double sum = 0.0;
     if (grad) {
         for (int64_t v = 0; v < V; v++) z[v] -= mx;
         dsc_k_exp(NULL, z, z, V);
-        sum = row_sum(z, V);
+        sum = dsc_row_sum(z, V);
         float g = (float)(gscale / sum);
         for (int64_t v = 0; v < V; v++) z[v] *= g;
         z[y] -= (float)gscale;
@@ -145,7 +122,7 @@ TK_ROW static double xent_row(float *z, int64_t V, int32_t y, int grad, double g
             int64_t m = min64(XCHUNK, V - v0);
             for (int64_t i = 0; i < m; i++) buf[i] = z[v0 + i] - mx;
             dsc_k_exp(NULL, buf, buf, m);
-            sum += row_sum(buf, m);
+            sum += dsc_row_sum(buf, m);
         }
     }
     return log(sum) - ((double)zy - (double)mx);

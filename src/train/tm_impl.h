@@ -32,6 +32,7 @@
 #include "nsa/nsa_fast.h"
 #include "train/ops.h"
 #include "train/tk.h"
+#include "util/util.h"
 
 /* ---- carving (model_train.c, attn_nsa.c): count on the first walk (base
    NULL), assign on the second ---- */
@@ -221,6 +222,11 @@ static inline void lin_bwd(dsc_train_model_t *tm, float *dx, float *dW, const fl
 /* The gradient of a parameter: same offset in the gradient half. */
 static inline float *G(const dsc_train_model_t *tm, const float *p) {
     return tm->grad + (p - tm->data);
+}
+
+/* The calling thread's attention scratch (attn_ws, attn_ws_floats each). */
+static inline float *tm_thread_ws(const dsc_train_model_t *tm) {
+    return tm->attn_ws + (int64_t)dsc_thread_id() * tm->attn_ws_floats;
 }
 
 static inline void zero(float *x, int64_t n) {

@@ -136,32 +136,6 @@ static const char *CONFIG =
     " \"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000,\n"
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"tie_word_embeddings\": false}\n";
 
-static int run(dsc_t *t, const char *name, const char *args, char **out) {
-    char cmd[4096], path[512];
-    snprintf(path, sizeof path, "%s/%s", t->tmpdir, name);
-    snprintf(cmd, sizeof cmd, "%s %s > '%s' 2>&1", t->dsc_bin, args, path);
-    int st = system(cmd);
-    if (out) *out = t_read_file(path, NULL);
-    if (st == -1 || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
-static void write_data(dsc_t *t, char *path, size_t cap) {
-    static const char *w[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog",
-                              "ran", "to", "big", "red", "house", "while", "birds", "sang"};
-    snprintf(path, cap, "%s/dsa_data.txt", t->tmpdir);
-    FILE *f = fopen(path, "w");
-    T_CHECK(t, f != NULL, "cannot write %s", path);
-    if (!f) return;
-    t_rng r = {42};
-    for (int i = 0; i < 200; i++) {
-        int n = 4 + (int)(t_rng_u64(&r) % 8);
-        for (int j = 0; j < n; j++) fprintf(f, "%s%s", j ? " " : "", w[t_rng_u64(&r) % 16]);
-        fprintf(f, ".\n%s", i % 10 == 9 ? "\n" : "");
-    }
-    fclose(f);
-}
-
 static void test_warmup(dsc_t *t) {
     dsc_config cfg;
     dsc_err e = {0};
@@ -179,13 +153,13 @@ static void test_warmup(dsc_t *t) {
     ip.tokenizer_dir = TOKDIR;
     T_CHECK(t, dsc_train_init_save(d0, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
     T_CHECK(t, dsc_train_init_save(d1, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "dsa_data.txt", 200, data, sizeof data);
     snprintf(args, sizeof args,
              "train -m %s --data %s --tokenizer " TOKDIR " --steps %d --batch 2 --seq 16 "
              "--lr 5e-2 --warmup 2 --val-frac 0.2 --seed 7 -t 2 --dsa-stage warmup",
              d1, data, NSTEP);
     char *o = NULL;
-    int st = run(t, "dsa_w.txt", args, &o);
+    int st = t_run_dsc(t, "dsa_w.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     T_CHECK(t, o && strstr(o, "dense warm-up") && strstr(o, "idx_recall "),
             "no DSA warm-up / recall in the log: %s", o ? o : "");
@@ -251,7 +225,7 @@ static void test_warmup(dsc_t *t) {
 
     /* the result loads and runs (8 tokens of context > index_topk 4: sparse) */
     snprintf(args, sizeof args, "run -m %s --ids 1,2,3,4,5 -n 4 --temp 0 --print-ids -q", d1);
-    st = run(t, "dsa_run.txt", args, &o);
+    st = t_run_dsc(t, "dsa_run.txt", args, &o);
     int ids[4], k = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
     T_CHECK(t, st == 0 && k == 4, "dsc %s: exit %d, %d ids: %s", args, st, k, o ? o : "");
     free(o);
@@ -453,13 +427,13 @@ static void test_sparse_cli(dsc_t *t) {
     ip.tokenizer_dir = TOKDIR;
     T_CHECK(t, dsc_train_init_save(d0, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
     T_CHECK(t, dsc_train_init_save(d1, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "dsa_data.txt", 200, data, sizeof data);
     snprintf(args, sizeof args,
              "train -m %s --data %s --tokenizer " TOKDIR " --steps %d --batch 2 --seq 16 "
              "--lr 1e-2 --warmup 2 --val-frac 0.2 --seed 7 -t 2 --dsa-stage sparse",
              d1, data, NSPARSE);
     char *o = NULL;
-    int st = run(t, "dsa_s.txt", args, &o);
+    int st = t_run_dsc(t, "dsa_s.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     T_CHECK(t, o && strstr(o, "sparse stage") && strstr(o, "idx_kl ") && strstr(o, "idx_recall "),
             "no DSA sparse stage / idx_kl / recall in the log: %s", o ? o : "");
@@ -510,7 +484,7 @@ static void test_sparse_cli(dsc_t *t) {
     if (b) dsc_st_set_close(b);
 
     snprintf(args, sizeof args, "run -m %s --ids 1,2,3,4,5 -n 4 --temp 0 --print-ids -q", d1);
-    st = run(t, "dsa_srun.txt", args, &o);
+    st = t_run_dsc(t, "dsa_srun.txt", args, &o);
     int ids[4], k = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
     T_CHECK(t, st == 0 && k == 4, "dsc %s: exit %d, %d ids: %s", args, st, k, o ? o : "");
     free(o);

@@ -213,17 +213,6 @@ static void test_rollback(dsc_t *t) {
     }
 }
 
-/* Run `dsc ARGS` with stdout+stderr into tmpdir/NAME. */
-static int run(dsc_t *t, const char *name, const char *args, char **out) {
-    char cmd[4096], path[512];
-    snprintf(cmd, sizeof cmd, "%s %s > '%s/%s' 2>&1", t->dsc_bin, args, t->tmpdir, name);
-    snprintf(path, sizeof path, "%s/%s", t->tmpdir, name);
-    int st = system(cmd);
-    if (out) *out = t_read_file(path, NULL);
-    if (st == -1 || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
 typedef struct {
     int32_t id[16];
     int n;
@@ -264,7 +253,7 @@ static void test_cli(dsc_t *t) {
     snprintf(args, sizeof args,
              "run -m %s/nsa_inf_mlp --ids 1,2,3,5,8,13,21,34,55,9,4 -n 8 --temp 0 --ignore-eos "
              "--print-ids -q", t->tmpdir);
-    int st = run(t, "nsa_inf_run.txt", args, &o);
+    int st = t_run_dsc(t, "nsa_inf_run.txt", args, &o);
     int got[8], n = o ? sscanf(o, "%d %d %d %d %d %d %d %d", &got[0], &got[1], &got[2], &got[3],
                                &got[4], &got[5], &got[6], &got[7]) : 0;
     T_CHECK(t, st == 0 && n == 8, "dsc %s: exit %d, %d ids: %s", args, st, n, o ? o : "");
@@ -281,7 +270,7 @@ static void test_cli(dsc_t *t) {
     snprintf(args, sizeof args,
              "logits -m %s/nsa_inf_mlp --ids 1,2,3,5,8,13,21,34,55,9,4 -o %s/nsa_inf_lg.bin",
              t->tmpdir, t->tmpdir);
-    st = run(t, "nsa_inf_logits.txt", args, &o);
+    st = t_run_dsc(t, "nsa_inf_logits.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     char path[600];
@@ -296,7 +285,7 @@ static void test_cli(dsc_t *t) {
     /* speculation is refused with a clear message */
     snprintf(args, sizeof args, "run -m %s/nsa_inf_mlp --ids 1,2,3 -n 4 --temp 0 --spec mtp -q",
              t->tmpdir);
-    st = run(t, "nsa_inf_spec.txt", args, &o);
+    st = t_run_dsc(t, "nsa_inf_spec.txt", args, &o);
     T_CHECK(t, st != 0 && o && strstr(o, "not supported on NSA models"), "dsc %s: exit %d: %s",
             args, st, o ? o : "");
     free(o);

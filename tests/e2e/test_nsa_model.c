@@ -175,17 +175,6 @@ static void test_no_inference(dsc_t *t) {
     dsc_model_free(m);
 }
 
-/* Run `dsc ARGS` with stdout+stderr into tmpdir/NAME (as test_train_cli.c). */
-static int run(dsc_t *t, const char *name, const char *args, char **out) {
-    char cmd[4096], path[512];
-    snprintf(path, sizeof path, "%s/%s", t->tmpdir, name);
-    snprintf(cmd, sizeof cmd, "%s %s > '%s' 2>&1", t->dsc_bin, args, path);
-    int st = system(cmd);
-    if (out) *out = t_read_file(path, NULL);
-    if (st == -1 || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
 static int losses(const char *log, char lo[][32], double *v) {
     int n = 0;
     for (const char *p = log; p && (p = strstr(p, "step ")); p++) {
@@ -201,28 +190,12 @@ static int losses(const char *log, char lo[][32], double *v) {
     return n;
 }
 
-static void write_data(dsc_t *t, char *path, size_t cap) {
-    static const char *w[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog",
-                              "ran", "to", "big", "red", "house", "while", "birds", "sang"};
-    snprintf(path, cap, "%s/nsa_data.txt", t->tmpdir);
-    FILE *f = fopen(path, "w");
-    T_CHECK(t, f != NULL, "cannot write %s", path);
-    if (!f) return;
-    t_rng r = {42};
-    for (int i = 0; i < 300; i++) {
-        int n = 4 + (int)(t_rng_u64(&r) % 8);
-        for (int j = 0; j < n; j++) fprintf(f, "%s%s", j ? " " : "", w[t_rng_u64(&r) % 16]);
-        fprintf(f, ".\n%s", i % 10 == 9 ? "\n" : "");
-    }
-    fclose(f);
-}
-
 static void test_train_cli(dsc_t *t) {
     char text[4096], cfg[512], data[512], args[3072], common[2048];
     fmt_cfg(text, sizeof text, CFG_MOE, 8, "mlp");
     snprintf(cfg, sizeof cfg, "%s/nsa_config.json", t->tmpdir);
     T_CHECK(t, t_write_file(cfg, text, strlen(text)) == 0, "cannot write %s", cfg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "nsa_data.txt", 300, data, sizeof data);
     snprintf(common, sizeof common,
              "--data %s --tokenizer " TOKDIR " --config %s --steps %d --batch 2 --seq 40 "
              "--lr 1e-2 --warmup 2 --eval-every 10 --save-every 10 --val-frac 0.2 --seed 7 -t 2",
@@ -231,7 +204,7 @@ static void test_train_cli(dsc_t *t) {
     double va[NSTEP + 1] = {0}, vc[NSTEP + 1] = {0};
     char *o = NULL;
     snprintf(args, sizeof args, "train -m %s/nsa_a %s", t->tmpdir, common);
-    int st = run(t, "nsa_a.txt", args, &o);
+    int st = t_run_dsc(t, "nsa_a.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     int na = losses(o, la, va);
     T_CHECK(t, na == NSTEP, "run a logged %d steps: %s", na, o ? o : "");
@@ -240,13 +213,13 @@ static void test_train_cli(dsc_t *t) {
     T_CHECK(t, va[NSTEP] < va[1] - 0.5, "loss did not fall: %g -> %g", va[1], va[NSTEP]);
 
     snprintf(args, sizeof args, "train -m %s/nsa_c %s --stop-after 10", t->tmpdir, common);
-    st = run(t, "nsa_c1.txt", args, &o);
+    st = t_run_dsc(t, "nsa_c1.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     int nc = losses(o, lc, vc);
     free(o);
     T_CHECK(t, nc == 10, "run c logged %d steps before the stop", nc);
     snprintf(args, sizeof args, "train -m %s/nsa_c %s", t->tmpdir, common);
-    st = run(t, "nsa_c2.txt", args, &o);
+    st = t_run_dsc(t, "nsa_c2.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     T_CHECK(t, o && strstr(o, "resumed"), "second leg did not resume: %s", o ? o : "");
     free(o);
@@ -270,13 +243,13 @@ static void test_train_cli(dsc_t *t) {
             "config.json lost the NSA keys: %s", cj ? cj : "(none)");
     free(cj);
     snprintf(args, sizeof args, "info -m %s/nsa_c", t->tmpdir);
-    st = run(t, "nsa_info.txt", args, &o);
+    st = t_run_dsc(t, "nsa_info.txt", args, &o);
     T_CHECK(t, st == 0 && o && strstr(o, "NSA") && strstr(o, "1 KV heads"),
             "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     snprintf(args, sizeof args, "run -m %s/nsa_a --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
              t->tmpdir);
-    st = run(t, "nsa_run.txt", args, &o);
+    st = t_run_dsc(t, "nsa_run.txt", args, &o);
     int ids[4], n = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
     T_CHECK(t, st == 0 && n == 4, "dsc %s: exit %d, %d ids: %s", args, st, n, o ? o : "");
     free(o);
@@ -284,7 +257,7 @@ static void test_train_cli(dsc_t *t) {
 
 static void test_bad_config(dsc_t *t) {
     char text[4096], cfg[512], data[512], args[3072];
-    write_data(t, data, sizeof data);
+    t_write_words(t, "nsa_data.txt", 300, data, sizeof data);
     static const struct {
         int block;
         const char *compress, *want;
@@ -300,7 +273,7 @@ static void test_bad_config(dsc_t *t) {
                  "train -m %s/nsa_bad%zu --data %s --tokenizer " TOKDIR " --config %s --steps 2 "
                  "--batch 1 --seq 16 -t 1", t->tmpdir, i, data, cfg);
         char *o = NULL;
-        int st = run(t, "nsa_bad.txt", args, &o);
+        int st = t_run_dsc(t, "nsa_bad.txt", args, &o);
         T_CHECK(t, st == 1 && o && strstr(o, cases[i].want), "case %zu: exit %d: %s", i, st,
                 o ? o : "");
         free(o);
@@ -315,7 +288,7 @@ static void test_bad_config(dsc_t *t) {
              "train -m %s/nsa_badm --data %s --tokenizer " TOKDIR " --config %s --steps 2 "
              "--batch 1 --seq 16 -t 1", t->tmpdir, data, cfg);
     char *o = NULL;
-    int st = run(t, "nsa_badm.txt", args, &o);
+    int st = t_run_dsc(t, "nsa_badm.txt", args, &o);
     T_CHECK(t, st == 1 && o && strstr(o, "\"window\" is missing"), "exit %d: %s", st, o ? o : "");
     free(o);
 }

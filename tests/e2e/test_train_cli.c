@@ -49,18 +49,6 @@ static const char *CONFIG =
     " \"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000,\n"
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"tie_word_embeddings\": false}\n";
 
-/* Run `dsc ARGS` with stdout+stderr into tmpdir/NAME; returns the exit status
-   (-1 when it did not exit normally) and the output in *out (malloc'd). */
-static int run(dsc_t *t, const char *name, const char *args, char **out) {
-    char cmd[4096], path[512];
-    snprintf(path, sizeof path, "%s/%s", t->tmpdir, name);
-    snprintf(cmd, sizeof cmd, "%s %s > '%s' 2>&1", t->dsc_bin, args, path);
-    int st = system(cmd);
-    if (out) *out = t_read_file(path, NULL);
-    if (st == -1 || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
 /* The loss text of each "step N/M  loss X" line, by step (1-based); returns
    how many steps were found. */
 static int losses(const char *log, char lo[][32], double *v) {
@@ -78,29 +66,11 @@ static int losses(const char *log, char lo[][32], double *v) {
     return n;
 }
 
-/* The test text: 200 lines of a small-vocabulary language (so a tiny model
-   can learn something in 20 steps), a blank line after every 10th. */
-static void write_data(dsc_t *t, char *path, size_t cap) {
-    static const char *w[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog",
-                              "ran", "to", "big", "red", "house", "while", "birds", "sang"};
-    snprintf(path, cap, "%s/data.txt", t->tmpdir);
-    FILE *f = fopen(path, "w");
-    T_CHECK(t, f != NULL, "cannot write %s", path);
-    if (!f) return;
-    t_rng r = {42};
-    for (int i = 0; i < 200; i++) {
-        int n = 4 + (int)(t_rng_u64(&r) % 8);
-        for (int j = 0; j < n; j++) fprintf(f, "%s%s", j ? " " : "", w[t_rng_u64(&r) % 16]);
-        fprintf(f, ".\n%s", i % 10 == 9 ? "\n" : "");
-    }
-    fclose(f);
-}
-
 static void test_train(dsc_t *t) {
     char cfg[512], data[512], args[3072], common[2048];
     snprintf(cfg, sizeof cfg, "%s/tiny_config.json", t->tmpdir);
     T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     snprintf(common, sizeof common,
              "--data %s --tokenizer " TOKDIR " --config %s --steps %d --batch 2 --seq 16 "
              "--lr 1e-2 --warmup 2 --eval-every 10 --save-every 10 --val-frac 0.2 --seed 7 -t 2",
@@ -111,7 +81,7 @@ static void test_train(dsc_t *t) {
     double va[NSTEP + 1] = {0}, vb[NSTEP + 1] = {0}, vc[NSTEP + 1] = {0};
     char *o = NULL;
     snprintf(args, sizeof args, "train -m %s/a %s", t->tmpdir, common);
-    int st = run(t, "a.txt", args, &o);
+    int st = t_run_dsc(t, "a.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     int na = losses(o, la, va);
     T_CHECK(t, na == NSTEP, "run a logged %d steps: %s", na, o ? o : "");
@@ -123,7 +93,7 @@ static void test_train(dsc_t *t) {
     T_CHECK(t, va[NSTEP] < va[1] - 0.5, "loss did not fall: %g -> %g", va[1], va[NSTEP]);
 
     snprintf(args, sizeof args, "train -m %s/b %s", t->tmpdir, common);
-    st = run(t, "b.txt", args, &o);
+    st = t_run_dsc(t, "b.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     int nb = losses(o, lb, vb);
     free(o);
@@ -133,13 +103,13 @@ static void test_train(dsc_t *t) {
 
     /* c: stopped after step 10 (the schedule still spans 20), then resumed */
     snprintf(args, sizeof args, "train -m %s/c %s --stop-after 10", t->tmpdir, common);
-    st = run(t, "c1.txt", args, &o);
+    st = t_run_dsc(t, "c1.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     int nc = losses(o, lc, vc);
     free(o);
     T_CHECK(t, nc == 10, "run c logged %d steps before the stop", nc);
     snprintf(args, sizeof args, "train -m %s/c %s", t->tmpdir, common);
-    st = run(t, "c2.txt", args, &o);
+    st = t_run_dsc(t, "c2.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     T_CHECK(t, o && strstr(o, "resumed"), "second leg did not resume: %s", o ? o : "");
     memset(lc[11], 0, 10 * sizeof lc[11]);
@@ -153,12 +123,12 @@ static void test_train(dsc_t *t) {
     /* the result is an ordinary model directory */
     snprintf(args, sizeof args, "run -m %s/a --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
              t->tmpdir);
-    st = run(t, "run.txt", args, &o);
+    st = t_run_dsc(t, "run.txt", args, &o);
     int ids[4], n = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
     T_CHECK(t, st == 0 && n == 4, "dsc %s: exit %d, %d ids: %s", args, st, n, o ? o : "");
     free(o);
     snprintf(args, sizeof args, "info -m %s/c", t->tmpdir);
-    st = run(t, "info.txt", args, &o);
+    st = t_run_dsc(t, "info.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
 }
@@ -180,13 +150,13 @@ static void test_train_mtp(dsc_t *t) {
     char *ctext = mtp_config();
     T_CHECK(t, ctext && t_write_file(cfg, ctext, strlen(ctext)) == 0, "cannot write %s", cfg);
     free(ctext);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     snprintf(args, sizeof args,
              "train -m %s/m --data %s --tokenizer " TOKDIR " --config %s --steps 6 --batch 2 "
              "--seq 16 --lr 1e-2 --warmup 1 --val-frac 0.2 --seed 3 -t 2",
              t->tmpdir, data, cfg);
     char *o = NULL;
-    int st = run(t, "m.txt", args, &o);
+    int st = t_run_dsc(t, "m.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     T_CHECK(t, o && strstr(o, "MTP (D = 1) weight 0.3") && strstr(o, "step 6/6  loss ") &&
                strstr(o, "  main ") && strstr(o, "  mtp ") && strstr(o, "val loss"),
@@ -230,13 +200,13 @@ static void test_train_mtp(dsc_t *t) {
 
     /* inference binds the module (for speculative decoding) and runs */
     snprintf(args, sizeof args, "info -m %s/m", t->tmpdir);
-    st = run(t, "m_info.txt", args, &o);
+    st = t_run_dsc(t, "m_info.txt", args, &o);
     T_CHECK(t, st == 0 && o && strstr(o, "mtp") && strstr(o, "1 module(s)"),
             "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     snprintf(args, sizeof args, "run -m %s/m --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
              t->tmpdir);
-    st = run(t, "m_run.txt", args, &o);
+    st = t_run_dsc(t, "m_run.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
 
@@ -244,7 +214,7 @@ static void test_train_mtp(dsc_t *t) {
     snprintf(args, sizeof args,
              "train -m %s/m --data %s --steps 8 --batch 2 --seq 16 --lr 1e-2 --warmup 1 "
              "--val-frac 0.2 --mtp-weight 0 -t 2", t->tmpdir, data);
-    st = run(t, "m2.txt", args, &o);
+    st = t_run_dsc(t, "m2.txt", args, &o);
     T_CHECK(t, st == 0 && o && strstr(o, "resumed") && strstr(o, "not trained (weight 0)") &&
                !strstr(o, "  mtp "), "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
@@ -259,7 +229,7 @@ static void test_train_mtp(dsc_t *t) {
 /* Exit 1 with `want` in the output. */
 static void expect_fail(dsc_t *t, const char *name, const char *args, const char *want) {
     char *o = NULL;
-    int st = run(t, name, args, &o);
+    int st = t_run_dsc(t, name, args, &o);
     T_CHECK(t, st == 1 && o && strstr(o, want), "dsc %s: exit %d (want 1, \"%s\"): %s", args,
             st, want, o ? o : "");
     free(o);
@@ -269,7 +239,7 @@ static void test_train_bad_input(dsc_t *t) {
     char cfg[512], data[512], bad[512], args[4096], common[1024];
     snprintf(cfg, sizeof cfg, "%s/tiny_config.json", t->tmpdir);
     T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     snprintf(common, sizeof common,
              "--tokenizer " TOKDIR " --config %s --steps 20 --batch 2 --seq 16 --warmup 2 "
              "--val-frac 0.2 --seed 5 -t 2", cfg);
@@ -302,12 +272,12 @@ static void test_train_bad_input(dsc_t *t) {
     char *o = NULL;
     snprintf(args, sizeof args, "train -m %s/nan --data %s %s --lr 1e-2 --stop-after 4",
              t->tmpdir, data, common);
-    int st = run(t, "n1.txt", args, &o);
+    int st = t_run_dsc(t, "n1.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     snprintf(args, sizeof args, "train -m %s/nan --data %s %s --lr 1e30 --save-every 1 "
              "--eval-every 1", t->tmpdir, data, common);
-    st = run(t, "n2.txt", args, &o);
+    st = t_run_dsc(t, "n2.txt", args, &o);
     const char *p = o ? strstr(o, "keeps the last good checkpoint (step ") : NULL;
     T_CHECK(t, st == 1 && o && strstr(o, "not finite") && p, "lr 1e30: exit %d: %s", st,
             o ? o : "");
@@ -322,14 +292,14 @@ static void test_train_bad_input(dsc_t *t) {
     free(js);
     snprintf(args, sizeof args, "run -m %s/nan --ids 1,2,3 -n 4 --temp 0 --print-ids -q",
              t->tmpdir);
-    st = run(t, "n3.txt", args, &o);
+    st = t_run_dsc(t, "n3.txt", args, &o);
     int ids[4], n = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
     T_CHECK(t, st == 0 && n == 4, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     /* and training resumes from it */
     snprintf(args, sizeof args, "train -m %s/nan --data %s %s --lr 1e-2 --stop-after %lld",
              t->tmpdir, data, common, good + 1);
-    st = run(t, "n4.txt", args, &o);
+    st = t_run_dsc(t, "n4.txt", args, &o);
     T_CHECK(t, st == 0 && o && strstr(o, "resumed"), "dsc %s: exit %d: %s", args, st,
             o ? o : "");
     free(o);
@@ -339,17 +309,17 @@ static void test_train_usage(dsc_t *t) {
     char args[1024];
     char *o = NULL;
     snprintf(args, sizeof args, "train -m %s/u --tokenizer " TOKDIR, t->tmpdir);
-    int st = run(t, "u1.txt", args, &o);
+    int st = t_run_dsc(t, "u1.txt", args, &o);
     T_CHECK(t, st == 2 && o && strstr(o, "--data"), "no --data: exit %d: %s", st, o ? o : "");
     free(o);
     /* an empty OUT_DIR needs --config */
     snprintf(args, sizeof args, "train -m %s/u --tokenizer " TOKDIR " --data %s/u.txt",
              t->tmpdir, t->tmpdir);
-    st = run(t, "u2.txt", args, &o);
+    st = t_run_dsc(t, "u2.txt", args, &o);
     T_CHECK(t, st == 1 && o && strstr(o, "--config"), "no --config: exit %d: %s", st,
             o ? o : "");
     free(o);
-    st = run(t, "u3.txt", "train -m x --data y --steps 0", &o);
+    st = t_run_dsc(t, "u3.txt", "train -m x --data y --steps 0", &o);
     T_CHECK(t, st == 2, "--steps 0: exit %d: %s", st, o ? o : "");
     free(o);
 }
@@ -407,7 +377,7 @@ static void test_train_log(dsc_t *t) {
     char cfg[512], data[512], args[3072], common[2048], dir[600], path[700];
     snprintf(cfg, sizeof cfg, "%s/log_config.json", t->tmpdir);
     T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     snprintf(dir, sizeof dir, "%s/log", t->tmpdir);
     snprintf(common, sizeof common,
              "train -m %s --data %s --tokenizer " TOKDIR " --config %s --batch 2 --seq 16 "
@@ -415,7 +385,7 @@ static void test_train_log(dsc_t *t) {
              dir, data, cfg);
     char *o = NULL;
     snprintf(args, sizeof args, "%s --steps 12 --stop-after 7", common);
-    int st = run(t, "log1.txt", args, &o);
+    int st = t_run_dsc(t, "log1.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     const char *p = o ? strstr(o, "step 3/12 ") : NULL;
     const char *nl = p ? strchr(p, '\n') : NULL, *eta = p ? strstr(p, "  eta ") : NULL;
@@ -439,7 +409,7 @@ static void test_train_log(dsc_t *t) {
         fputs("8,99.0,99.0,,,1e-3,1.0,1.0,1.0,,\n", f);
         fclose(f);
     }
-    st = run(t, "log2.txt", common, &o);
+    st = t_run_dsc(t, "log2.txt", common, &o);
     T_CHECK(t, st == 0 && o && strstr(o, "resumed") && strstr(o, "steps 8..12 of 12"),
             "dsc %s: exit %d: %s", common, st, o ? o : "");
     free(o);
@@ -479,11 +449,11 @@ static void test_train_log(dsc_t *t) {
 /* --preset: tiny is configs/demo-v3-tiny.json; bad uses are refused. */
 static void test_train_preset(dsc_t *t) {
     char data[512], args[3072], path[700];
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     char *o = NULL;
     snprintf(args, sizeof args, "train -m %s/pt --data %s --tokenizer " TOKDIR " --preset tiny "
              "--steps 2 --batch 2 --seq 16 -t 2", t->tmpdir, data);
-    int st = run(t, "pt.txt", args, &o);
+    int st = t_run_dsc(t, "pt.txt", args, &o);
     T_CHECK(t, st == 0 && o && strstr(o, "preset tiny") && strstr(o, "step 2/2 "),
             "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
@@ -495,7 +465,7 @@ static void test_train_preset(dsc_t *t) {
     snprintf(args, sizeof args, "train -m %s/pc --data %s --tokenizer " TOKDIR
              " --config configs/demo-v3-tiny.json --steps 1 --batch 2 --seq 16 -t 2",
              t->tmpdir, data);
-    st = run(t, "pc.txt", args, &o);
+    st = t_run_dsc(t, "pc.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
     snprintf(path, sizeof path, "%s/pc/config.json", t->tmpdir);
@@ -507,17 +477,17 @@ static void test_train_preset(dsc_t *t) {
 
     snprintf(args, sizeof args, "train -m %s/pb --data %s --tokenizer " TOKDIR " --preset huge",
              t->tmpdir, data);
-    st = run(t, "pb.txt", args, &o);
+    st = t_run_dsc(t, "pb.txt", args, &o);
     T_CHECK(t, st == 2 && o && strstr(o, "unknown --preset \"huge\" (presets: tiny, small)"),
             "bad preset: exit %d: %s", st, o ? o : "");
     free(o);
     snprintf(args, sizeof args, "train -m %s/pb --data %s --tokenizer " TOKDIR " --preset tiny "
              "--config configs/demo-v3-tiny.json", t->tmpdir, data);
-    st = run(t, "pb2.txt", args, &o);
+    st = t_run_dsc(t, "pb2.txt", args, &o);
     T_CHECK(t, st == 2 && o && strstr(o, "--preset and --config"), "both: exit %d: %s", st,
             o ? o : "");
     free(o);
-    st = run(t, "ph.txt", "train --help", &o);
+    st = t_run_dsc(t, "ph.txt", "train --help", &o);
     T_CHECK(t, st == 0 && o && strstr(o, "--preset NAME") && strstr(o, " tiny ") &&
                strstr(o, " small ") && strstr(o, "--time-budget"),
             "train --help: exit %d: %s", st, o ? o : "");
@@ -531,14 +501,14 @@ static void test_train_budget(dsc_t *t) {
     char cfg[512], data[512], args[3072], dir[600], path[700];
     snprintf(cfg, sizeof cfg, "%s/budget_config.json", t->tmpdir);
     T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     snprintf(dir, sizeof dir, "%s/budget", t->tmpdir);
     snprintf(args, sizeof args, "train -m %s --data %s --tokenizer " TOKDIR " --config %s "
              "--batch 2 --seq 16 --lr 1e-2 --eval-every 200 --val-frac 0.2 --seed 7 -t 2 "
              "--time-budget 0.05", dir, data, cfg);
     char *o = NULL;
     double t0 = now_s();
-    int st = run(t, "budget.txt", args, &o);
+    int st = t_run_dsc(t, "budget.txt", args, &o);
     double dt = now_s() - t0;
     const char *p = o ? strstr(o, "time budget 0.05 min: ~") : NULL;
     long long sized = p ? atoll(p + strlen("time budget 0.05 min: ~")) : 0;
@@ -564,7 +534,7 @@ static void test_train_budget(dsc_t *t) {
             "train_log.csv: %d rows from step %d, %d with val loss; checkpoint step %lld", n,
             first, n_val, done);
     snprintf(args, sizeof args, "run -m %s --ids 1,2,3 -n 4 --temp 0 --print-ids -q", dir);
-    st = run(t, "budget_run.txt", args, &o);
+    st = t_run_dsc(t, "budget_run.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     free(o);
 }
@@ -576,7 +546,7 @@ static void test_train_passkey_mix(dsc_t *t) {
     char cfg[512], data[512], args[3072], common[2048];
     snprintf(cfg, sizeof cfg, "%s/tiny_config.json", t->tmpdir);
     T_CHECK(t, t_write_file(cfg, CONFIG, strlen(CONFIG)) == 0, "cannot write %s", cfg);
-    write_data(t, data, sizeof data);
+    t_write_words(t, "data.txt", 200, data, sizeof data);
     snprintf(common, sizeof common,
              "--data %s --tokenizer " TOKDIR " --config %s --steps 6 --batch 2 --seq 64 "
              "--lr 1e-2 --warmup 1 --save-every 3 --val-frac 0.2 --seed 3 -t 2", data, cfg);
@@ -590,7 +560,7 @@ static void test_train_passkey_mix(dsc_t *t) {
             snprintf(args, sizeof args, "train -m %s/%s %s%s%s", t->tmpdir, leg[r], common,
                      r == 3 ? "" : " --passkey-mix 0.5",
                      r == 2 && part == 0 ? " --stop-after 3" : "");
-            int st = run(t, "pk.txt", args, &o);
+            int st = t_run_dsc(t, "pk.txt", args, &o);
             T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
             if (r < 3)
                 T_CHECK(t, o && strstr(o, "passkey mix 0.5"), "no passkey mix line: %s",
@@ -610,7 +580,7 @@ static void test_train_passkey_mix(dsc_t *t) {
             l[0][1]);
 
     snprintf(args, sizeof args, "train -m %s/pkbad %s --passkey-mix 1.5", t->tmpdir, common);
-    int st = run(t, "pk_bad.txt", args, &o);
+    int st = t_run_dsc(t, "pk_bad.txt", args, &o);
     T_CHECK(t, st == 2 && o && strstr(o, "--passkey-mix"), "dsc %s: exit %d (want 2): %s",
             args, st, o ? o : "");
     free(o);
