@@ -116,14 +116,7 @@ int64_t dsc_nsa_topn(const dsc_nsa_config *c, int64_t t, const double *score, in
         DSC_CHECK(best >= 0);   /* want <= cand guarantees a free candidate */
         sel[k++] = (int32_t)best;
     }
-    /* ascending order (insertion sort of <= n ids), then the -1 padding */
-    for (int64_t a = 1; a < k; a++)
-        for (int64_t b = a; b > 0 && sel[b - 1] > sel[b]; b--) {
-            int32_t tmp = sel[b];
-            sel[b] = sel[b - 1];
-            sel[b - 1] = tmp;
-        }
-    for (int64_t s = k; s < c->n; s++) sel[s] = -1;
+    dsc_nsa_sel_finish(c, sel, k);
     return k;
 }
 
@@ -186,4 +179,15 @@ dsc_status dsc_nsa_sizes_get(const dsc_nsa_config *c, int64_t T, dsc_nsa_sizes *
     s->scratch_bytes = bytes;
     s->row_scratch_bytes = (size_t)row * sizeof(double);
     return DSC_OK;
+}
+
+void dsc_nsa_sel_finish(const dsc_nsa_config *c, int32_t *sel, int64_t k) {
+    /* insertion sort: k <= n, a handful of ids */
+    for (int64_t a = 1; a < k; a++)
+        for (int64_t b = a; b > 0 && sel[b - 1] > sel[b]; b--) {
+            int32_t tmp = sel[b];
+            sel[b] = sel[b - 1];
+            sel[b - 1] = tmp;
+        }
+    for (int64_t s = k; s < c->n; s++) sel[s] = -1;
 }

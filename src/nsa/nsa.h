@@ -188,6 +188,10 @@ void dsc_nsa_map_scores(const dsc_nsa_config *c, const double *p_cmp, int64_t n_
    block ids, then -1) and returns the count, min(n, t/l' + 1). */
 int64_t dsc_nsa_topn(const dsc_nsa_config *c, int64_t t, const double *score, int32_t *sel);
 
+/* The tail of every top-n: sel[0 .. k) (distinct block ids) into ascending
+   order, then sel[k .. n-1] = -1. */
+void dsc_nsa_sel_finish(const dsc_nsa_config *c, int32_t *sel, int64_t k);
+
 /* ---- the typed instances: dsc_nsa_<name>_f32 and dsc_nsa_<name>_f64 ---- */
 
 #define DSC_NSA_T float

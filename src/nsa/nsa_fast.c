@@ -198,13 +198,7 @@ static void topn_fast(const dsc_nsa_config *c, int64_t t, const double *score, i
         }
         for (int64_t s = 0; s < cnt; s++) sel[k++] = (int32_t)bi[s];
     }
-    for (int64_t a = 1; a < k; a++)
-        for (int64_t b = a; b > 0 && sel[b - 1] > sel[b]; b--) {
-            int32_t tmp = sel[b];
-            sel[b] = sel[b - 1];
-            sel[b - 1] = tmp;
-        }
-    for (int64_t s = k; s < c->n; s++) sel[s] = -1;
+    dsc_nsa_sel_finish(c, sel, k);
 }
 
 /* The selected keys of query t, KV head selection sh, as runs of adjacent
