@@ -113,7 +113,9 @@
  * them (no update, no weight decay) and the router-bias balancing is off,
  * so every non-indexer tensor is saved bit for bit as it was loaded. The
  * log and train_log.csv show idx_kl (unweighted) and idx_recall (top-
- * index_topk recall of the true attention mass), means over the layers.
+ * index_topk recall of the true attention mass), means over the layers;
+ * the recall is computed on the run's first step, every --dsa-recall-every
+ * steps (10) and the last ("-" and a blank CSV cell on the others).
  * --dsa-stage sparse is the sparse stage: each query's MLA attention runs
  * over the indexer's top-index_topk keys only, every tensor trains (router
  * bias balancing on), the KL is taken on the selected set, and idx_recall
@@ -215,6 +217,7 @@ cli_train_opts cli_train_default_opts(void) {
     t.init_std = 0.006;
     t.mtp_weight = 0.3;
     t.dsa_kl_weight = 1.0;
+    t.dsa_recall_every = 10;
     return t;
 }
 
@@ -847,7 +850,13 @@ int cmd_train(const cli_opts *o) {
             for (int64_t b = 0; b < B; b++)
                 pk_mix_seq(&pk, st.data_batches * B + b, ids + b * (T + 1), T);
         st.data_batches++;
+        /* the recall (a metric) on the run's first step, every
+           --dsa-recall-every steps and the last; never in validation */
+        if (dsa_on)
+            dsc_train_set_dsa_recall(tm, step == done0 || (step + 1) % a->dsa_recall_every == 0 ||
+                                             step + 1 == end);
         if (dsc_train_forward_backward(tm, ids, B, T, &loss, &e) != DSC_OK) cli_die(&e);
+        if (dsa_on) dsc_train_set_dsa_recall(tm, 0);
         if (!isfinite(loss)) {
             report_nonfinite("loss", step + 1, loss, dir, good_step);
             failed = 1;
@@ -925,9 +934,12 @@ int cmd_train(const cli_opts *o) {
                 np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  main %.6f", ce);
             if (mtp_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  mtp %.6f", mtp);
             if (bal_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  bal %.6f", bal);
-            if (dsa_on)
-                snprintf(parts + np_, sizeof parts - (size_t)np_, "  idx_kl %.6f  idx_recall %.4f",
-                         ikl, irec);
+            if (dsa_on) {
+                char rec[16] = "-";
+                if (isfinite(irec)) snprintf(rec, sizeof rec, "%.4f", irec);
+                snprintf(parts + np_, sizeof parts - (size_t)np_, "  idx_kl %.6f  idx_recall %s",
+                         ikl, rec);
+            }
             /* the ETA: steps left x mean step time + the validations due */
             double left_s;
             if (sizing) {

@@ -28,7 +28,7 @@ STEPS=${STEPS:-1000}
 BATCH=${BATCH:-2}
 TRIALS=${TRIALS:-5}
 OUT=${OUT:-build/study}
-MIX=0.1
+MIX=${MIX:-0.1}
 SEED=1
 CTX2=$((2 * CTX))
 mkdir -p "$OUT"

@@ -58,6 +58,7 @@ dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err) {
                            (long long)c->index_head_dim, (long long)c->qk_rope_head_dim);
     tm->is_dsa = 1;
     tm->dsa_kl_weight = 1.0;
+    tm->dsa_recall_on = 1;
     return DSC_OK;
 }
 
@@ -242,13 +243,16 @@ static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
         for (int64_t b = 0; b < B; b++) {
             scores_and_target(tm, l, b, T, 0);
             kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, T, 1.0);
-            rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL,
+            if (tm->dsa_recall_on) rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL,
                                          tm->ix_ws);
         }
     }
     kl /= (double)B;
     tm->dsa_kl_sum += kl;
-    tm->dsa_recall_sum += rec / (double)B;
+    if (tm->dsa_recall_on) {
+        tm->dsa_recall_sum += rec / (double)B;
+        tm->dsa_rec_n++;
+    }
     tm->dsa_n++;
     return zero_loss + tm->dsa_kl_weight * kl;
 }

@@ -489,7 +489,11 @@ void dsc_train_set_dsa_sparse(dsc_train_model_t *tm, int on) {
 void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall) {
     double n = tm->dsa_n > 0 ? (double)tm->dsa_n : 1.0;
     if (kl) *kl = tm->dsa_kl_sum / n;
-    if (recall) *recall = tm->dsa_recall_sum / n;
+    if (recall) *recall = tm->dsa_rec_n > 0 ? tm->dsa_recall_sum / (double)tm->dsa_rec_n : NAN;
+}
+
+void dsc_train_set_dsa_recall(dsc_train_model_t *tm, int on) {
+    tm->dsa_recall_on = on != 0;
 }
 
 int dsc_train_param_is_indexer(const dsc_param *p) {

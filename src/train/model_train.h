@@ -210,7 +210,12 @@ void dsc_train_update_bias(dsc_train_model_t *tm, float gamma);
 void dsc_train_set_dsa_sparse(dsc_train_model_t *tm, int on);
 int dsc_train_model_is_dsa(const dsc_train_model_t *tm);
 void dsc_train_set_dsa_kl_weight(dsc_train_model_t *tm, double weight);
+/* The mean indexer KL and recall over the layers of the last forward; the
+   recall is NAN when the forward did not compute it (it is a metric that
+   costs a dense attention pass in the sparse stage, so it runs only on the
+   forwards after dsc_train_set_dsa_recall(tm, 1); on by default). */
 void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall);
+void dsc_train_set_dsa_recall(dsc_train_model_t *tm, int on);
 int dsc_train_param_is_indexer(const dsc_param *p);
 
 #endif

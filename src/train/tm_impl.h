@@ -196,7 +196,8 @@ struct dsc_train_model {
     int is_dsa;
     double dsa_kl_weight;          /* 1 by default                         */
     double dsa_kl_sum, dsa_recall_sum;   /* unweighted KL, recall          */
-    int64_t dsa_n;                 /* layers summed                        */
+    int64_t dsa_n, dsa_rec_n;      /* layers summed (KL, recall)           */
+    int dsa_recall_on;             /* compute the recall in the forward    */
     float *ix_dq, *ix_dk, *ix_dkraw, *ix_dw;   /* like a->ix_*             */
     float *ix_I, *ix_P, *ix_dI;    /* (max_t, max_t) one sequence          */
     double *ix_ws;                 /* (max_t) recall scratch               */
