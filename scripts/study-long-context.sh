@@ -4,33 +4,67 @@
 # (dsc train --passkey-mix), then compared on held-out loss, passkey
 # retrieval at CTX and 2 x CTX, and speed:
 #   mla  dense MLA (deepseek_v3, like configs/demo-v3-tiny.json)
-#   dsa  MLA + DSA (deepseek_v32, index_topk CTX/16): --dsa-stage warmup for
-#        ~3% of the steps (only the indexer trains), then --dsa-stage sparse
-#   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64, n 16,
-#        w 512 at CTX >= 2048, scaled down below; NSA's q is one q_proj,
-#        q_lora_rank 0; H_kv 1, d_k = d_v 32, MLP compression)
+#   dsa  MLA + DSA (deepseek_v32; a 2-head, 32-dim lightning indexer and
+#        index_topk CTX/16)
+#   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 with
+#        n 8 and w 256 at CTX >= 2048 (a sparse budget of CTX/16 + 768
+#        keys), scaled down below; q is one q_proj (q_lora_rank 0); H_kv 1,
+#        d_k = d_v = 32, MLP compression)
+#
+# Schedule (the way DeepSeek trains: short context first, then long; one
+# cosine learning-rate schedule over both phases, the same for every model):
+#   phase 1  STEPS1 steps of BATCH1 x SHORT tokens. mla and nsa train as
+#            they are; dsa trains as dense MLA with its indexer learning
+#            from the KL loss (--dsa-stage none).
+#   phase 2  STEPS2 steps of BATCH2 x CTX tokens. mla and nsa continue;
+#            dsa runs DSA's two stages (V3.2 §2.1): a dense warm-up of WARM
+#            steps (only the indexer trains), then the sparse stage (MLA
+#            over the indexer's top-k; everything trains).
+# Every model sees the same tokens budget (STEPS1 BATCH1 SHORT + STEPS2
+# BATCH2 CTX) and the same data order (seed).
+#
+# Then: held-out loss at CTX, passkey accuracy at CTX and 2 x CTX (depths
+# 0..100%), and a speed phase on fresh copies of the three architectures
+# (training tok/s over SPEED_STEPS steps at CTX, decode tok/s of 128 tokens
+# after a ~CTX-token prompt), so the speeds can be remeasured alone on a
+# quiet machine: PHASE=speed.
+#
 # Everything goes to $OUT: the configs, one checkpoint directory per model
-# (rerunning resumes each run where it stopped), the eval outputs and
-# $OUT/results.md (the table). Options (environment):
-#   CTX     training / eval context (default 4096)
-#   STEPS   optimizer steps per model (default 1000); BATCH sequences/step (2)
-#   TRIALS  passkey trials per (context, depth) cell (default 5)
-#   OUT     output directory (default build/study)
-#   DSC     the dsc binary (default build/dsc)
-#   SMOKE=1 a quick end-to-end check: CTX 256, 20 steps, 1 trial
+# (rerunning resumes each run where it stopped; finished runs are skipped),
+# the eval outputs and $OUT/results.md (the table). Options (environment):
+#   CTX      long context (default 4096); SHORT phase-1 context (512)
+#   STEPS1   phase-1 steps (1500); BATCH1 sequences per step (8)
+#   STEPS2   phase-2 steps (150); BATCH2 sequences per step (2)
+#   WARM     DSA dense warm-up steps at the start of phase 2 (10)
+#   MIX      share of passkey sequences (0.3)
+#   TRIALS   passkey trials per (context, depth) cell (default 5)
+#   THREADS  threads (2)
+#   PHASE    all (default), train, eval, speed, report
+#   OUT      output directory (default build/study)
+#   DSC      the dsc binary (default build/dsc)
+#   SMOKE=1  a quick end-to-end check: CTX 256, SHORT 64, a few steps, 1 trial
 set -eu
 DSC=${DSC:-build/dsc}
 if [ "${SMOKE:-0}" = 1 ]; then
-    CTX=${CTX:-256}; STEPS=${STEPS:-20}; TRIALS=${TRIALS:-1}
+    CTX=${CTX:-256}; SHORT=${SHORT:-64}; STEPS1=${STEPS1:-6}; STEPS2=${STEPS2:-6}
+    WARM=${WARM:-2}; TRIALS=${TRIALS:-1}; SPEED_STEPS=${SPEED_STEPS:-3}
 fi
 CTX=${CTX:-4096}
-STEPS=${STEPS:-1000}
-BATCH=${BATCH:-2}
+SHORT=${SHORT:-512}
+STEPS1=${STEPS1:-1500}
+BATCH1=${BATCH1:-8}
+STEPS2=${STEPS2:-150}
+BATCH2=${BATCH2:-2}
+WARM=${WARM:-10}
+MIX=${MIX:-0.3}
 TRIALS=${TRIALS:-5}
+THREADS=${THREADS:-2}
+PHASE=${PHASE:-all}
+SPEED_STEPS=${SPEED_STEPS:-6}
 OUT=${OUT:-build/study}
-MIX=${MIX:-0.1}
 SEED=1
 CTX2=$((2 * CTX))
+TOTAL=$((STEPS1 + STEPS2))
 mkdir -p "$OUT"
 CORPUS=$OUT/brown.txt
 [ -f "$CORPUS" ] || xz -dc data/brown.txt.xz > "$CORPUS"
@@ -47,9 +81,9 @@ common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
  "eos_token_id": 1, "hidden_act": "silu", "attention_bias": false'
 TOPK=$((CTX / 16))
 if [ "$CTX" -ge 2048 ]; then
-    NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=16; NSA_W=512
+    NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=8; NSA_W=256
 else   # the same ratios at a small context
-    NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 8))
+    NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 16))
 fi
 cat > "$OUT/mla.json" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
@@ -57,7 +91,7 @@ cat > "$OUT/mla.json" <<EOF
 EOF
 cat > "$OUT/dsa.json" <<EOF
 {"architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
- "index_n_heads": 4, "index_head_dim": 32, "index_topk": $TOPK,
+ "index_n_heads": 2, "index_head_dim": 32, "index_topk": $TOPK,
  "q_lora_rank": 64, $common}
 EOF
 cat > "$OUT/nsa.json" <<EOF
@@ -69,41 +103,77 @@ cat > "$OUT/nsa.json" <<EOF
  "q_lora_rank": 0, $common}
 EOF
 
-# ---- train (resumable) ----
-WARM=$((STEPS * 3 / 100)); [ "$WARM" -ge 1 ] || WARM=1
-EVERY=$((STEPS / 10)); [ "$EVERY" -ge 1 ] || EVERY=1
-train() {   # train NAME [extra options]
-    name=$1; shift
-    echo "\$ dsc train -m $OUT/$name --config $OUT/$name.json --seq $CTX --passkey-mix $MIX $*"
+# the step a checkpoint directory holds (0 when none)
+ckpt_step() {
+    sed -n 's/.*"step": *\([0-9]*\).*/\1/p' "$1/trainer_state.json" 2>/dev/null | head -1 |
+        grep . || echo 0
+}
+
+# ---- train (resumable: each call skips what its checkpoint already has) ----
+EVERY1=$((STEPS1 / 5)); [ "$EVERY1" -ge 1 ] || EVERY1=1
+EVERY2=$((STEPS2 / 5)); [ "$EVERY2" -ge 1 ] || EVERY2=1
+train() {   # train NAME UNTIL SEQ BATCH EVERY [extra options]
+    name=$1; until=$2; seq=$3; batch=$4; every=$5; shift 5
+    [ "$(ckpt_step "$OUT/$name")" -lt "$until" ] || return 0
+    echo "\$ dsc train -m $OUT/$name --seq $seq --batch $batch --stop-after $until $*"
     "$DSC" train -m "$OUT/$name" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
-        --config "$OUT/$name.json" --steps "$STEPS" --batch "$BATCH" --seq "$CTX" \
-        --passkey-mix "$MIX" --lr 3e-3 --warmup $((STEPS / 20 + 1)) --eval-every "$EVERY" \
-        --save-every "$EVERY" --val-frac 0.01 --seed "$SEED" "$@" 2> "$OUT/$name.train.log" \
+        --config "$OUT/$name.json" --steps "$TOTAL" --stop-after "$until" --batch "$batch" \
+        --seq "$seq" --passkey-mix "$MIX" --lr 3e-3 --warmup $((STEPS1 / 20 + 1)) \
+        --eval-every "$every" --save-every "$every" --val-frac 0.01 --seed "$SEED" \
+        -t "$THREADS" "$@" 2>> "$OUT/$name.train.log" \
         || { tail -5 "$OUT/$name.train.log"; exit 1; }
     tail -1 "$OUT/$name.train.log"
 }
-train mla
-train dsa --dsa-stage warmup --stop-after "$WARM"
-train dsa --dsa-stage sparse
-train nsa
+if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
+    for name in mla dsa nsa; do
+        train "$name" "$STEPS1" "$SHORT" "$BATCH1" "$EVERY1"
+    done
+    train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2"
+    train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" --dsa-stage warmup
+    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" --dsa-stage sparse
+    train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2"
+fi
 
-# ---- evaluate (decode speed: 64 tokens after a ~CTX-token prompt) ----
-head -c $((CTX * 4)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/decode_prompt.txt"
-for name in mla dsa nsa; do
-    echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $CTX,$CTX2; dsc run"
-    "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 --seed "$SEED" \
-        -q > "$OUT/$name.loss.txt"
-    "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$CTX,$CTX2" \
-        --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
-        -o "$OUT/$name.passkey" -q > "$OUT/$name.passkey.txt"
-    "$DSC" run -m "$OUT/$name" -f "$OUT/decode_prompt.txt" -c "$CTX2" -n 64 --temp 0 \
-        > /dev/null 2> "$OUT/$name.run.log"
-done
+# ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
+if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
+    for name in mla dsa nsa; do
+        echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $CTX,$CTX2"
+        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
+            --seed "$SEED" -t "$THREADS" -q > "$OUT/$name.loss.txt"
+        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$CTX,$CTX2" \
+            --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
+            -t "$THREADS" -o "$OUT/$name.passkey" -q > "$OUT/$name.passkey.txt"
+    done
+fi
+
+# ---- speed: fresh copies of the three architectures, nothing else running ----
+if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
+    head -c $((CTX * 4)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/decode_prompt.txt"
+    rm -rf "$OUT/speed"
+    mkdir -p "$OUT/speed"
+    for name in mla dsa nsa; do
+        stage=""
+        [ "$name" = dsa ] && stage="--dsa-stage sparse"
+        echo "\$ dsc train -m $OUT/speed/$name --seq $CTX --batch $BATCH2 --steps $SPEED_STEPS $stage; dsc run"
+        # shellcheck disable=SC2086
+        "$DSC" train -m "$OUT/speed/$name" --data "$CORPUS" \
+            --tokenizer tests/fixtures/tokenizer_brown --config "$OUT/$name.json" \
+            --steps "$SPEED_STEPS" --batch "$BATCH2" --seq "$CTX" --eval-every 0 \
+            --save-every "$SPEED_STEPS" --val-frac 0.01 --seed "$SEED" -t "$THREADS" $stage \
+            2> "$OUT/speed/$name.train.log"
+        "$DSC" run -m "$OUT/$name" -f "$OUT/decode_prompt.txt" -c "$CTX2" -n 128 --temp 0 \
+            -t "$THREADS" > /dev/null 2> "$OUT/speed/$name.run.log"
+    done
+fi
 
 # ---- results.md ----
-csv_mean() {   # csv_mean FILE COLUMN: mean of a train_log.csv column (blank cells skipped)
-    awk -F, -v col="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
-        c && $c != "" { s += $c; n++ } END { if (n) printf "%.0f", s / n; else printf "-" }' "$1"
+csv_mean() {   # csv_mean FILE COLUMN FIRST: mean of a column from step FIRST on (blanks skipped)
+    awk -F, -v col="$2" -v first="$3" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        c && $1 >= first && $c != "" { s += $c; n++ } END { if (n) printf "%.0f", s / n; else printf "-" }' "$1"
+}
+csv_at() {   # csv_at FILE COLUMN STEP: the column's value at one step
+    awk -F, -v col="$2" -v step="$3" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        $1 == step { printf "%s", $c }' "$1"
 }
 pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     awk -F, -v ctx="$2" 'NR > 1 && $1 == ctx { t += $3; c += $4 }
@@ -112,25 +182,30 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
 {
     echo "# Long-context study: MLA vs MLA + DSA vs NSA"
     echo
-    echo "Context $CTX, $STEPS steps x $BATCH x $CTX tokens per model, passkey mix $MIX, seed $SEED;"
+    echo "Phase 1: $STEPS1 steps x $BATCH1 x $SHORT tokens; phase 2: $STEPS2 steps x $BATCH2 x $CTX"
+    echo "tokens ($((STEPS1 * BATCH1 * SHORT + STEPS2 * BATCH2 * CTX)) tokens per model); passkey mix $MIX, seed $SEED;"
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
-    echo "DSA: index_topk $TOPK, $WARM warm-up steps then sparse. NSA: l $NSA_L, d $NSA_D,"
-    echo "l' $NSA_LS, n $NSA_N, w $NSA_W."
+    echo "DSA: 2 x 32 indexer, index_topk $TOPK, $WARM dense warm-up steps at $CTX, then sparse."
+    echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W."
     echo
-    echo "| model | params | eval loss @$CTX | ppl | passkey @$CTX (%) | passkey @$CTX2 (%) | train tok/s | decode tok/s |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| model | params | val loss end of phase 1 | val loss end | eval loss @$CTX | ppl | passkey @$CTX (%) | passkey @$CTX2 (%) | train tok/s @$CTX | decode tok/s @$CTX |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
     for name in mla dsa nsa; do
-        params=$(sed -n 's/.*training [^:]*: \([0-9]*\) params.*/\1/p' "$OUT/$name.train.log" | tail -1)
-        loss=$(sed -n 's/.*loss \([0-9.]*\)  ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt")
-        ppl=$(sed -n 's/.*ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt")
-        dec=$(grep -v 'prompt eval' "$OUT/$name.run.log" |
+        params=$(sed -n 's/.*training [^:]*: \([0-9]*\) params.*/\1/p' "$OUT/$name.train.log" 2>/dev/null | tail -1)
+        v1=$(csv_at "$OUT/$name/train_log.csv" val_loss "$STEPS1" 2>/dev/null || true)
+        v2=$(csv_at "$OUT/$name/train_log.csv" val_loss "$TOTAL" 2>/dev/null || true)
+        loss=$(sed -n 's/.*loss \([0-9.]*\)  ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
+        ppl=$(sed -n 's/.*ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
+        tps=$(csv_mean "$OUT/speed/$name/train_log.csv" tokens_per_s 2 2>/dev/null || true)
+        dec=$(grep -v 'prompt eval' "$OUT/speed/$name.run.log" 2>/dev/null |
               sed -n 's/.* eval time .*, *\([0-9.]*\) tokens per second.*/\1/p' | tail -1)
-        echo "| $name | ${params:--} | ${loss:--} | ${ppl:--} | $(pk_acc "$OUT/$name.passkey.csv" "$CTX") |" \
-             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2") | $(csv_mean "$OUT/$name/train_log.csv" tokens_per_s) |" \
-             "${dec:--} |"
+        echo "| $name | ${params:--} | ${v1:--} | ${v2:--} | ${loss:--} | ${ppl:--} |" \
+             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX" 2>/dev/null || echo -) |" \
+             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
     done
     echo
     echo "Per-depth tables: \`$OUT/NAME.passkey.txt\` (heat maps: NAME.passkey.svg);"
-    echo "training curves: \`$OUT/NAME/loss.svg\`."
+    echo "training curves: \`$OUT/NAME/loss.svg\`; train tok/s: the mean of steps 2..$SPEED_STEPS of"
+    echo "a fresh run at $CTX (\`$OUT/speed\`), decode: 128 tokens after a ~$CTX-token prompt."
 } > "$OUT/results.md"
 cat "$OUT/results.md"
