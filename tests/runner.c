@@ -25,6 +25,8 @@ extern const dsc_test_case dsc_tests_dsa[];
 extern const dsc_test_case dsc_tests_dsa_train[];
 extern const dsc_test_case dsc_tests_train_ops[];
 extern const dsc_test_case dsc_tests_idx_ops[];
+extern const dsc_test_case dsc_tests_idx_target[];
+extern const dsc_test_case dsc_tests_idx_fast[];
 extern const dsc_test_case dsc_tests_tk[];
 extern const dsc_test_case dsc_tests_tk_sparse[];
 extern const dsc_test_case dsc_tests_train_io[];
@@ -38,6 +40,7 @@ extern const dsc_test_case dsc_tests_spec[];
 extern const dsc_test_case dsc_tests_nsa[];
 extern const dsc_test_case dsc_tests_nsa_fast[];
 extern const dsc_test_case dsc_tests_nsa_decode[];
+extern const dsc_test_case dsc_tests_nsa_decode_fast[];
 extern const dsc_test_case dsc_tests_nsa_model[];
 extern const dsc_test_case dsc_tests_nsa_infer[];
 
@@ -57,6 +60,8 @@ static const struct {
     {"dsa_train", dsc_tests_dsa_train},
     {"train_ops", dsc_tests_train_ops},
     {"idx_ops", dsc_tests_idx_ops},
+    {"idx_target", dsc_tests_idx_target},
+    {"idx_fast", dsc_tests_idx_fast},
     {"tk", dsc_tests_tk},
     {"tk_sparse", dsc_tests_tk_sparse},
     {"train_io", dsc_tests_train_io},
@@ -70,6 +75,7 @@ static const struct {
     {"nsa", dsc_tests_nsa},
     {"nsa_fast", dsc_tests_nsa_fast},
     {"nsa_decode", dsc_tests_nsa_decode},
+    {"nsa_decode_fast", dsc_tests_nsa_decode_fast},
     {"nsa_model", dsc_tests_nsa_model},
     {"nsa_infer", dsc_tests_nsa_infer},
 };

@@ -12,19 +12,23 @@
  *          context's tables (the trainer's: same rope params), pairs per
  *          rope_interleave
  *   o      = the layer's decode state: truncate to pos0 when it holds more
- *            (a rewrite / rollback), then prefill the n tokens (identical
- *            to n single steps, so any split of a sequence into calls gives
- *            the same outputs)
+ *            (a rewrite / rollback), then append the n tokens with the fast
+ *            fp32 path (nsa_decode_fast.h): one token by a vectorised step,
+ *            n > 1 by the fast operator's tiles. The state it fills is the
+ *            reference's, bit for bit; the outputs match the reference's
+ *            (n single steps) within fp32 rounding (~1e-6 relative), so a
+ *            split of a sequence into calls changes outputs only there
  *   y      = o W_o^T
- * The state keeps every raw K/V row and the compressed blocks; nothing is
- * allocated here. What this is not: fast (the decode state is the scalar
- * reference, one thread) or batched over sequences.
+ * The state keeps every raw K/V row and the compressed blocks; a step
+ * allocates nothing (a prefill of n > 1 mallocs its tile scratch once per
+ * call). What this is not: batched over sequences.
  */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "model/model.h"
+#include "nsa/nsa_decode_fast.h"
 #include "util/util.h"
 
 /* The six phi tensors of a layer, in the order of w->nsa_phi. */
@@ -123,7 +127,11 @@ void dsc_nsa_attn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t 
     in.g = w->nsa_g;
     dsc_nsa_params_f32 pp;
     phi_params(c, ly, &pp);
-    if (s == DSC_OK) s = dsc_nsa_decode_prefill_f32(st, &pp, n, &in, w->nsa_o, 0, NULL, &e);
+    /* the fast fp32 path (nsa_decode_fast.h): one token vectorised, a
+       prefill of n > 1 on the fast operator's tiles, from any pos0 */
+    if (s == DSC_OK)
+        s = dsc_nsa_decode_fast_prefill(st, &pp, n, &in, w->nsa_o, 0, NULL, dsc_kctx_threads(k),
+                                        &e);
     /* cannot fail with a checked config, pos0 <= n_past and pos0 + n <= n_ctx
        (dsc_forward_check); an internal invariant, not input validation */
     if (s != DSC_OK) fprintf(stderr, "dsc: NSA layer %lld: %s\n", (long long)l, e.msg);

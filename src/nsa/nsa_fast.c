@@ -38,6 +38,8 @@ static double now_s(void) {
 typedef struct {
     const dsc_nsa_config *c;
     int64_t T, Tc, nblk, H, Hq, G, dk, dv, n, lsel, w, m;
+    int64_t r0;       /* the forward's first query position (0 but for fwd_rows);
+                         query row t lives at row t - r0 of q, g, o, o_br, lse, sel */
     int64_t ldq, ldk, ldv, ldg, ldo;
     int64_t cols;     /* score tile columns: max(T_c, min(T, w + QB - 1), 1) */
     int64_t ntiles;   /* query tiles of QB tokens                            */
@@ -326,7 +328,8 @@ static void compress(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_param
 static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_saved_f32 *sv,
                      int want_sel, const double *wt, int64_t h, int64_t tile, tws *w) {
     const dsc_nsa_config *c = g->c;
-    int64_t t0 = tile * QB, rows = min64(QB, g->T - t0), tl = t0 + rows - 1;
+    int64_t t0 = g->r0 + tile * QB, rows = min64(QB, g->T - t0), tl = t0 + rows - 1;
+    int64_t u0 = t0 - g->r0;   /* t0's row in q, g, o and the saved buffers */
     int64_t H = g->H, Hq = g->Hq, G = g->G, dk = g->dk, dv = g->dv, n = g->n;
     int64_t ldob = Hq * 3 * dv, ldl = Hq * 3, nb = tl / g->lsel + 1;
     float scale = g->scale, *S = w->S;
@@ -338,8 +341,8 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
     if (want_sel) memset(w->score, 0, (size_t)(rows * nb) * sizeof(double));
     for (int64_t gi = 0; gi < G; gi++) {
         int64_t qh = h * G + gi;
-        float *ob = sv->o_br + ((t0 * Hq + qh) * 3 + DSC_NSA_CMP) * dv;
-        float *ls = sv->lse + (t0 * Hq + qh) * 3 + DSC_NSA_CMP;
+        float *ob = sv->o_br + ((u0 * Hq + qh) * 3 + DSC_NSA_CMP) * dv;
+        float *ls = sv->lse + (u0 * Hq + qh) * 3 + DSC_NSA_CMP;
         if (nvm == 0) {
             for (int64_t r = 0; r < rows; r++) {
                 ls[r * ldl] = -INFINITY;
@@ -347,7 +350,7 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
             }
             continue;
         }
-        dsc_k_sgemm_nt(NULL, rows, nvm, dk, in->q + t0 * g->ldq + qh * dk, g->ldq,
+        dsc_k_sgemm_nt(NULL, rows, nvm, dk, in->q + u0 * g->ldq + qh * dk, g->ldq,
                        sv->k_cmp + h * dk, H * dk, S, nvm, 0);
         for (int64_t r = 0; r < rows; r++)
             ls[r * ldl] = (float)softmax_row(S + r * nvm, nvm, 0,
@@ -364,7 +367,7 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
     /* selection: top-n of the group scores, per token */
     if (want_sel)
         for (int64_t r = 0; r < rows; r++)
-            topn_fast(c, t0 + r, w->score + r * nb, sv->sel + ((t0 + r) * H + h) * n, w->bs,
+            topn_fast(c, t0 + r, w->score + r * nb, sv->sel + ((u0 + r) * H + h) * n, w->bs,
                       w->bi);
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_SELECT] += t_b - t_a;
@@ -375,16 +378,16 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
     const float *Ks = g->k[DSC_NSA_SLC] + h * dk, *Vs = g->v[DSC_NSA_SLC] + h * dv;
     int64_t ldS = n * g->lsel;
     for (int64_t r = 0; r < rows; r++) {
-        int64_t t = t0 + r, L;
-        int64_t nr = sel_runs(g, t, sv->sel + (t * H + h) * n, w->ra, w->rl, &L);
-        const float *Qg = in->q + t * g->ldq + h * G * dk;
+        int64_t t = t0 + r, ur = u0 + r, L;
+        int64_t nr = sel_runs(g, t, sv->sel + (ur * H + h) * n, w->ra, w->rl, &L);
+        const float *Qg = in->q + ur * g->ldq + h * G * dk;
         for (int64_t u = 0, off = 0; u < nr; off += w->rl[u], u++)
             dsc_k_sgemm_nt(NULL, G, w->rl[u], dk, Qg, dk, Ks + w->ra[u] * g->ldk, g->ldk,
                            w->Ss + off, ldS, 0);
         for (int64_t gi = 0; gi < G; gi++)
-            sv->lse[(t * Hq + h * G + gi) * 3 + DSC_NSA_SLC] =
+            sv->lse[(ur * Hq + h * G + gi) * 3 + DSC_NSA_SLC] =
                 (float)softmax_row(w->Ss + gi * ldS, L, 0, L, scale);
-        float *ob = sv->o_br + ((t * Hq + h * G) * 3 + DSC_NSA_SLC) * dv;
+        float *ob = sv->o_br + ((ur * Hq + h * G) * 3 + DSC_NSA_SLC) * dv;
         for (int64_t u = 0, off = 0; u < nr; off += w->rl[u], u++)
             dsc_k_sgemm_nn(NULL, G, dv, w->rl[u], w->Ss + off, ldS, Vs + w->ra[u] * g->ldv,
                            g->ldv, ob, 3 * dv, u > 0);
@@ -399,16 +402,16 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
     const float *Vw = g->v[DSC_NSA_WIN] + h * dv + k0 * g->ldv;
     for (int64_t gi = 0; gi < G; gi++) {
         int64_t qh = h * G + gi;
-        dsc_k_sgemm_nt(NULL, rows, nk, dk, in->q + t0 * g->ldq + qh * dk, g->ldq, Kw, g->ldk, S,
+        dsc_k_sgemm_nt(NULL, rows, nk, dk, in->q + u0 * g->ldq + qh * dk, g->ldq, Kw, g->ldk, S,
                        nk, 0);
-        float *ls = sv->lse + (t0 * Hq + qh) * 3 + DSC_NSA_WIN;
+        float *ls = sv->lse + (u0 * Hq + qh) * 3 + DSC_NSA_WIN;
         for (int64_t r = 0; r < rows; r++) {
             int64_t t = t0 + r;
             ls[r * ldl] =
                 (float)softmax_row(S + r * nk, nk, max64(0, t - g->w + 1) - k0, t + 1 - k0, scale);
         }
         dsc_k_sgemm_nn(NULL, rows, dv, nk, S, nk, Vw, g->ldv,
-                       sv->o_br + ((t0 * Hq + qh) * 3 + DSC_NSA_WIN) * dv, ldob, 0);
+                       sv->o_br + ((u0 * Hq + qh) * 3 + DSC_NSA_WIN) * dv, ldob, 0);
     }
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_WIN] += t_b - t_a;
@@ -416,12 +419,12 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
 
     /* o = g_cmp o_cmp + g_slc o_slc + g_win o_win */
     for (int64_t r = 0; r < rows; r++) {
-        int64_t t = t0 + r;
+        int64_t u = u0 + r;
         for (int64_t gi = 0; gi < G; gi++) {
             int64_t qh = h * G + gi;
-            const float *gg = in->g + t * g->ldg + qh * 3;
-            const float *ob = sv->o_br + (t * Hq + qh) * 3 * dv;
-            float *ot = o + t * g->ldo + qh * dv;
+            const float *gg = in->g + u * g->ldg + qh * 3;
+            const float *ob = sv->o_br + (u * Hq + qh) * 3 * dv;
+            float *ot = o + u * g->ldo + qh * dv;
             double g0 = gg[0], g1 = gg[1], g2 = gg[2];
             for (int64_t e = 0; e < dv; e++)
                 ot[e] = (float)(g0 * ob[e] + g1 * ob[dv + e] + g2 * ob[2 * dv + e]);
@@ -632,8 +635,9 @@ static void mlp_bwd_item(const geo *g, const float *x, int64_t ld, int64_t din, 
     } while (0)
 
 static dsc_status check_common(const dsc_nsa_config *c, int64_t T, const dsc_nsa_in_f32 *in,
-                               const dsc_nsa_params_f32 *p, const dsc_nsa_saved_f32 *sv,
-                               const dsc_nsa_fast_opts *o, void *scratch, dsc_nsa_sizes *sz,
+                               const dsc_nsa_params_f32 *p, int need_phi,
+                               const dsc_nsa_saved_f32 *sv, const dsc_nsa_fast_opts *o,
+                               void *scratch, dsc_nsa_sizes *sz,
                                dsc_err *err) {
     static const char *kn[3] = {"in->kv.k[CMP]", "in->kv.k[SLC]", "in->kv.k[WIN]"};
     static const char *vn[3] = {"in->kv.v[CMP]", "in->kv.v[SLC]", "in->kv.v[WIN]"};
@@ -657,7 +661,7 @@ static dsc_status check_common(const dsc_nsa_config *c, int64_t T, const dsc_nsa
         NEED(sv->k_cmp, "saved->k_cmp");
         NEED(sv->v_cmp, "saved->v_cmp");
     }
-    if (c->phi == DSC_NSA_PHI_MLP) {
+    if (c->phi == DSC_NSA_PHI_MLP && need_phi) {
         NEED(p, "params (MLP compression)");
         NEED(p->pe_k, "params->pe_k");
         NEED(p->w1_k, "params->w1_k");
@@ -739,7 +743,7 @@ dsc_status dsc_nsa_fast_fwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
                                 dsc_nsa_saved_f32 *sv, int flags, const dsc_nsa_fast_opts *opts,
                                 void *scratch, dsc_err *err) {
     dsc_nsa_sizes sz;
-    DSC_TRY(check_common(c, T, in, p, sv, opts, scratch, &sz, err));
+    DSC_TRY(check_common(c, T, in, p, 1, sv, opts, scratch, &sz, err));
     NEED(o, "o");
     if (flags & DSC_NSA_SEL_GIVEN) DSC_TRY(check_sel(c, T, sv->sel, err));
     geo g;
@@ -781,7 +785,7 @@ dsc_status dsc_nsa_fast_bwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
                                 const float *dO, int64_t ldo, dsc_nsa_grads_f32 *gr,
                                 const dsc_nsa_fast_opts *opts, void *scratch, dsc_err *err) {
     dsc_nsa_sizes sz;
-    DSC_TRY(check_common(c, T, in, p, sv, opts, scratch, &sz, err));
+    DSC_TRY(check_common(c, T, in, p, 1, sv, opts, scratch, &sz, err));
     NEED(dO, "dO");
     NEED(gr, "grads");
     DSC_TRY(check_sel(c, T, sv->sel, err));
@@ -892,5 +896,43 @@ dsc_status dsc_nsa_fast_bwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
         }
     }
     if (opts->prof) opts->prof[DSC_NSA_FAST_T_COMPRESS] += (now_s() - ta) * nt;
+    return DSC_OK;
+}
+
+dsc_status dsc_nsa_fast_fwd_rows_f32(const dsc_nsa_config *c, int64_t t0, int64_t P,
+                                     const dsc_nsa_in_f32 *in, float *o, int64_t ldo,
+                                     dsc_nsa_saved_f32 *sv, const dsc_nsa_fast_opts *opts,
+                                     void *scratch, dsc_err *err) {
+    if (t0 < 0 || P < 1)
+        return dsc_err_set(err, DSC_ERR_ARG, "nsa_fast: fwd_rows t0 = %lld (>= 0), P = %lld (>= 1)",
+                           (long long)t0, (long long)P);
+    dsc_nsa_sizes sz;
+    DSC_TRY(check_common(c, t0 + P, in, NULL, 0, sv, opts, scratch, &sz, err));
+    NEED(o, "o");
+    geo g;
+    geo_init(&g, c, t0 + P, opts);
+    geo_io(&g, in, ldo);
+    g.r0 = t0;
+    g.ntiles = (P + QB - 1) / QB;
+    lay L;
+    layout(&g, 0, &L);
+    char *base = scratch;
+    double *wt = (double *)base;
+    for (int64_t r = 0; r < g.P; r++) {
+        wt[r] = dsc_nsa_overlap_weight(c, r, 0);
+        wt[g.P + r] = dsc_nsa_overlap_weight(c, r, 1);
+    }
+    int64_t items = g.H * g.ntiles;
+    const int nt = g.threads;
+    (void)nt;
+#pragma omp parallel num_threads(nt)
+    {
+        tws w;
+        tws_fwd(&g, base + L.shared + (size_t)thread_id() * L.thread, &w);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++)
+            fwd_item(&g, in, o, sv, 1, wt, it % g.H, g.ntiles - 1 - it / g.H, &w);
+        prof_add(opts, &w);
+    }
     return DSC_OK;
 }

@@ -98,4 +98,24 @@ dsc_status dsc_nsa_fast_bwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
                                 const float *dO, int64_t ldo, dsc_nsa_grads_f32 *gr,
                                 const dsc_nsa_fast_opts *opts, void *scratch, dsc_err *err);
 
+/* The forward of the P query rows at positions t0 .. t0+P-1 of a longer
+   sequence, for a decode state's prefill (nsa_decode_fast.h): the same
+   work items as dsc_nsa_fast_fwd_f32 (tiles of DSC_NSA_FAST_QB rows from
+   t0), which is the case t0 = 0, P = T, with the compression already done.
+   Reads:
+     in->q, in->g   the P rows (row i = position t0 + i), strides ldq / ldg;
+     in->kv         the raw keys / values of positions 0 .. t0+P-1 (row t =
+                    position t);
+     sv->k_cmp, sv->v_cmp  the compressed blocks of the first t0+P tokens
+                    (dsc_nsa_n_visible(t0+P-1) rows; read only; hid unused).
+   Writes o (P, H_q*d_v) stride ldo, and sv->o_br (P, H_q, 3, d_v), sv->lse
+   (P, H_q, 3), sv->sel (P, H_kv, n) for the P rows (row i = position t0+i);
+   the selection is always computed. Scratch: dsc_nsa_fast_sizes' fwd_bytes
+   for T = t0 + P. DSC_ERR_ARG (nothing written) on a bad config, t0 < 0,
+   P < 1, or a NULL pointer it needs. phi's parameters are not read. */
+dsc_status dsc_nsa_fast_fwd_rows_f32(const dsc_nsa_config *c, int64_t t0, int64_t P,
+                                     const dsc_nsa_in_f32 *in, float *o, int64_t ldo,
+                                     dsc_nsa_saved_f32 *sv, const dsc_nsa_fast_opts *opts,
+                                     void *scratch, dsc_err *err);
+
 #endif

@@ -30,12 +30,19 @@
  * sparse attention's probabilities summed over heads. The recall is the
  * selection's share of the dense attention's mass (dense lse recomputed).
  *
- * What this is not: fast: the indexer's score ops are the serial
- * references of idx_ops.h, one sequence at a time, and the sparse
- * attention is a scalar kernel.
+ * Kernels: the fast fp32 ones, each tested against its scalar reference
+ * (which stays the oracle): the indexer's scores and their backward on
+ * GEMM tiles (dense) or gathered rows (sparse) (idx_fast.h), the target,
+ * the dense lse for the recall, the KL and the recall (idx_target.h), and
+ * the sparse attention (dsc_tks_fast_*, tk_sparse.h), which also hands back
+ * each head's probabilities at the selected keys, so the sparse stage's KL
+ * target costs a sum over heads. The recall is a metric that needs the
+ * dense attention (O(T^2)): it runs only while tm->dsa_recall_on.
  */
 #include <math.h>
+#include "train/idx_fast.h"
 #include "train/idx_ops.h"
+#include "train/idx_target.h"
 #include "train/tk_sparse.h"
 #include "train/tm_impl.h"
 #include "util/util.h"
@@ -46,6 +53,14 @@
 /* Columns of a selection row for T tokens: kk = min(index_topk, T). */
 static int64_t sel_cols(const dsc_config *c, int64_t T) {
     return c->index_topk < T ? c->index_topk : T;
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* MLA's attention of sequence b as idx_target.h reads it. */
+static dsc_idxt_dims mla_dims(const dsc_config *c, int64_t T) {
+    int64_t H = c->num_attention_heads, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    return (dsc_idxt_dims){T, H, dqk, H * dqk, dqk, T * dqk};
 }
 
 dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err) {
@@ -59,23 +74,31 @@ dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err) {
     tm->is_dsa = 1;
     tm->dsa_kl_weight = 1.0;
     tm->dsa_recall_on = 1;
+    int64_t kk = sel_cols(c, tm->max_t), dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    tm->attn_ws_floats =
+        max64(tm->attn_ws_floats, dsc_tks_fast_scratch(kk, dqk, c->v_head_dim));
     return DSC_OK;
 }
 
 void dsc_tdsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a) {
     const dsc_config *c = &tm->cfg;
     int64_t N = tm->max_b * tm->max_t, HI = c->index_n_heads, DI = c->index_head_dim;
+    int64_t kk = sel_cols(c, tm->max_t);
     a->ix_q = CARVE(cv, N * HI * DI, float);
     a->ix_kraw = CARVE(cv, N * DI, float);
     a->ix_k = CARVE(cv, N * DI, float);
     a->ix_w = CARVE(cv, N * HI, float);
-    a->ix_sel = CARVE(cv, N * sel_cols(c, tm->max_t), int32_t);
+    a->ix_sel = CARVE(cv, N * kk, int32_t);
+    a->ix_isel = CARVE(cv, N * kk, float);
+    a->ix_tgt = CARVE(cv, N * kk, float);
 }
 
 void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
     const dsc_config *c = &tm->cfg;
     int64_t N = tm->max_b * tm->max_t, HI = c->index_n_heads, DI = c->index_head_dim;
-    int64_t T = tm->max_t;
+    int64_t T = tm->max_t, H = c->num_attention_heads, kk = sel_cols(c, T);
+    int nt = tm->n_threads;
+    dsc_idxt_dims md = mla_dims(c, T);
     tm->ix_dq = CARVE(cv, N * HI * DI, float);
     tm->ix_dk = CARVE(cv, N * DI, float);
     tm->ix_dkraw = CARVE(cv, N * DI, float);
@@ -83,106 +106,107 @@ void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
     tm->ix_I = CARVE(cv, T * T, float);
     tm->ix_P = CARVE(cv, T * T, float);
     tm->ix_dI = CARVE(cv, T * T, float);
-    tm->ix_ws = CARVE(cv, T, double);
+    tm->ix_Ph = CARVE(cv, tm->max_b * H * T * kk, float);
+    tm->ix_lse = CARVE(cv, H * T, float);
+    tm->ix_fws = CARVE(cv, max64(dsc_idxf_scratch(T, HI, DI, kk, nt),
+                                 dsc_idxt_attn_scratch(&md, nt)), float);
+    tm->ix_ws = CARVE(cv, max64(T, dsc_idxt_recall_scratch(T, T, nt)), double);
 }
 
-/* Sequence b of layer l: I into tm->ix_I and the target P (MLA's attention
-   probabilities summed over heads; 0 where not visible) into tm->ix_P.
-   local_lse: the dense attention's lse is not saved (sparse stage), so each
-   head's row normaliser is recomputed here (in double) from a->q, a->k. */
-static void scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T,
-                              int local_lse) {
+/* Sequence b of layer l: the indexer's dense causal scores I (T, T) into
+   tm->ix_I. */
+static void dense_scores(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
+    const dsc_config *c = &tm->cfg;
+    const tm_act *a = &tm->act[l];
+    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+    dsc_idx_dims id = {T, HI, DI, 0};
+    dsc_idxf_score_fwd(tm->ix_I, a->ix_q + b * T * HI * DI, a->ix_k + b * T * DI,
+                       a->ix_w + b * T * HI, NULL, &id, tm->n_threads, tm->ix_fws);
+}
+
+/* Sequence b of layer l: the dense target P (T, T) into tm->ix_P, MLA's
+   attention probabilities summed over heads (0 where not visible), from
+   the saved lse (warm-up) or, with lse NULL, with each head's normaliser
+   recomputed into tm->ix_lse (sparse stage: a->lse holds the sparse
+   attention's). */
+static void dense_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T,
+                         const float *lse) {
     const dsc_config *c = &tm->cfg;
     const tm_act *a = &tm->act[l];
     int64_t H = c->num_attention_heads, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
-    dsc_idx_dims id = {T, HI, DI, 0};
-    dsc_op_idx_score_fwd_f32(tm->ix_I, a->ix_q + b * T * HI * DI, a->ix_k + b * T * DI,
-                             a->ix_w + b * T * HI, NULL, &id);
-    /* P[t][s] = sum_h exp(s q_h[t] . k_h[s] - lse_h[t]), as the attention's
-       backward recomputes its probabilities */
-    double scale = c->softmax_scale;
-    float *P = tm->ix_P;
-#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 4)
-    for (int64_t t = 0; t < T; t++) {
-        float *row = P + t * T;
-        for (int64_t s = 0; s < T; s++) row[s] = 0.0f;
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = a->q + (b * T + t) * H * dqk + h * dqk;
-            const float *K = a->k + (b * H + h) * T * dqk;
-            double lse = local_lse ? 0 : a->lse[(b * H + h) * T + t];
-            if (local_lse) {
-                double mx = -INFINITY, sum = 0;
-                for (int64_t s = 0; s <= t; s++) {
-                    double dot = 0;
-                    for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
-                    if (scale * dot > mx) mx = scale * dot;
-                }
-                for (int64_t s = 0; s <= t; s++) {
-                    double dot = 0;
-                    for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
-                    sum += exp(scale * dot - mx);
-                }
-                lse = mx + log(sum);
-            }
-            for (int64_t s = 0; s <= t; s++) {
-                double dot = 0;
-                for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[s * dqk + i];
-                row[s] += (float)exp(scale * dot - lse);
-            }
-        }
-    }
+    dsc_idxt_dims md = mla_dims(c, T);
+    const float *Q = a->q + b * T * H * dqk, *K = a->k + b * H * T * dqk;
+    float scale = (float)c->softmax_scale;
+    if (lse)
+        dsc_idxt_attn_target(tm->ix_P, Q, K, lse, &md, scale, tm->n_threads, tm->ix_fws);
+    else
+        dsc_idxt_attn_lse_target(tm->ix_lse, tm->ix_P, Q, K, &md, scale, tm->n_threads,
+                                 tm->ix_fws);
 }
 
-/* Sparse stage, sequence b of layer l, after scores_and_target's I: the
-   top-kk keys of each query t by I(t, 0..t) (all t+1 of them when
-   t+1 <= kk), as dsc_k_topk_set returns them: ascending positions, ties at
-   the boundary to the LOWER position (NaN below -inf); the rest of the row
-   is -1. Not differentiated. tm->ix_dI serves as scratch. */
+/* Sparse stage, sequence b of layer l, after dense_scores: the top-kk keys
+   of each query t by I(t, 0..t) (all t+1 of them when t+1 <= kk), as
+   dsc_k_topk_set returns them: ascending positions, ties at the boundary
+   to the LOWER position (NaN below -inf); the rest of the row is -1. Not
+   differentiated. tm->ix_dI serves as per-thread scratch (T floats). */
 static void select_keys(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
     int64_t kk = sel_cols(&tm->cfg, T);
     int32_t *sel = tm->act[l].ix_sel + b * T * kk;
+    int nt = tm->n_threads < T ? tm->n_threads : (int)T;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
     for (int64_t t = 0; t < T; t++) {
         int32_t *row = sel + t * kk;
-        int64_t m = dsc_k_topk_set(tm->ix_I + t * T, t + 1, kk, row, tm->ix_dI);
+        float *scr = tm->ix_dI + (int64_t)dsc_thread_id() * T;
+        int64_t m = dsc_k_topk_set(tm->ix_I + t * T, t + 1, kk, row, scr);
         for (int64_t j = m; j < kk; j++) row[j] = -1;
     }
 }
 
-/* Sparse stage, sequence b of layer l: the indexer's scores on the selected
-   set into tm->ix_I (T, kk) and the target there into tm->ix_P (T, kk):
-   MLA's (sparse) attention probabilities summed over heads, recomputed
-   from the saved lse (0 at padding; the KL op renormalises over the
-   selected set). */
-static void sel_scores_and_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
+/* Sparse stage, layer l: MLA's attention over the selected keys (every
+   head of every sequence in parallel), y = W^O o, then the indexer's
+   scores at the selected keys (a->ix_isel) and the KL target there
+   (a->ix_tgt: the heads' probabilities summed). Returns the KL summed over
+   the B sequences. */
+static double sparse_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
-    const tm_act *a = &tm->act[l];
-    int64_t H = c->num_attention_heads, dqk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    int64_t HI = c->index_n_heads, DI = c->index_head_dim, kk = sel_cols(c, T);
-    const int32_t *sel = a->ix_sel + b * T * kk;
-    dsc_idx_dims id = {T, HI, DI, kk};
-    dsc_op_idx_score_fwd_f32(tm->ix_I, a->ix_q + b * T * HI * DI, a->ix_k + b * T * DI,
-                             a->ix_w + b * T * HI, sel, &id);
-    double scale = c->softmax_scale;
-    float *P = tm->ix_P;
-#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 4)
-    for (int64_t t = 0; t < T; t++) {
-        float *row = P + t * kk;
-        for (int64_t j = 0; j < kk; j++) {
-            int64_t s = sel[t * kk + j];
-            row[j] = 0.0f;
-            if (s < 0 || s > t) continue;
-            double p = 0;
-            for (int64_t h = 0; h < H; h++) {
-                const float *q = a->q + (b * T + t) * H * dqk + h * dqk;
-                const float *K = a->k + ((b * H + h) * T + s) * dqk;
-                double dot = 0;
-                for (int64_t i = 0; i < dqk; i++) dot += (double)q[i] * K[i];
-                p += exp(scale * dot - a->lse[(b * H + h) * T + t]);
-            }
-            row[j] = (float)p;
+    const tm_layer *w = &tm->layers[l];
+    tm_act *a = &tm->act[l];
+    int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
+    int64_t dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
+    int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
+    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
+    dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
+    float scale = (float)c->softmax_scale;
+#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        int64_t b = bh / H, h = bh % H;
+        dsc_tks_fast_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T, tm->ix_Ph + bh * T * kk,
+                         a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
+                         a->kv + b * T * lkv + h * (dn + dv) + dn, a->ix_sel + b * T * kk, kk,
+                         &ad, scale, tm_thread_ws(tm));
+    }
+    lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
+    /* the target: heads summed in order 0..H-1 */
+#pragma omp parallel for num_threads(tm->n_threads) schedule(static)
+    for (int64_t r = 0; r < N; r++) {
+        int64_t b = r / T, t = r % T;
+        float *tg = a->ix_tgt + r * kk;
+        for (int64_t j = 0; j < kk; j++) tg[j] = 0.0f;
+        for (int64_t h = 0; h < H; h++) {
+            const float *ph = tm->ix_Ph + ((b * H + h) * T + t) * kk;
+            for (int64_t j = 0; j < kk; j++) tg[j] += ph[j];
         }
     }
+    double kl = 0;
+    dsc_idx_dims id = {T, HI, DI, kk};
+    for (int64_t b = 0; b < B; b++) {
+        dsc_idxf_score_fwd(a->ix_isel + b * T * kk, a->ix_q + b * T * HI * DI,
+                           a->ix_k + b * T * DI, a->ix_w + b * T * HI, a->ix_sel + b * T * kk,
+                           &id, tm->n_threads, tm->ix_fws);
+        kl += dsc_idxt_kl(NULL, a->ix_isel + b * T * kk, a->ix_tgt + b * T * kk, T, kk, 1.0,
+                          tm->n_threads, tm->ix_ws);
+    }
+    return kl;
 }
 
 /* The indexer of layer l (tm->act[l].qan, .xn in), then its loss and
@@ -210,41 +234,31 @@ static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
         dsc_op_rope_fwd_f32(a->ix_k + b * T * DI, &ks, NULL, tm->rope_cos, tm->rope_sin, 0);
     }
     double kl = 0, rec = 0;
+    int64_t H = c->num_attention_heads;
     if (tm->dsa_sparse) {
-        /* the selection from the indexer's dense causal scores (and the
-           recall of that top-k against the dense attention's head-summed
-           mass, a metric: the dense lse recomputed), then MLA's attention
-           over the selected keys, y = W^O o, and the KL on the selected set */
+        /* the selection from the indexer's dense causal scores (and, when
+           asked, the recall of that top-k against the dense attention's
+           head-summed mass, the dense normalisers recomputed), then MLA's
+           attention over the selected keys and the KL on the selected set */
         for (int64_t b = 0; b < B; b++) {
-            scores_and_target(tm, l, b, T, 1);
+            dense_scores(tm, l, b, T);
             select_keys(tm, l, b, T);
-            rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL,
-                                         tm->ix_ws);
+            if (tm->dsa_recall_on) {
+                dense_target(tm, l, b, T, NULL);
+                rec += dsc_idxt_recall(tm->ix_I, tm->ix_P, T, T, c->index_topk, tm->n_threads,
+                                       tm->ix_ws);
+            }
         }
-        int64_t H = c->num_attention_heads, dn = c->qk_nope_head_dim, dv = c->v_head_dim;
-        int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
-        dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
-        float scale = (float)c->softmax_scale;
-#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
-        for (int64_t bh = 0; bh < B * H; bh++) {
-            int64_t b = bh / H, h = bh % H;
-            dsc_tks_attn_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T,
-                             a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
-                             a->kv + b * T * lkv + h * (dn + dv) + dn, a->ix_sel + b * T * kk,
-                             kk, &ad, scale, tm_thread_ws(tm));
-        }
-        lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
-        for (int64_t b = 0; b < B; b++) {
-            sel_scores_and_target(tm, l, b, T);
-            kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, kk, 1.0);
-        }
+        kl = sparse_attend(tm, l, B, T);
     } else {
         /* the KL against MLA's head-summed probabilities, and the recall */
         for (int64_t b = 0; b < B; b++) {
-            scores_and_target(tm, l, b, T, 0);
-            kl += dsc_op_idx_kl_f32(NULL, tm->ix_I, tm->ix_P, T, T, 1.0);
-            if (tm->dsa_recall_on) rec += dsc_op_idx_recall_f32(tm->ix_I, tm->ix_P, T, T, c->index_topk, NULL,
-                                         tm->ix_ws);
+            dense_scores(tm, l, b, T);
+            dense_target(tm, l, b, T, a->lse + b * H * T);
+            kl += dsc_idxt_kl(NULL, tm->ix_I, tm->ix_P, T, T, 1.0, tm->n_threads, tm->ix_ws);
+            if (tm->dsa_recall_on)
+                rec += dsc_idxt_recall(tm->ix_I, tm->ix_P, T, T, c->index_topk, tm->n_threads,
+                                       tm->ix_ws);
         }
     }
     kl /= (double)B;
@@ -281,7 +295,7 @@ static void sparse_mla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t 
         int64_t b = bh / H, h = bh % H;
         int64_t qo = b * T * H * dqk + h * dqk, vo = b * T * lkv + h * (dn + dv) + dn;
         int64_t oo = b * T * H * dv + h * dv;
-        dsc_tks_attn_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
+        dsc_tks_fast_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
                          a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo,
                          a->lse + bh * T, a->ix_sel + b * T * kk, kk, &ad, scale,
                          tm_thread_ws(tm));
@@ -303,22 +317,28 @@ static void dsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, cons
     zero(tm->ix_dq, N * HI * DI);
     zero(tm->ix_dk, N * DI);
     zero(tm->ix_dw, N * HI);
-    /* dense: I, P, dI (T, T); sparse: (T, kk) on the selected set */
-    int64_t m = tm->dsa_sparse ? sel_cols(c, T) : T;
+    /* dense: I, P, dI (T, T) recomputed; sparse: (T, kk) on the selected
+       set, I and the target as the forward saved them */
+    int64_t m = tm->dsa_sparse ? sel_cols(c, T) : T, H = c->num_attention_heads;
     dsc_idx_dims id = {T, HI, DI, m};
     for (int64_t b = 0; b < B; b++) {
         const int32_t *sel = NULL;
+        const float *I = tm->ix_I, *P = tm->ix_P;
         if (tm->dsa_sparse) {
-            sel_scores_and_target(tm, l, b, T);
             sel = a->ix_sel + b * T * m;
+            I = a->ix_isel + b * T * m;
+            P = a->ix_tgt + b * T * m;
         } else {
-            scores_and_target(tm, l, b, T, 0);
+            dense_scores(tm, l, b, T);
+            dense_target(tm, l, b, T, a->lse + b * H * T);
         }
         zero(tm->ix_dI, T * m);
-        dsc_op_idx_kl_f32(tm->ix_dI, tm->ix_I, tm->ix_P, T, m, tm->dsa_kl_weight / (double)B);
-        dsc_op_idx_score_bwd_f32(tm->ix_dq + b * T * HI * DI, tm->ix_dk + b * T * DI,
-                                 tm->ix_dw + b * T * HI, tm->ix_dI, a->ix_q + b * T * HI * DI,
-                                 a->ix_k + b * T * DI, a->ix_w + b * T * HI, sel, &id);
+        dsc_idxt_kl(tm->ix_dI, I, P, T, m, tm->dsa_kl_weight / (double)B, tm->n_threads,
+                    tm->ix_ws);
+        dsc_idxf_score_bwd(tm->ix_dq + b * T * HI * DI, tm->ix_dk + b * T * DI,
+                           tm->ix_dw + b * T * HI, tm->ix_dI, a->ix_q + b * T * HI * DI,
+                           a->ix_k + b * T * DI, a->ix_w + b * T * HI, sel, &id, tm->n_threads,
+                           tm->ix_fws);
     }
     dsc_op_rope_slice qs = {T, HI * DI, HI, DI, 0, dr}, ks = {T, DI, 1, DI, 0, dr};
     for (int64_t b = 0; b < B; b++) {

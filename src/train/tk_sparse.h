@@ -26,7 +26,8 @@
  * scatter-adds into dK, dV rows happen in a fixed order and the result does
  * not depend on how the caller spreads heads over threads. Dot products and
  * row sums are in double, the stored values fp32; exp in double. This is a
- * correctness-first kernel (O(n kk (dqk + dv)) per head, no GEMM tiles).
+ * correctness-first kernel (O(n kk (dqk + dv)) per head, no GEMM tiles);
+ * dsc_tks_fast_* below are the fp32 SIMD kernels checked against it.
  */
 #ifndef DSC_TRAIN_TK_SPARSE_H
 #define DSC_TRAIN_TK_SPARSE_H
@@ -42,6 +43,36 @@ void dsc_tks_attn_fwd(float *O, float *lse, const float *Q, const float *K, cons
                       const int32_t *sel, int64_t kk, const dsc_op_attn_dims *d, float scale,
                       float *ws);
 void dsc_tks_attn_bwd(float *dQ, float *dK, float *dV, const float *dO, const float *Q,
+                      const float *K, const float *V, const float *O, const float *lse,
+                      const int32_t *sel, int64_t kk, const dsc_op_attn_dims *d, float scale,
+                      float *ws);
+
+/*
+ * The fast fp32 variant of the pair above, the one the trainer runs; the
+ * double kernels stay as its oracle. Same contract (shapes, strides, lse
+ * layout, the used-entry rule, gradients ADDED, NULL skips one), plus:
+ *
+ *   P (n, kk) row-major, may be NULL: P[t][j] = exp(S_j - lse[t]) (the
+ *   fp32 lse just stored) for a used entry j of row t, 0 for the others
+ *   (a row with no used entry is all 0). Summed over heads by the caller
+ *   for the indexer's KL target.
+ *
+ * Arithmetic: per query the used K (and V) rows are read in place; each
+ * score is an fp32 dot product over 16 explicit lanes with a fixed
+ * reduction tree, the exps are dsc_k_exp, the softmax denominator is
+ * summed in double, P V, dQ and the row updates of dK, dV are fp32 SIMD.
+ * The lane layout is written out in C (no reassociation by the compiler),
+ * so every ISA variant gives the same bits. The backward recomputes P
+ * exactly as the forward wrote it (same scores, same fp32 lse, same exp).
+ * Single-threaded, queries in order (deterministic scatter-adds into dK,
+ * dV), no allocation; ws holds dsc_tks_fast_scratch(kk, dqk, dv) floats.
+ */
+int64_t dsc_tks_fast_scratch(int64_t kk, int64_t dqk, int64_t dv);
+
+void dsc_tks_fast_fwd(float *O, float *lse, float *P, const float *Q, const float *K,
+                      const float *V, const int32_t *sel, int64_t kk, const dsc_op_attn_dims *d,
+                      float scale, float *ws);
+void dsc_tks_fast_bwd(float *dQ, float *dK, float *dV, const float *dO, const float *Q,
                       const float *K, const float *V, const float *O, const float *lse,
                       const int32_t *sel, int64_t kk, const dsc_op_attn_dims *d, float scale,
                       float *ws);

@@ -114,6 +114,9 @@ typedef struct {
     int32_t *ix_sel; /* (N, min(index_topk, max_t)) sparse stage: the
                         indexer's top-k keys of each query, ascending, -1
                         padded (per call kk = min(index_topk, T) columns) */
+    float *ix_isel;  /* (N, kk) sparse stage: I at the selected keys       */
+    float *ix_tgt;   /* (N, kk) sparse stage: the KL target there (MLA's
+                        sparse attention probabilities summed over heads) */
     float *xm;       /* (N, d) residual after attention                */
     float *xn2;      /* (N, d) ffn_norm(xm)                            */
     float *fg, *fu, *fh; /* (N, ff) dense or shared: gate, up, silu(g)*u */
@@ -200,7 +203,10 @@ struct dsc_train_model {
     int dsa_recall_on;             /* compute the recall in the forward    */
     float *ix_dq, *ix_dk, *ix_dkraw, *ix_dw;   /* like a->ix_*             */
     float *ix_I, *ix_P, *ix_dI;    /* (max_t, max_t) one sequence          */
-    double *ix_ws;                 /* (max_t) recall scratch               */
+    float *ix_Ph;                  /* (max_b, H, max_t, kk) per-head P     */
+    float *ix_lse;                 /* (H, max_t) dense lse for the recall  */
+    float *ix_fws;                 /* idx_fast / idx_target scratch        */
+    double *ix_ws;                 /* kl / recall scratch                  */
     int dsa_sparse;                /* sparse stage: MLA over the top-k     */
 };
 

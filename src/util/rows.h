@@ -1,5 +1,5 @@
 /*
- * rows.h - the max and the double sum of a row of floats, over eight
+ * rows.h - the max and the double sum of a row of floats (or doubles), over eight
  * interleaved partials: a single running max or sum is a chain of
  * dependent instructions (4+ cycles each), eight independent chains
  * vectorise and overlap. static inline, for the row loops of files built
@@ -25,6 +25,15 @@ static inline float dsc_row_max(const float *x, int64_t n) {
 }
 
 static inline double dsc_row_sum(const float *x, int64_t n) {
+    double s[8] = {0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int q = 0; q < 8; q++) s[q] += x[j + q];
+    for (; j < n; j++) s[0] += x[j];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+static inline double dsc_row_sum_d(const double *x, int64_t n) {
     double s[8] = {0};
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)
