@@ -111,6 +111,7 @@ void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
     tm->ix_fws = CARVE(cv, max64(dsc_idxf_scratch(T, HI, DI, kk, nt),
                                  dsc_idxt_attn_scratch(&md, nt)), float);
     tm->ix_ws = CARVE(cv, max64(T, dsc_idxt_recall_scratch(T, T, nt)), double);
+    tm->ix_sws = CARVE(cv, dsc_idxt_select_scratch(T, nt), uint32_t);
 }
 
 /* Sequence b of layer l: the indexer's dense causal scores I (T, T) into
@@ -148,25 +149,29 @@ static void dense_target(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T,
    of each query t by I(t, 0..t) (all t+1 of them when t+1 <= kk), as
    dsc_k_topk_set returns them: ascending positions, ties at the boundary
    to the LOWER position (NaN below -inf); the rest of the row is -1. Not
-   differentiated. tm->ix_dI serves as per-thread scratch (T floats). */
+   differentiated. Also a->ix_isel: I at the selected keys (-INFINITY at
+   padding). */
 static void select_keys(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) {
     int64_t kk = sel_cols(&tm->cfg, T);
     int32_t *sel = tm->act[l].ix_sel + b * T * kk;
-    int nt = tm->n_threads < T ? tm->n_threads : (int)T;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; t++) {
-        int32_t *row = sel + t * kk;
-        float *scr = tm->ix_dI + (int64_t)dsc_thread_id() * T;
-        int64_t m = dsc_k_topk_set(tm->ix_I + t * T, t + 1, kk, row, scr);
-        for (int64_t j = m; j < kk; j++) row[j] = -1;
-    }
+    float *isel = tm->act[l].ix_isel + b * T * kk;
+    const float *I = tm->ix_I;
+    dsc_idxt_select(sel, I, T, kk, tm->n_threads, tm->ix_sws);
+    /* I at the selected keys, for the KL: gathered from the scores the
+       selection was made from (the same values; no second score pass) */
+#pragma omp parallel for num_threads(tm->n_threads) schedule(static)
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < kk; j++) {
+            int32_t s = sel[t * kk + j];
+            isel[t * kk + j] = s >= 0 ? I[t * T + s] : -INFINITY;
+        }
 }
 
-/* Sparse stage, layer l: MLA's attention over the selected keys (every
-   head of every sequence in parallel), y = W^O o, then the indexer's
-   scores at the selected keys (a->ix_isel) and the KL target there
-   (a->ix_tgt: the heads' probabilities summed). Returns the KL summed over
-   the B sequences. */
+/* Sparse stage, layer l, after select_keys: MLA's attention over the
+   selected keys (every head of every sequence in parallel), y = W^O o, the
+   KL target at the selected keys (a->ix_tgt: the heads' probabilities
+   summed) and the KL against the indexer's scores there (a->ix_isel).
+   Returns the KL summed over the B sequences. */
 static double sparse_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
@@ -174,7 +179,6 @@ static double sparse_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t
     int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
     int64_t dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
     int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
-    int64_t HI = c->index_n_heads, DI = c->index_head_dim;
     dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
     float scale = (float)c->softmax_scale;
 #pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
@@ -198,14 +202,9 @@ static double sparse_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t
         }
     }
     double kl = 0;
-    dsc_idx_dims id = {T, HI, DI, kk};
-    for (int64_t b = 0; b < B; b++) {
-        dsc_idxf_score_fwd(a->ix_isel + b * T * kk, a->ix_q + b * T * HI * DI,
-                           a->ix_k + b * T * DI, a->ix_w + b * T * HI, a->ix_sel + b * T * kk,
-                           &id, tm->n_threads, tm->ix_fws);
+    for (int64_t b = 0; b < B; b++)
         kl += dsc_idxt_kl(NULL, a->ix_isel + b * T * kk, a->ix_tgt + b * T * kk, T, kk, 1.0,
                           tm->n_threads, tm->ix_ws);
-    }
     return kl;
 }
 

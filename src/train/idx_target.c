@@ -484,3 +484,43 @@ double dsc_idxt_recall(const float *I, const float *P, int64_t n, int64_t m, int
         if (ws[t] >= 0) total += ws[t], count++;
     return count ? total / (double)count : 0.0;
 }
+
+/* ---- 5. causal top-k selection ---- */
+
+int64_t dsc_idxt_select_scratch(int64_t n, int n_threads) {
+    int nt = n_threads < 1 ? 1 : n_threads;
+    return (int64_t)nt * 2 * (n > 0 ? n : 1);
+}
+
+/* NaN ranks below every number (dsc_k_topk_set's rule): key 0. */
+IT_ROW static void sel_keys(uint32_t *key, const float *x, int64_t n) {
+    for (int64_t j = 0; j < n; j++) key[j] = x[j] == x[j] ? fkey(x[j]) : 0u;
+}
+
+void dsc_idxt_select(int32_t *sel, const float *I, int64_t n, int64_t kk, int n_threads,
+                     uint32_t *ws) {
+    if (n <= 0 || kk <= 0) return;
+    const int nt = threads_for(n_threads, (double)n * (double)n * 2.0);
+    (void)nt;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
+    for (int64_t t = 0; t < n; t++) {
+        int32_t *row = sel + t * kk;
+        int64_t nv = t + 1, m = 0;
+        if (nv <= kk) {
+            for (; m < nv; m++) row[m] = (int32_t)m;
+        } else {
+            uint32_t *key = ws + (int64_t)dsc_thread_id() * 2 * n;
+            sel_keys(key, I + t * n, nv);
+            uint32_t thr = kth_key(key, nv, kk, key + n);
+            int64_t gt = 0;
+            for (int64_t j = 0; j < nv; j++) gt += key[j] > thr;
+            /* above the threshold, and its ties from the lowest position */
+            for (int64_t j = 0, ties = kk - gt; j < nv; j++) {
+                int take = key[j] > thr || (key[j] == thr && ties > 0);
+                ties -= key[j] == thr && take;
+                if (take) row[m++] = (int32_t)j;
+            }
+        }
+        for (; m < kk; m++) row[m] = -1;
+    }
+}

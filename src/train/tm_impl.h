@@ -207,6 +207,7 @@ struct dsc_train_model {
     float *ix_lse;                 /* (H, max_t) dense lse for the recall  */
     float *ix_fws;                 /* idx_fast / idx_target scratch        */
     double *ix_ws;                 /* kl / recall scratch                  */
+    uint32_t *ix_sws;              /* selection scratch                    */
     int dsa_sparse;                /* sparse stage: MLA over the top-k     */
 };
 

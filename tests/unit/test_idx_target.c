@@ -45,6 +45,7 @@
 
 #include "test.h"
 #include "train/idx_ops.h"
+#include "kernels/kernels.h"
 #include "train/idx_target.h"
 
 #define LSE_TOL 1e-5
@@ -264,9 +265,58 @@ static void test_recall(dsc_t *t) {
     recall_case(t, 30, 3000, 1, 1, 601);
 }
 
+/* ---- select ---- */
+
+/* dsc_idxt_select against dsc_k_topk_set row by row (the exact same sets,
+   ascending, -1 padded), on random rows, rows of heavy ties (values on a
+   grid of 0.5 with +-0), a NaN and infinities, at 1 and 2 threads. */
+static void select_case(dsc_t *t, int64_t n, int64_t kk, int grid, uint64_t seed) {
+    t_pool pl = {0};
+    t_rng r = {seed};
+    float *I = t_palloc(&pl, n * n * (int64_t)sizeof(float));
+    for (int64_t i = 0; i < n * n; i++) {
+        float v = (float)t_rng_normal(&r);
+        if (grid) v = (float)(round(v * 2) / 2) * ((i & 1) ? -1.0f : 1.0f);
+        I[i] = v;
+    }
+    if (n > 5) {
+        I[5 * n + 2] = NAN;
+        I[5 * n + 3] = INFINITY;
+        I[5 * n + 4] = -INFINITY;
+    }
+    int32_t *got1 = t_palloc(&pl, n * kk * (int64_t)sizeof(int32_t));
+    int32_t *got2 = t_palloc(&pl, n * kk * (int64_t)sizeof(int32_t));
+    int32_t *want = t_palloc(&pl, kk * (int64_t)sizeof(int32_t));
+    float *scr = t_palloc(&pl, n * (int64_t)sizeof(float));
+    uint32_t *ws = t_palloc(&pl, dsc_idxt_select_scratch(n, 2) * (int64_t)sizeof(uint32_t));
+    dsc_idxt_select(got1, I, n, kk, 1, ws);
+    dsc_idxt_select(got2, I, n, kk, 2, ws);
+    int64_t bad = 0;
+    for (int64_t row = 0; row < n; row++) {
+        int64_t m = dsc_k_topk_set(I + row * n, row + 1, kk, want, scr);
+        for (int64_t j = m; j < kk; j++) want[j] = -1;
+        bad += memcmp(want, got1 + row * kk, (size_t)kk * sizeof *want) != 0;
+        bad += memcmp(want, got2 + row * kk, (size_t)kk * sizeof *want) != 0;
+    }
+    T_CHECK(t, bad == 0, "select n=%lld kk=%lld grid=%d: %lld rows differ from dsc_k_topk_set",
+            (long long)n, (long long)kk, grid, (long long)bad);
+    t_pool_free(&pl);
+}
+
+static void test_select(dsc_t *t) {
+    static const int64_t kks[] = {1, 3, 16, 37};
+    for (int i = 0; i < NSIZES; i++)
+        for (int k = 0; k < 4; k++)
+            for (int grid = 0; grid < 2; grid++)
+                select_case(t, sizes[i], kks[k], grid, 700 + (uint64_t)(8 * i + 2 * k + grid));
+    select_case(t, 3000, 256, 0, 790); /* candidates through all three digit levels */
+    select_case(t, 600, 100, 1, 791);
+}
+
 const dsc_test_case dsc_tests_idx_target[] = {
     {"attn_lse_target", test_attn},
     {"kl", test_kl},
     {"recall", test_recall},
+    {"select", test_select},
     {NULL, NULL},
 };
