@@ -36,6 +36,7 @@ typedef struct {
     int dsa_sparse;           /* --dsa-stage sparse: MLA over the indexer's top-k      */
     double dsa_kl_weight;     /* --dsa-kl-weight: the indexer's KL loss weight (1)     */
     int64_t dsa_recall_every; /* --dsa-recall-every N: idx_recall every N steps (10)   */
+    int64_t dsa_topk;         /* --dsa-topk K: set the model's index_topk; 0 = keep    */
     const char *preset;       /* --preset NAME: built-in architecture of a new model   */
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
     double passkey_mix;       /* --passkey-mix F: share of passkey sequences, [0, 1)   */

@@ -91,6 +91,7 @@ static void usage(FILE *f) {
             "                         its KL loss), warmup (dense warm-up: only the indexer trains)\n"
             "                         or sparse (MLA over the indexer's top-k; everything trains)\n"
             "  --dsa-kl-weight W      weight of the DSA indexer's KL loss (1)\n"
+            "  --dsa-topk K           set the DSA model's index_topk (config.json) to K\n"
             "  --dsa-recall-every N   log the indexer's top-k recall every N steps (10; a\n"
             "                         metric that costs a dense attention pass)\n"
             "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
@@ -300,6 +301,9 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--dsa-kl-weight", "--dsa-kl-weight")) {
             o->train.dsa_kl_weight = parse_float(VALUE(), a);
             if (!(o->train.dsa_kl_weight >= 0 && o->train.dsa_kl_weight <= 1e30)) cli_die_usage("--dsa-kl-weight must be finite and >= 0", v);
+        } else if (IS("--dsa-topk", "--dsa-topk")) {
+            o->train.dsa_topk = parse_int(VALUE(), a);
+            if (o->train.dsa_topk < 1) cli_die_usage("--dsa-topk must be >= 1", v);
         } else if (IS("--dsa-recall-every", "--dsa-recall-every")) {
             o->train.dsa_recall_every = parse_int(VALUE(), a);
             if (o->train.dsa_recall_every < 1) cli_die_usage("--dsa-recall-every must be >= 1", v);

@@ -116,7 +116,8 @@
  * index_topk recall of the true attention mass), means over the layers;
  * the recall is computed on the run's first step, every --dsa-recall-every
  * steps (10) and the last ("-" and a blank CSV cell on the others).
- * --dsa-stage sparse is the sparse stage: each query's MLA attention runs
+ * --dsa-topk K sets the model's index_topk (its config.json: the k of
+ * training and of inference). --dsa-stage sparse is the sparse stage: each query's MLA attention runs
  * over the indexer's top-index_topk keys only, every tensor trains (router
  * bias balancing on), the KL is taken on the selected set, and idx_recall
  * is the selection's share of the dense attention's mass.
@@ -554,6 +555,28 @@ static void pk_mix_init(pk_mix *pk, double frac, uint64_t seed, const dsc_tokeni
     }
 }
 
+/* --dsa-topk K on an existing checkpoint: index_topk in DIR/config.json
+   becomes K (the model's k, for training and for inference), written to a
+   temporary file and renamed over the old one. Exits 1 on a model without
+   an indexer or a config that cannot be read or written. */
+static void set_index_topk(const char *dir, int64_t k) {
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    snprintf(tmp, sizeof tmp, "%s.topk.tmp", path);
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) die_msg("--dsa-topk: cannot read %s", path);
+    json_t *cur = json_object_get(root, "index_topk");
+    if (!json_is_integer(cur) || json_integer_value(cur) < 1) {
+        json_decref(root);
+        die_msg("--dsa-topk: %s has no index_topk (not a DSA model)", path);
+    }
+    json_object_set_new(root, "index_topk", json_integer((json_int_t)k));
+    int bad = json_dump_file(root, tmp, JSON_INDENT(2)) != 0 || rename(tmp, path) != 0;
+    json_decref(root);
+    if (bad) die_msg("--dsa-topk: cannot write %s", path);
+}
+
 int cmd_train(const cli_opts *o) {
     const cli_train_opts *a = &o->train;
     dsc_err e = {0};
@@ -620,6 +643,10 @@ int cmd_train(const cli_opts *o) {
         dsc_config cfg;
         if (preset) preset_config(preset, tok, &cfg);
         else read_config(a->config, &cfg);
+        if (a->dsa_topk > 0) {
+            if (cfg.index_topk < 1) die_msg("--dsa-topk: %s is not a DSA model", src);
+            cfg.index_topk = a->dsa_topk;
+        }
         if (cfg.max_position_embeddings > 0 && a->seq > cfg.max_position_embeddings) {
             fprintf(stderr, "dsc: --seq %lld is larger than the model's max_position_embeddings "
                     "%lld (%s)\n", (long long)a->seq, (long long)cfg.max_position_embeddings,
@@ -640,9 +667,11 @@ int cmd_train(const cli_opts *o) {
             fprintf(stderr, "dsc: new %s model in %s from %s%s (init std %g, seed %llu)\n",
                     cfg.model_type, dir, preset ? "preset " : "", src, a->init_std,
                     (unsigned long long)seed);
-    } else if ((a->config || preset) && !o->quiet) {
-        fprintf(stderr, "dsc: %s already holds a checkpoint; %s ignored\n", dir,
-                a->config ? "--config" : "--preset");
+    } else {
+        if ((a->config || preset) && !o->quiet)
+            fprintf(stderr, "dsc: %s already holds a checkpoint; %s ignored\n", dir,
+                    a->config ? "--config" : "--preset");
+        if (a->dsa_topk > 0) set_index_topk(dir, a->dsa_topk);
     }
 
     /* 2. trainable copy, optimizer, resume */

@@ -13,10 +13,14 @@
 #
 # Schedule (the way DeepSeek trains: short context first, then long; one
 # cosine learning-rate schedule over both phases, the same for every model):
-#   phase 1  STEPS1 steps of BATCH1 x SHORT tokens. mla and nsa train as
+#   phase 1  STEPS1 steps of BATCH1 x SHORT tokens, passkey share MIX1 (short
+#            examples carry many answers per token: this is where retrieval
+#            is learned; at a 4k context alone a model this small did not
+#            learn it within 12M tokens). mla and nsa train as
 #            they are; dsa trains as dense MLA with its indexer learning
 #            from the KL loss (--dsa-stage none).
-#   phase 2  STEPS2 steps of BATCH2 x CTX tokens. mla and nsa continue;
+#   phase 2  STEPS2 steps of BATCH2 x CTX tokens, passkey share MIX2. mla
+#            and nsa continue;
 #            dsa runs DSA's two stages (V3.2 §2.1): a dense warm-up of WARM
 #            steps (only the indexer trains), then the sparse stage (MLA
 #            over the indexer's top-k; everything trains).
@@ -32,11 +36,11 @@
 # Everything goes to $OUT: the configs, one checkpoint directory per model
 # (rerunning resumes each run where it stopped; finished runs are skipped),
 # the eval outputs and $OUT/results.md (the table). Options (environment):
-#   CTX      long context (default 4096); SHORT phase-1 context (512)
-#   STEPS1   phase-1 steps (1500); BATCH1 sequences per step (8)
-#   STEPS2   phase-2 steps (150); BATCH2 sequences per step (2)
+#   CTX      long context (default 4096); SHORT phase-1 context (128)
+#   STEPS1   phase-1 steps (1500); BATCH1 sequences per step (16)
+#   STEPS2   phase-2 steps (200); BATCH2 sequences per step (2)
 #   WARM     DSA dense warm-up steps at the start of phase 2 (10)
-#   MIX      share of passkey sequences (0.3)
+#   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
 #   TRIALS   passkey trials per (context, depth) cell (default 5)
 #   THREADS  threads (2)
 #   PHASE    all (default), train, eval, speed, report
@@ -46,17 +50,18 @@
 set -eu
 DSC=${DSC:-build/dsc}
 if [ "${SMOKE:-0}" = 1 ]; then
-    CTX=${CTX:-256}; SHORT=${SHORT:-64}; STEPS1=${STEPS1:-6}; STEPS2=${STEPS2:-6}
+    CTX=${CTX:-256}; SHORT=${SHORT:-96}; STEPS1=${STEPS1:-6}; STEPS2=${STEPS2:-6}
     WARM=${WARM:-2}; TRIALS=${TRIALS:-1}; SPEED_STEPS=${SPEED_STEPS:-3}
 fi
 CTX=${CTX:-4096}
-SHORT=${SHORT:-512}
+SHORT=${SHORT:-128}
 STEPS1=${STEPS1:-1500}
-BATCH1=${BATCH1:-8}
-STEPS2=${STEPS2:-150}
+BATCH1=${BATCH1:-16}
+STEPS2=${STEPS2:-200}
 BATCH2=${BATCH2:-2}
 WARM=${WARM:-10}
-MIX=${MIX:-0.3}
+MIX1=${MIX1:-0.5}
+MIX2=${MIX2:-0.5}
 TRIALS=${TRIALS:-5}
 THREADS=${THREADS:-2}
 PHASE=${PHASE:-all}
@@ -112,13 +117,13 @@ ckpt_step() {
 # ---- train (resumable: each call skips what its checkpoint already has) ----
 EVERY1=$((STEPS1 / 5)); [ "$EVERY1" -ge 1 ] || EVERY1=1
 EVERY2=$((STEPS2 / 5)); [ "$EVERY2" -ge 1 ] || EVERY2=1
-train() {   # train NAME UNTIL SEQ BATCH EVERY [extra options]
-    name=$1; until=$2; seq=$3; batch=$4; every=$5; shift 5
+train() {   # train NAME UNTIL SEQ BATCH EVERY MIX [extra options]
+    name=$1; until=$2; seq=$3; batch=$4; every=$5; mix=$6; shift 6
     [ "$(ckpt_step "$OUT/$name")" -lt "$until" ] || return 0
     echo "\$ dsc train -m $OUT/$name --seq $seq --batch $batch --stop-after $until $*"
     "$DSC" train -m "$OUT/$name" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
         --config "$OUT/$name.json" --steps "$TOTAL" --stop-after "$until" --batch "$batch" \
-        --seq "$seq" --passkey-mix "$MIX" --lr 3e-3 --warmup $((STEPS1 / 20 + 1)) \
+        --seq "$seq" --passkey-mix "$mix" --lr 3e-3 --warmup $((STEPS1 / 20 + 1)) \
         --eval-every "$every" --save-every "$every" --val-frac 0.01 --seed "$SEED" \
         -t "$THREADS" "$@" 2>> "$OUT/$name.train.log" \
         || { tail -5 "$OUT/$name.train.log"; exit 1; }
@@ -126,12 +131,12 @@ train() {   # train NAME UNTIL SEQ BATCH EVERY [extra options]
 }
 if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
     for name in mla dsa nsa; do
-        train "$name" "$STEPS1" "$SHORT" "$BATCH1" "$EVERY1"
+        train "$name" "$STEPS1" "$SHORT" "$BATCH1" "$EVERY1" "$MIX1"
     done
-    train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2"
-    train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" --dsa-stage warmup
-    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" --dsa-stage sparse
-    train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2"
+    train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
+    train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
+    train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage warmup
+    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse
 fi
 
 # ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
@@ -143,6 +148,20 @@ if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
         "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$CTX,$CTX2" \
             --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
             -t "$THREADS" -o "$OUT/$name.passkey" -q > "$OUT/$name.passkey.txt"
+        # 2 x CTX with YaRN (factor 2 over CTX, DeepSeek-V3's other
+        # settings), applied at inference only: a copy of the config beside
+        # links to the same weights
+        y=$OUT/$name-yarn
+        mkdir -p "$y"
+        for f in model.safetensors tokenizer.json tokenizer_config.json; do
+            ln -sf "$(cd "$OUT/$name" && pwd)/$f" "$y/$f"
+        done
+        sed -e 's/"rope_scaling": null/"rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": '"$CTX"', "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}/' \
+            -e 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$CTX2"'/' \
+            "$OUT/$name/config.json" > "$y/config.json"
+        "$DSC" eval -m "$y" --data "$CORPUS" --passkey --ctx-list "$CTX2" \
+            --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
+            -t "$THREADS" -o "$OUT/$name.passkey_yarn" -q > "$OUT/$name.passkey_yarn.txt"
     done
 fi
 
@@ -183,13 +202,13 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "# Long-context study: MLA vs MLA + DSA vs NSA"
     echo
     echo "Phase 1: $STEPS1 steps x $BATCH1 x $SHORT tokens; phase 2: $STEPS2 steps x $BATCH2 x $CTX"
-    echo "tokens ($((STEPS1 * BATCH1 * SHORT + STEPS2 * BATCH2 * CTX)) tokens per model); passkey mix $MIX, seed $SEED;"
+    echo "tokens ($((STEPS1 * BATCH1 * SHORT + STEPS2 * BATCH2 * CTX)) tokens per model); passkey mix $MIX1 / $MIX2, seed $SEED;"
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
     echo "DSA: 2 x 32 indexer, index_topk $TOPK, $WARM dense warm-up steps at $CTX, then sparse."
     echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W."
     echo
-    echo "| model | params | val loss end of phase 1 | val loss end | eval loss @$CTX | ppl | passkey @$CTX (%) | passkey @$CTX2 (%) | train tok/s @$CTX | decode tok/s @$CTX |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| model | params | val loss end of phase 1 | val loss end | eval loss @$CTX | ppl | passkey @$CTX (%) | passkey @$CTX2 (%) | passkey @$CTX2 YaRN (%) | train tok/s @$CTX | decode tok/s @$CTX |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     for name in mla dsa nsa; do
         params=$(sed -n 's/.*training [^:]*: \([0-9]*\) params.*/\1/p' "$OUT/$name.train.log" 2>/dev/null | tail -1)
         v1=$(csv_at "$OUT/$name/train_log.csv" val_loss "$STEPS1" 2>/dev/null || true)
@@ -201,7 +220,8 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
               sed -n 's/.* eval time .*, *\([0-9.]*\) tokens per second.*/\1/p' | tail -1)
         echo "| $name | ${params:--} | ${v1:--} | ${v2:--} | ${loss:--} | ${ppl:--} |" \
              "$(pk_acc "$OUT/$name.passkey.csv" "$CTX" 2>/dev/null || echo -) |" \
-             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
+             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2" 2>/dev/null || echo -) |" \
+             "$(pk_acc "$OUT/$name.passkey_yarn.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
     done
     echo
     echo "Per-depth tables: \`$OUT/NAME.passkey.txt\` (heat maps: NAME.passkey.svg);"

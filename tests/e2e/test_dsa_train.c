@@ -488,6 +488,30 @@ static void test_sparse_cli(dsc_t *t) {
     int ids[4], k = o ? sscanf(o, "%d %d %d %d", &ids[0], &ids[1], &ids[2], &ids[3]) : 0;
     T_CHECK(t, st == 0 && k == 4, "dsc %s: exit %d, %d ids: %s", args, st, k, o ? o : "");
     free(o);
+
+    /* --dsa-topk: the checkpoint's index_topk becomes K (4 -> 9), and the
+       next checkpoint keeps it */
+    snprintf(args, sizeof args,
+             "train -m %s --data %s --steps %d --batch 2 --seq 16 --val-frac 0.2 --seed 7 "
+             "-t 1 --dsa-stage sparse --dsa-topk 9 -q", d1, data, NSPARSE + 2);
+    st = t_run_dsc(t, "dsa_topk.txt", args, &o);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
+    snprintf(path, sizeof path, "%s/config.json", d1);
+    char *cj = t_read_file(path, NULL);
+    T_CHECK(t, cj && strstr(cj, "\"index_topk\": 9"), "index_topk not 9 in %s: %.400s", path,
+            cj ? cj : "(none)");
+    free(cj);
+    /* a model without an indexer: refused */
+    char dm[512];
+    snprintf(dm, sizeof dm, "%s/dsa_topk_mla", t->tmpdir);
+    snprintf(args, sizeof args,
+             "train -m %s --data %s --tokenizer " TOKDIR " --preset tiny --steps 1 --batch 2 "
+             "--seq 16 --dsa-topk 9 -q", dm, data);
+    st = t_run_dsc(t, "dsa_topk_mla.txt", args, &o);
+    T_CHECK(t, st == 1 && o && strstr(o, "--dsa-topk") && strstr(o, "not a DSA model"),
+            "dsc %s: exit %d: %s", args, st, o ? o : "");
+    free(o);
 }
 
 const dsc_test_case dsc_tests_dsa_train[] = {
