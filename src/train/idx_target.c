@@ -489,12 +489,52 @@ double dsc_idxt_recall(const float *I, const float *P, int64_t n, int64_t m, int
 
 int64_t dsc_idxt_select_scratch(int64_t n, int n_threads) {
     int nt = n_threads < 1 ? 1 : n_threads;
-    return (int64_t)nt * 2 * (n > 0 ? n : 1);
+    return (int64_t)nt * 3 * (n > 0 ? n : 1);
 }
 
-/* NaN ranks below every number (dsc_k_topk_set's rule): key 0. */
-IT_ROW static void sel_keys(uint32_t *key, const float *x, int64_t n) {
-    for (int64_t j = 0; j < n; j++) key[j] = x[j] == x[j] ? fkey(x[j]) : 0u;
+/* Rows per work item: each row after the first starts from the previous
+   row's threshold (neighbouring rows of I are alike). */
+#define SEL_CHUNK 16
+
+/* key[j] of x[j] for j < n, NaN ranked below every number (dsc_k_topk_set's
+   rule: key 0); returns how many keys are >= g. */
+IT_ROW static int64_t sel_keys(uint32_t *key, const float *x, int64_t n, uint32_t g) {
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t k = x[j] == x[j] ? fkey(x[j]) : 0u;
+        key[j] = k;
+        c += k >= g;
+    }
+    return c;
+}
+
+/* The keys >= g with their positions, in position order; returns the count. */
+IT_ROW static int64_t sel_compact(uint32_t *ck, uint32_t *ci, const uint32_t *key, int64_t n,
+                                  uint32_t g) {
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; j++) {
+        ck[m] = key[j];
+        ci[m] = (uint32_t)j;
+        m += key[j] >= g;
+    }
+    return m;
+}
+
+/* row (kk) := the kk positions of the largest keys, ties at the threshold
+   from the lowest position, given candidates (ck[i], ci[i]) in position
+   order that hold every key >= the kk-th largest (nc >= kk); cand: nc
+   uint32s of scratch. Returns the threshold key. */
+static uint32_t sel_take(int32_t *row, const uint32_t *ck, const uint32_t *ci, int64_t nc,
+                         int64_t kk, uint32_t *cand) {
+    uint32_t thr = kth_key(ck, nc, kk, cand);
+    int64_t gt = 0, m = 0;
+    for (int64_t i = 0; i < nc; i++) gt += ck[i] > thr;
+    for (int64_t i = 0, ties = kk - gt; i < nc; i++) {
+        int take = ck[i] > thr || (ck[i] == thr && ties > 0);
+        ties -= ck[i] == thr && take;
+        if (take) row[m++] = (int32_t)ci[i];
+    }
+    return thr;
 }
 
 void dsc_idxt_select(int32_t *sel, const float *I, int64_t n, int64_t kk, int n_threads,
@@ -502,25 +542,25 @@ void dsc_idxt_select(int32_t *sel, const float *I, int64_t n, int64_t kk, int n_
     if (n <= 0 || kk <= 0) return;
     const int nt = threads_for(n_threads, (double)n * (double)n * 2.0);
     (void)nt;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
-    for (int64_t t = 0; t < n; t++) {
-        int32_t *row = sel + t * kk;
-        int64_t nv = t + 1, m = 0;
-        if (nv <= kk) {
-            for (; m < nv; m++) row[m] = (int32_t)m;
-        } else {
-            uint32_t *key = ws + (int64_t)dsc_thread_id() * 2 * n;
-            sel_keys(key, I + t * n, nv);
-            uint32_t thr = kth_key(key, nv, kk, key + n);
-            int64_t gt = 0;
-            for (int64_t j = 0; j < nv; j++) gt += key[j] > thr;
-            /* above the threshold, and its ties from the lowest position */
-            for (int64_t j = 0, ties = kk - gt; j < nv; j++) {
-                int take = key[j] > thr || (key[j] == thr && ties > 0);
-                ties -= key[j] == thr && take;
-                if (take) row[m++] = (int32_t)j;
+    int64_t nch = (n + SEL_CHUNK - 1) / SEL_CHUNK;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < nch; ch++) {
+        uint32_t *key = ws + (int64_t)dsc_thread_id() * 3 * n, *ck = key + n, *ci = key + 2 * n;
+        uint32_t guess = 0; /* 0: every key is a candidate (the first row) */
+        for (int64_t t = ch * SEL_CHUNK; t < n && t < (ch + 1) * SEL_CHUNK; t++) {
+            int32_t *row = sel + t * kk;
+            int64_t nv = t + 1;
+            if (nv <= kk) {
+                for (int64_t m = 0; m < nv; m++) row[m] = (int32_t)m;
+                for (int64_t m = nv; m < kk; m++) row[m] = -1;
+                continue;
             }
+            /* candidates: the keys >= the previous row's threshold when at
+               least kk of them are (then they hold the top kk and all its
+               ties), else every key */
+            if (sel_keys(key, I + t * n, nv, guess) < kk) guess = 0;
+            int64_t nc = sel_compact(ck, ci, key, nv, guess);
+            guess = sel_take(row, ck, ci, nc, kk, key);
         }
-        for (; m < kk; m++) row[m] = -1;
     }
 }

@@ -109,7 +109,7 @@ int64_t dsc_idxt_recall_scratch(int64_t n, int64_t m, int n_threads);
 double dsc_idxt_recall(const float *I, const float *P, int64_t n, int64_t m, int64_t k,
                        int n_threads, double *ws);
 
-/* Uint32s of scratch dsc_idxt_select needs: two rows of keys per thread. */
+/* Uint32s of scratch dsc_idxt_select needs: three rows per thread. */
 int64_t dsc_idxt_select_scratch(int64_t n, int n_threads);
 
 /*
@@ -118,7 +118,10 @@ int64_t dsc_idxt_select_scratch(int64_t n, int n_threads);
  *    dsc_k_topk_set(I + t*n, t + 1, kk, ...): positions ascending, ties at
  *    the boundary to the LOWER position, NaN below every number; all t+1
  *    positions when t + 1 <= kk; the rest of the row -1. By the radix
- *    selection of 4 (O(t) per row, no sorting). ws: dsc_idxt_select_scratch.
+ *    selection of 4 (O(t) per row, no sorting) over candidates: the keys at or
+ *    above the previous row's threshold when there are at least kk of them
+ *    (rows of I change little from one query to the next), else all.
+ *    ws: dsc_idxt_select_scratch.
  */
 void dsc_idxt_select(int32_t *sel, const float *I, int64_t n, int64_t kk, int n_threads,
                      uint32_t *ws);
