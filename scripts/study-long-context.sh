@@ -15,8 +15,10 @@
 # cosine learning-rate schedule over both phases, the same for every model):
 #   phase 1  STEPS1 steps of BATCH1 x SHORT tokens, passkey share MIX1 (short
 #            examples carry many answers per token: this is where retrieval
-#            is learned; at a 4k context alone a model this small did not
-#            learn it within 12M tokens). mla and nsa train as
+#            is learned; at 512 tokens and mix 0.3 a model this small had
+#            not learned it after 12M tokens, at 128 tokens and mix 0.5 one
+#            run had by step 1250 and another not by 1500, so 3000 steps).
+#            mla and nsa train as
 #            they are; dsa trains as dense MLA with its indexer learning
 #            from the KL loss (--dsa-stage none).
 #   phase 2  STEPS2 steps of BATCH2 x CTX tokens, passkey share MIX2. mla
@@ -28,17 +30,18 @@
 # BATCH2 CTX) and the same data order (seed).
 #
 # Then: held-out loss at CTX, passkey accuracy at CTX and 2 x CTX (depths
-# 0..100%), and a speed phase on fresh copies of the three architectures
-# (training tok/s over SPEED_STEPS steps at CTX, decode tok/s of 128 tokens
-# after a ~CTX-token prompt), so the speeds can be remeasured alone on a
-# quiet machine: PHASE=speed.
+# 0..100%; 2 x CTX also with YaRN), and a speed phase on fresh copies of the
+# three architectures at each context of SPEED_CTXS (CTX, 2 CTX, 4 CTX):
+# training tok/s over SPEED_STEPS steps, decode tok/s of 128 tokens after a
+# ~ctx-token prompt. The speeds can be remeasured alone on a quiet machine:
+# PHASE=speed.
 #
 # Everything goes to $OUT: the configs, one checkpoint directory per model
 # (rerunning resumes each run where it stopped; finished runs are skipped),
 # the eval outputs and $OUT/results.md (the table). Options (environment):
 #   CTX      long context (default 4096); SHORT phase-1 context (128)
-#   STEPS1   phase-1 steps (1500); BATCH1 sequences per step (16)
-#   STEPS2   phase-2 steps (200); BATCH2 sequences per step (2)
+#   STEPS1   phase-1 steps (3000); BATCH1 sequences per step (16)
+#   STEPS2   phase-2 steps (300); BATCH2 sequences per step (2)
 #   WARM     DSA dense warm-up steps at the start of phase 2 (10)
 #   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
 #   TRIALS   passkey trials per (context, depth) cell (default 5)
@@ -52,12 +55,13 @@ DSC=${DSC:-build/dsc}
 if [ "${SMOKE:-0}" = 1 ]; then
     CTX=${CTX:-256}; SHORT=${SHORT:-96}; STEPS1=${STEPS1:-6}; STEPS2=${STEPS2:-6}
     WARM=${WARM:-2}; TRIALS=${TRIALS:-1}; SPEED_STEPS=${SPEED_STEPS:-3}
+    SPEED_CTXS=${SPEED_CTXS:-"256 512"}
 fi
 CTX=${CTX:-4096}
 SHORT=${SHORT:-128}
-STEPS1=${STEPS1:-1500}
+STEPS1=${STEPS1:-3000}
 BATCH1=${BATCH1:-16}
-STEPS2=${STEPS2:-200}
+STEPS2=${STEPS2:-300}
 BATCH2=${BATCH2:-2}
 WARM=${WARM:-10}
 MIX1=${MIX1:-0.5}
@@ -66,6 +70,7 @@ TRIALS=${TRIALS:-5}
 THREADS=${THREADS:-2}
 PHASE=${PHASE:-all}
 SPEED_STEPS=${SPEED_STEPS:-6}
+SPEED_CTXS=${SPEED_CTXS:-"$CTX $((2 * CTX)) $((4 * CTX))"}
 OUT=${OUT:-build/study}
 SEED=1
 CTX2=$((2 * CTX))
@@ -166,22 +171,31 @@ if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
 fi
 
 # ---- speed: fresh copies of the three architectures, nothing else running ----
+# at each context of SPEED_CTXS (the configs with max_position_embeddings
+# raised to it; DSA keeps k = index_topk, NSA its block geometry): training
+# tok/s (steps 2..SPEED_STEPS of a fresh run, BATCH2 x CTX / ctx sequences
+# of ctx tokens) and decode tok/s (128 tokens after a ~ctx-token prompt)
 if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
-    head -c $((CTX * 4)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/decode_prompt.txt"
     rm -rf "$OUT/speed"
     mkdir -p "$OUT/speed"
-    for name in mla dsa nsa; do
-        stage=""
-        [ "$name" = dsa ] && stage="--dsa-stage sparse"
-        echo "\$ dsc train -m $OUT/speed/$name --seq $CTX --batch $BATCH2 --steps $SPEED_STEPS $stage; dsc run"
-        # shellcheck disable=SC2086
-        "$DSC" train -m "$OUT/speed/$name" --data "$CORPUS" \
-            --tokenizer tests/fixtures/tokenizer_brown --config "$OUT/$name.json" \
-            --steps "$SPEED_STEPS" --batch "$BATCH2" --seq "$CTX" --eval-every 0 \
-            --save-every "$SPEED_STEPS" --val-frac 0.01 --seed "$SEED" -t "$THREADS" $stage \
-            2> "$OUT/speed/$name.train.log"
-        "$DSC" run -m "$OUT/$name" -f "$OUT/decode_prompt.txt" -c "$CTX2" -n 128 --temp 0 \
-            -t "$THREADS" > /dev/null 2> "$OUT/speed/$name.run.log"
+    for sc in $SPEED_CTXS; do
+        head -c $((sc * 4)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/speed/prompt_$sc.txt"
+        sb=$((BATCH2 * CTX / sc)); [ "$sb" -ge 1 ] || sb=1
+        for name in mla dsa nsa; do
+            stage=""
+            [ "$name" = dsa ] && stage="--dsa-stage sparse"
+            d=$OUT/speed/$name-$sc
+            sed 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$sc"'/' \
+                "$OUT/$name.json" > "$d.json"
+            echo "\$ dsc train -m $d --seq $sc --batch $sb --steps $SPEED_STEPS $stage; dsc run -c $((sc + 256))"
+            # shellcheck disable=SC2086
+            "$DSC" train -m "$d" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
+                --config "$d.json" --steps "$SPEED_STEPS" --batch "$sb" --seq "$sc" \
+                --eval-every 0 --save-every "$SPEED_STEPS" --val-frac 0.01 --seed "$SEED" \
+                -t "$THREADS" $stage 2> "$d.train.log"
+            "$DSC" run -m "$d" -f "$OUT/speed/prompt_$sc.txt" -c $((sc + 256)) -n 128 --temp 0 \
+                -t "$THREADS" > /dev/null 2> "$d.run.log"
+        done
     done
 fi
 
@@ -193,6 +207,14 @@ csv_mean() {   # csv_mean FILE COLUMN FIRST: mean of a column from step FIRST on
 csv_at() {   # csv_at FILE COLUMN STEP: the column's value at one step
     awk -F, -v col="$2" -v step="$3" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
         $1 == step { printf "%s", $c }' "$1"
+}
+train_tps() {   # train_tps NAME CTX: speed phase, mean training tok/s of steps 2..
+    csv_mean "$OUT/speed/$1-$2/train_log.csv" tokens_per_s 2 2>/dev/null || echo -
+}
+decode_tps() {   # decode_tps NAME CTX: speed phase, decode tok/s
+    v=$(grep -v 'prompt eval' "$OUT/speed/$1-$2.run.log" 2>/dev/null |
+        sed -n 's/.* eval time .*, *\([0-9.]*\) tokens per second.*/\1/p' | tail -1)
+    echo "${v:--}"
 }
 pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     awk -F, -v ctx="$2" 'NR > 1 && $1 == ctx { t += $3; c += $4 }
@@ -215,17 +237,29 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
         v2=$(csv_at "$OUT/$name/train_log.csv" val_loss "$TOTAL" 2>/dev/null || true)
         loss=$(sed -n 's/.*loss \([0-9.]*\)  ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
         ppl=$(sed -n 's/.*ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
-        tps=$(csv_mean "$OUT/speed/$name/train_log.csv" tokens_per_s 2 2>/dev/null || true)
-        dec=$(grep -v 'prompt eval' "$OUT/speed/$name.run.log" 2>/dev/null |
-              sed -n 's/.* eval time .*, *\([0-9.]*\) tokens per second.*/\1/p' | tail -1)
+        tps=$(train_tps "$name" "$CTX")
+        dec=$(decode_tps "$name" "$CTX")
         echo "| $name | ${params:--} | ${v1:--} | ${v2:--} | ${loss:--} | ${ppl:--} |" \
              "$(pk_acc "$OUT/$name.passkey.csv" "$CTX" 2>/dev/null || echo -) |" \
              "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2" 2>/dev/null || echo -) |" \
              "$(pk_acc "$OUT/$name.passkey_yarn.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
     done
     echo
+    echo "Speed by context ($THREADS threads; fresh models; training: mean tok/s of steps 2..$SPEED_STEPS,"
+    echo "$((BATCH2 * CTX)) tokens per step; decode: 128 tokens after a ~ctx-token prompt):"
+    echo
+    hdr="| model |"; sep="|---|"
+    for sc in $SPEED_CTXS; do hdr="$hdr train @$sc |"; sep="$sep---|"; done
+    for sc in $SPEED_CTXS; do hdr="$hdr decode @$sc |"; sep="$sep---|"; done
+    echo "$hdr"; echo "$sep"
+    for name in mla dsa nsa; do
+        row="| $name |"
+        for sc in $SPEED_CTXS; do row="$row $(train_tps "$name" "$sc") |"; done
+        for sc in $SPEED_CTXS; do row="$row $(decode_tps "$name" "$sc") |"; done
+        echo "$row"
+    done
+    echo
     echo "Per-depth tables: \`$OUT/NAME.passkey.txt\` (heat maps: NAME.passkey.svg);"
-    echo "training curves: \`$OUT/NAME/loss.svg\`; train tok/s: the mean of steps 2..$SPEED_STEPS of"
-    echo "a fresh run at $CTX (\`$OUT/speed\`), decode: 128 tokens after a ~$CTX-token prompt."
+    echo "training curves: \`$OUT/NAME/loss.svg\`."
 } > "$OUT/results.md"
 cat "$OUT/results.md"
