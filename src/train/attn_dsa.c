@@ -1,6 +1,7 @@
 /*
- * attn_dsa.c - DSA's dense warm-up stage (spec §4.6; V3.2-Exp §2.1) as a
- * trainer attention (tm_attn_ops, tm_impl.h) for deepseek_v32 layers.
+ * attn_dsa.c - DSA's training stages (spec §4.6; V3.2-Exp §2.1), dense
+ * warm-up and sparse, as a trainer attention (tm_attn_ops, tm_impl.h) for
+ * deepseek_v32 layers.
  *
  * Forward: MLA exactly as attn_mla.c (dense causal attention; the layer's
  * output and the LM loss do not depend on the indexer), then the lightning
@@ -8,10 +9,10 @@
  *   q = RoPE_half(wq_b(qan)) per head       qan: MLA's normed q latent
  *   k = RoPE_half(LayerNorm(wk(xn)))        xn: the layer input
  *   w = weights_proj(xn) * H_I^-1/2 * D_I^-1/2
- *   I = dsc_op_idx_score_fwd(q, k, w)       dense causal (T, T) per sequence
+ *   I = idx_score(q, k, w)                  dense causal (T, T) per sequence
  * and its target P_t = MLA's attention probabilities summed over the heads
  * (recomputed from the saved per-head lse: p = exp(s q.k - lse)), which
- * dsc_op_idx_kl L1-normalises. The layer's loss term is
+ * the KL (idx_ops.h's contract) L1-normalises. The layer's loss term is
  *   weight * mean over the B sequences of idx_kl (a mean over queries).
  * The recall of the indexer's top-k (index_topk) against P is a metric.
  *
@@ -23,12 +24,14 @@
  *
  * Sparse stage (tm->dsa_sparse, spec §4.6 step 2): MLA's projections, then
  * the indexer, then per query t the indexer's top-index_topk keys of
- * I(t, 0..t) (dsc_k_topk_set: ties to the lower position; all keys when
- * t+1 <= index_topk; saved in a->ix_sel, not differentiated), MLA's
+ * I(t, 0..t) (dsc_k_topk_set's set: ties to the lower position; all keys
+ * when t+1 <= index_topk; saved in a->ix_sel, not differentiated), MLA's
  * attention over that set only (tk_sparse.h; every MLA weight trains from
  * the LM loss through it), and the KL on the selected set with P = the
- * sparse attention's probabilities summed over heads. The recall is the
- * selection's share of the dense attention's mass (dense lse recomputed).
+ * sparse attention's probabilities summed over heads (I and P at the
+ * selected keys are kept per layer for the backward, (N, k) each). The
+ * recall is the selection's share of the dense attention's mass (dense lse
+ * recomputed).
  *
  * Kernels: the fast fp32 ones, each tested against its scalar reference
  * (which stays the oracle): the indexer's scores and their backward on
