@@ -29,7 +29,7 @@
 # Every model sees the same tokens budget (STEPS1 BATCH1 SHORT + STEPS2
 # BATCH2 CTX) and the same data order (seed).
 #
-# Then: held-out loss at CTX, passkey accuracy at CTX and 2 x CTX (depths
+# Then: held-out loss at CTX, passkey accuracy at SHORT, CTX and 2 x CTX (depths
 # 0..100%; 2 x CTX also with YaRN), and a speed phase on fresh copies of the
 # three architectures at each context of SPEED_CTXS (CTX, 2 CTX, 4 CTX):
 # training tok/s over SPEED_STEPS steps, decode tok/s of 128 tokens after a
@@ -43,6 +43,7 @@
 #   STEPS1   phase-1 steps (3000); BATCH1 sequences per step (16)
 #   STEPS2   phase-2 steps (300); BATCH2 sequences per step (2)
 #   WARM     DSA dense warm-up steps at the start of phase 2 (10)
+#   STEPS3   phase-3 steps at CTX (0: none), at the constant rate LR3 (1e-3)
 #   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
 #   TRIALS   passkey trials per (context, depth) cell (default 5)
 #   THREADS  threads (2)
@@ -64,6 +65,8 @@ BATCH1=${BATCH1:-16}
 STEPS2=${STEPS2:-300}
 BATCH2=${BATCH2:-2}
 WARM=${WARM:-10}
+STEPS3=${STEPS3:-0}
+LR3=${LR3:-1e-3}
 MIX1=${MIX1:-0.5}
 MIX2=${MIX2:-0.5}
 TRIALS=${TRIALS:-5}
@@ -127,7 +130,7 @@ train() {   # train NAME UNTIL SEQ BATCH EVERY MIX [extra options]
     [ "$(ckpt_step "$OUT/$name")" -lt "$until" ] || return 0
     echo "\$ dsc train -m $OUT/$name --seq $seq --batch $batch --stop-after $until $*"
     "$DSC" train -m "$OUT/$name" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
-        --config "$OUT/$name.json" --steps "$TOTAL" --stop-after "$until" --batch "$batch" \
+        --config "$OUT/$name.json" --steps "${STEPS_ARG:-$TOTAL}" --stop-after "$until" --batch "$batch" \
         --seq "$seq" --passkey-mix "$mix" --lr 3e-3 --warmup $((STEPS1 / 20 + 1)) \
         --eval-every "$every" --save-every "$every" --val-frac 0.01 --seed "$SEED" \
         -t "$THREADS" "$@" 2>> "$OUT/$name.train.log" \
@@ -138,10 +141,31 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
     for name in mla dsa nsa; do
         train "$name" "$STEPS1" "$SHORT" "$BATCH1" "$EVERY1" "$MIX1"
     done
+    # the end of phase 1 kept beside each model (NAME.phase1)
+    for name in mla dsa nsa; do
+        [ -d "$OUT/$name.phase1" ] || [ "$(ckpt_step "$OUT/$name")" -ne "$STEPS1" ] ||
+            cp -r "$OUT/$name" "$OUT/$name.phase1"
+    done
     train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
     train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
     train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage warmup
     train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse
+    # phase 3 (STEPS3 > 0): more steps at CTX at a constant learning rate
+    # LR3 (the cosine of phases 1-2 leaves phase 2 near its minimum), the
+    # end of phase 2 kept beside each model (NAME.phase2)
+    if [ "$STEPS3" -gt 0 ]; then
+        for name in mla dsa nsa; do
+            [ -d "$OUT/$name.phase2" ] || [ "$(ckpt_step "$OUT/$name")" -ne "$TOTAL" ] ||
+                cp -r "$OUT/$name" "$OUT/$name.phase2"
+        done
+        T3=$((TOTAL + STEPS3))
+        EVERY3=$((STEPS3 / 5)); [ "$EVERY3" -ge 1 ] || EVERY3=1
+        STEPS_ARG=$T3
+        train mla "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3"
+        train nsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3"
+        train dsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
+            --dsa-stage sparse
+    fi
 fi
 
 # ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
@@ -150,7 +174,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
         echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $CTX,$CTX2"
         "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
             --seed "$SEED" -t "$THREADS" -q > "$OUT/$name.loss.txt"
-        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$CTX,$CTX2" \
+        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$SHORT,$CTX,$CTX2" \
             --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
             -t "$THREADS" -o "$OUT/$name.passkey" -q > "$OUT/$name.passkey.txt"
         # 2 x CTX with YaRN (factor 2 over CTX, DeepSeek-V3's other
@@ -174,12 +198,13 @@ fi
 # at each context of SPEED_CTXS (the configs with max_position_embeddings
 # raised to it; DSA keeps k = index_topk, NSA its block geometry): training
 # tok/s (steps 2..SPEED_STEPS of a fresh run, BATCH2 x CTX / ctx sequences
-# of ctx tokens) and decode tok/s (128 tokens after a ~ctx-token prompt)
+# of ctx tokens) and decode tok/s (128 tokens after a prompt of ~0.9 ctx)
 if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
     rm -rf "$OUT/speed"
     mkdir -p "$OUT/speed"
     for sc in $SPEED_CTXS; do
-        head -c $((sc * 4)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/speed/prompt_$sc.txt"
+        # ~0.9 ctx tokens of text (Brown: ~0.27 tokens per byte), + 128 generated
+        head -c $((sc * 3)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/speed/prompt_$sc.txt"
         sb=$((BATCH2 * CTX / sc)); [ "$sb" -ge 1 ] || sb=1
         for name in mla dsa nsa; do
             stage=""
@@ -187,13 +212,13 @@ if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
             d=$OUT/speed/$name-$sc
             sed 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$sc"'/' \
                 "$OUT/$name.json" > "$d.json"
-            echo "\$ dsc train -m $d --seq $sc --batch $sb --steps $SPEED_STEPS $stage; dsc run -c $((sc + 256))"
+            echo "\$ dsc train -m $d --seq $sc --batch $sb --steps $SPEED_STEPS $stage; dsc run -c $sc"
             # shellcheck disable=SC2086
             "$DSC" train -m "$d" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
                 --config "$d.json" --steps "$SPEED_STEPS" --batch "$sb" --seq "$sc" \
                 --eval-every 0 --save-every "$SPEED_STEPS" --val-frac 0.01 --seed "$SEED" \
                 -t "$THREADS" $stage 2> "$d.train.log"
-            "$DSC" run -m "$d" -f "$OUT/speed/prompt_$sc.txt" -c $((sc + 256)) -n 128 --temp 0 \
+            "$DSC" run -m "$d" -f "$OUT/speed/prompt_$sc.txt" -c "$sc" -n 128 --temp 0 \
                 -t "$THREADS" > /dev/null 2> "$d.run.log"
         done
     done
@@ -228,25 +253,27 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
     echo "DSA: 2 x 32 indexer, index_topk $TOPK, $WARM dense warm-up steps at $CTX, then sparse."
     echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W."
+    [ "$STEPS3" -gt 0 ] && echo "Phase 3: $STEPS3 more steps x $BATCH2 x $CTX at a constant learning rate $LR3."
     echo
-    echo "| model | params | val loss end of phase 1 | val loss end | eval loss @$CTX | ppl | passkey @$CTX (%) | passkey @$CTX2 (%) | passkey @$CTX2 YaRN (%) | train tok/s @$CTX | decode tok/s @$CTX |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| model | params | val loss end of phase 1 | val loss end | eval loss @$CTX | ppl | passkey @$SHORT (%) | passkey @$CTX (%) | passkey @$CTX2 (%) | passkey @$CTX2 YaRN (%) | train tok/s @$CTX | decode tok/s @$CTX |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for name in mla dsa nsa; do
         params=$(sed -n 's/.*training [^:]*: \([0-9]*\) params.*/\1/p' "$OUT/$name.train.log" 2>/dev/null | tail -1)
         v1=$(csv_at "$OUT/$name/train_log.csv" val_loss "$STEPS1" 2>/dev/null || true)
-        v2=$(csv_at "$OUT/$name/train_log.csv" val_loss "$TOTAL" 2>/dev/null || true)
+        v2=$(csv_at "$OUT/$name/train_log.csv" val_loss "$((TOTAL + STEPS3))" 2>/dev/null || true)
         loss=$(sed -n 's/.*loss \([0-9.]*\)  ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
         ppl=$(sed -n 's/.*ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
         tps=$(train_tps "$name" "$CTX")
         dec=$(decode_tps "$name" "$CTX")
         echo "| $name | ${params:--} | ${v1:--} | ${v2:--} | ${loss:--} | ${ppl:--} |" \
+             "$(pk_acc "$OUT/$name.passkey.csv" "$SHORT" 2>/dev/null || echo -) |" \
              "$(pk_acc "$OUT/$name.passkey.csv" "$CTX" 2>/dev/null || echo -) |" \
              "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2" 2>/dev/null || echo -) |" \
              "$(pk_acc "$OUT/$name.passkey_yarn.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
     done
     echo
     echo "Speed by context ($THREADS threads; fresh models; training: mean tok/s of steps 2..$SPEED_STEPS,"
-    echo "$((BATCH2 * CTX)) tokens per step; decode: 128 tokens after a ~ctx-token prompt):"
+    echo "$((BATCH2 * CTX)) tokens per step; decode: 128 tokens after a prompt of ~0.9 ctx tokens):"
     echo
     hdr="| model |"; sep="|---|"
     for sc in $SPEED_CTXS; do hdr="$hdr train @$sc |"; sep="$sep---|"; done
