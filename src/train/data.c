@@ -118,8 +118,7 @@ dsc_status dsc_data_load(const char *path, const dsc_tokenizer_t *tok, const dsc
         return dsc_err_set(err, DSC_ERR_OOM, "data: out of memory");
     }
     d->seq_len = prm.seq_len;
-    d->pad_id = prm.pad_id >= 0 ? prm.pad_id
-                                : (dsc_tokenizer_eos(tok) >= 0 ? dsc_tokenizer_eos(tok) : 0);
+    d->pad_id = prm.pad_id >= 0 ? prm.pad_id : -1;
     char *line = NULL, *doc = NULL;
     size_t line_cap = 0, doc_len = 0, doc_cap = 0;
     int64_t n_docs = 0, off = 0, doc_off = 0;

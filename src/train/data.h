@@ -16,7 +16,9 @@
  *     the tokenizer adds BOS by default, EOS when it has one). The stream is
  *     cut into consecutive, non-overlapping sequences of seq_len+1 ids
  *     (inputs ids[0..seq_len-1], targets ids[1..seq_len]); the last one is
- *     padded with pad_id and reports fewer valid ids. Every stream id is in
+ *     padded with pad_id (by default -1: padding, which the trainer feeds as
+ *     id 0 and does not count as a target) and reports fewer valid ids.
+ *     Every stream id is in
  *     exactly one sequence, once.
  *
  * Batches (dsc_data_iter): sequences of one split in an order shuffled per
@@ -38,7 +40,7 @@ typedef struct {
     int64_t seq_len;        /* tokens of input per sequence (sequence = seq_len+1 ids) */
     double val_fraction;    /* share of documents held out, in [0, 1]; e.g. 0.01        */
     uint64_t seed;          /* split hash seed                                          */
-    int32_t pad_id;         /* fills the tail of the last sequence; -1: EOS, else 0     */
+    int32_t pad_id;         /* fills the tail of the last sequence; < 0: -1 (padding)   */
 } dsc_data_params;
 
 dsc_data_params dsc_data_default_params(void);

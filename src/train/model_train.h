@@ -100,8 +100,11 @@ float *dsc_train_model_grad(dsc_train_model_t *tm, int64_t *n);
  * gradient block and then writes d loss / d param into it. Deterministic:
  * the same inputs give bit-identical gradients (checked at a fixed thread
  * count).
- * DSC_ERR_ARG when B < 1, T < 1, T > max_t, B*T > max_b*max_t, an input id is
- * outside [0, vocab_size) or a target is >= vocab_size.
+ * An id of -1 is padding (dsc_data's tail): not counted as a target, fed as
+ * id 0 as an input (causal attention: padding at the end of a sequence
+ * reaches only later padding).
+ * DSC_ERR_ARG when B < 1, T < 1, T > max_t, B*T > max_b*max_t, or an id is
+ * outside [0, vocab_size) and not -1.
  */
 dsc_status dsc_train_forward_backward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B,
                                       int64_t T, double *loss, dsc_err *err);

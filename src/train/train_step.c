@@ -132,10 +132,11 @@ static dsc_status check_call(const dsc_train_model_t *tm, const int32_t *tokens,
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t <= T; t++) {
             int32_t id = tokens[b * (T + 1) + t];
-            if (id >= V || (t < T && id < 0))
+            if (id >= V || id < -1)
                 return dsc_err_set(err, DSC_ERR_ARG,
-                                   "token id %d at (%lld, %lld) is out of range [0, %lld)", id,
-                                   (long long)b, (long long)t, (long long)V);
+                                   "token id %d at (%lld, %lld) is out of range [0, %lld) "
+                                   "(or -1, padding)", id, (long long)b, (long long)t,
+                                   (long long)V);
         }
     return DSC_OK;
 }
@@ -199,7 +200,8 @@ static double forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B, i
     double eps = c->rms_norm_eps;
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) {
-            tm->ids[b * T + t] = tokens[b * (T + 1) + t];
+            int32_t id = tokens[b * (T + 1) + t];
+            tm->ids[b * T + t] = id < 0 ? 0 : id;   /* padding: fed as id 0 */
             tm->tgt[b * T + t] = tokens[b * (T + 1) + t + 1];
         }
     tm->last_n = N;

@@ -324,7 +324,7 @@ static void test_data_docs(dsc_t *t) {
                     "sequence %lld has %lld valid", (long long)i, (long long)k);
             T_CHECK(t, !memcmp(seq, st + pos, (size_t)k * sizeof *seq), "sequence %lld differs",
                     (long long)i);
-            for (int64_t j = k; j < L; j++) T_CHECK(t, seq[j] == eos, "pad is EOS");
+            for (int64_t j = k; j < L; j++) T_CHECK(t, seq[j] == -1, "pad is -1");
             pos += k;
         }
         T_CHECK(t, pos == nt, "packed %lld of %lld stream ids", (long long)pos, (long long)nt);

@@ -163,10 +163,24 @@ static void loss_case(dsc_t *t, const char *fx, int64_t T) {
         dsc_train_forward(tm, two, 2, T, &l01, &e);
         T_CHECK(t, fabs(l01 - 0.5 * (l0 + l1)) <= 1e-6 * fabs(l01),
                 "%s: batch loss %.9g, mean of its rows %.9g", fx, l01, 0.5 * (l0 + l1));
+        /* padding (-1, dsc_data's tail): a sequence whose ids from k on are
+           -1 has the loss of its first k ids as a sequence of k - 1 inputs
+           (the padded targets are not counted and, causally, padded inputs
+           reach no counted position) */
+        int64_t k = T / 2 + 1;
+        memcpy(two, ids, (size_t)(T + 1) * sizeof *two);
+        for (int64_t j = k; j <= T; j++) two[j] = -1;
+        double lpad = NAN, lcut = NAN;
+        T_CHECK(t, dsc_train_forward(tm, two, 1, T, &lpad, &e) == DSC_OK, "padded: %s", e.msg);
+        T_CHECK(t, dsc_train_forward(tm, ids, 1, k - 1, &lcut, &e) == DSC_OK, "%s", e.msg);
+        T_CHECK(t, fabs(lpad - lcut) <= 1e-6 * fabs(lcut),
+                "%s: padded loss %.9g, loss of the unpadded part %.9g", fx, lpad, lcut);
         /* argument checks */
         T_CHECK(t, dsc_train_forward(tm, ids, 1, T + 1, &got, &e) == DSC_ERR_ARG, "T > max_t");
         two[3] = (int32_t)m->cfg.vocab_size;
         T_CHECK(t, dsc_train_forward(tm, two, 1, T, &got, &e) == DSC_ERR_ARG, "bad id");
+        two[3] = -2;
+        T_CHECK(t, dsc_train_forward(tm, two, 1, T, &got, &e) == DSC_ERR_ARG, "id -2");
         free(two);
     }
     dsc_train_model_free(tm);
