@@ -5,11 +5,12 @@
 # retrieval at CTX and 2 x CTX, and speed:
 #   mla  dense MLA (deepseek_v3, like configs/demo-v3-tiny.json)
 #   dsa  MLA + DSA (deepseek_v32; a 2-head, 32-dim lightning indexer and
-#        index_topk CTX/16)
+#        index_topk TOPK, CTX/16 unless set)
 #   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 with
 #        n 8 and w 256 at CTX >= 2048 (a sparse budget of CTX/16 + 768
 #        keys), scaled down below; q is one q_proj (q_lora_rank 0); H_kv 1,
-#        d_k = d_v = 32, MLP compression)
+#        d_k = d_v = 32, MLP compression with 8 hidden units, which keeps the
+#        parameter count within 2.5% of mla's)
 #
 # Schedule (the way DeepSeek trains: short context first, then long; one
 # cosine learning-rate schedule over both phases, the same for every model):
@@ -48,6 +49,7 @@
 #   TRIALS   passkey trials per (context, depth) cell (default 5)
 #   THREADS  threads (2)
 #   PHASE    all (default), train, eval, speed, report
+#   NAMES    the models that eval and speed run on (mla dsa nsa)
 #   OUT      output directory (default build/study)
 #   DSC      the dsc binary (default build/dsc)
 #   SMOKE=1  a quick end-to-end check: CTX 256, SHORT 64, a few steps, 1 trial
@@ -72,6 +74,7 @@ MIX2=${MIX2:-0.5}
 TRIALS=${TRIALS:-5}
 THREADS=${THREADS:-2}
 PHASE=${PHASE:-all}
+NAMES=${NAMES:-"mla dsa nsa"}
 SPEED_STEPS=${SPEED_STEPS:-6}
 SPEED_CTXS=${SPEED_CTXS:-"$CTX $((2 * CTX)) $((4 * CTX))"}
 OUT=${OUT:-build/study}
@@ -92,7 +95,7 @@ common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
  "max_position_embeddings": '$CTX', "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
  "tie_word_embeddings": false, "num_nextn_predict_layers": 0, "bos_token_id": 0,
  "eos_token_id": 1, "hidden_act": "silu", "attention_bias": false'
-TOPK=$((CTX / 16))
+TOPK=${TOPK:-$((CTX / 16))}
 if [ "$CTX" -ge 2048 ]; then
     NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=8; NSA_W=256
 else   # the same ratios at a small context
@@ -111,7 +114,7 @@ cat > "$OUT/nsa.json" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
  "attention_type": "nsa", "nsa": {"num_key_value_heads": 1, "head_dim_k": 32,
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
-  "n_select": $NSA_N, "window": $NSA_W, "compress": "mlp", "compress_hidden": 32,
+  "n_select": $NSA_N, "window": $NSA_W, "compress": "mlp", "compress_hidden": 8,
   "shared_kv": false},
  "q_lora_rank": 0, $common}
 EOF
@@ -148,8 +151,9 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
     done
     train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
     train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
-    train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage warmup
-    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse
+    train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage warmup \
+        --dsa-topk "$TOPK"
+    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse --dsa-topk "$TOPK"
     # phase 3 (STEPS3 > 0): more steps at CTX at a constant learning rate
     # LR3 (the cosine of phases 1-2 leaves phase 2 near its minimum), the
     # end of phase 2 kept beside each model (NAME.phase2)
@@ -170,7 +174,7 @@ fi
 
 # ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
 if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
-    for name in mla dsa nsa; do
+    for name in $NAMES; do
         echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $CTX,$CTX2"
         "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
             --seed "$SEED" -t "$THREADS" -q > "$OUT/$name.loss.txt"
@@ -200,16 +204,16 @@ fi
 # tok/s (steps 2..SPEED_STEPS of a fresh run, BATCH2 x CTX / ctx sequences
 # of ctx tokens) and decode tok/s (128 tokens after a prompt of ~0.9 ctx)
 if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
-    rm -rf "$OUT/speed"
     mkdir -p "$OUT/speed"
     for sc in $SPEED_CTXS; do
         # ~0.9 ctx tokens of text (Brown: ~0.27 tokens per byte), + 128 generated
         head -c $((sc * 3)) "$CORPUS" | tr -s '\n' ' ' > "$OUT/speed/prompt_$sc.txt"
         sb=$((BATCH2 * CTX / sc)); [ "$sb" -ge 1 ] || sb=1
-        for name in mla dsa nsa; do
+        for name in $NAMES; do
             stage=""
             [ "$name" = dsa ] && stage="--dsa-stage sparse"
             d=$OUT/speed/$name-$sc
+            rm -rf "$d"
             sed 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$sc"'/' \
                 "$OUT/$name.json" > "$d.json"
             echo "\$ dsc train -m $d --seq $sc --batch $sb --steps $SPEED_STEPS $stage; dsc run -c $sc"
