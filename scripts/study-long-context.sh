@@ -5,7 +5,7 @@
 # retrieval at CTX and 2 x CTX, and speed:
 #   mla  dense MLA (deepseek_v3, like configs/demo-v3-tiny.json)
 #   dsa  MLA + DSA (deepseek_v32; a 2-head, 32-dim lightning indexer and
-#        index_topk TOPK, CTX/16 unless set)
+#        index_topk TOPK, CTX/32 unless set)
 #   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 with
 #        n 8 and w 256 at CTX >= 2048 (a sparse budget of CTX/16 + 768
 #        keys), scaled down below; q is one q_proj (q_lora_rank 0); H_kv 1,
@@ -95,7 +95,7 @@ common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
  "max_position_embeddings": '$CTX', "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
  "tie_word_embeddings": false, "num_nextn_predict_layers": 0, "bos_token_id": 0,
  "eos_token_id": 1, "hidden_act": "silu", "attention_bias": false'
-TOPK=${TOPK:-$((CTX / 16))}
+TOPK=${TOPK:-$((CTX / 32))}
 if [ "$CTX" -ge 2048 ]; then
     NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=8; NSA_W=256
 else   # the same ratios at a small context
