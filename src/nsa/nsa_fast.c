@@ -738,6 +738,36 @@ dsc_status dsc_nsa_fast_sizes(const dsc_nsa_config *c, int64_t T, const dsc_nsa_
     return DSC_OK;
 }
 
+/* The overlap weights of compressed block r of a period, in selection
+   block 0 (wt[r]) and 1 (wt[P + r]), at the start of the scratch. */
+static double *overlap_weights(const dsc_nsa_config *c, const geo *g, char *base) {
+    double *wt = (double *)base;
+    for (int64_t r = 0; r < g->P; r++) {
+        wt[r] = dsc_nsa_overlap_weight(c, r, 0);
+        wt[g->P + r] = dsc_nsa_overlap_weight(c, r, 1);
+    }
+    return wt;
+}
+
+/* The forward's work items (KV head, query tile) over the threads, the
+   last tiles (most compressed keys) first, for the balance. */
+static void fwd_tiles(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_saved_f32 *sv,
+                      int want_sel, const double *wt, char *base, const lay *L,
+                      const dsc_nsa_fast_opts *opts) {
+    int64_t items = g->H * g->ntiles;
+    const int nt = g->threads;
+    (void)nt;
+#pragma omp parallel num_threads(nt)
+    {
+        tws w;
+        tws_fwd(g, base + L->shared + (size_t)thread_id() * L->thread, &w);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++)
+            fwd_item(g, in, o, sv, want_sel, wt, it % g->H, g->ntiles - 1 - it / g->H, &w);
+        prof_add(opts, &w);
+    }
+}
+
 dsc_status dsc_nsa_fast_fwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_nsa_in_f32 *in,
                                 const dsc_nsa_params_f32 *p, float *o, int64_t ldo,
                                 dsc_nsa_saved_f32 *sv, int flags, const dsc_nsa_fast_opts *opts,
@@ -752,31 +782,11 @@ dsc_status dsc_nsa_fast_fwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
     lay L;
     layout(&g, 0, &L);
     char *base = scratch;
-    /* the overlap weights of compressed block r of a period: in selection
-       block 0 (wt[r]) and 1 (wt[P + r]) */
-    double *wt = (double *)base;
-    for (int64_t r = 0; r < g.P; r++) {
-        wt[r] = dsc_nsa_overlap_weight(c, r, 0);
-        wt[g.P + r] = dsc_nsa_overlap_weight(c, r, 1);
-    }
+    const double *wt = overlap_weights(c, &g, base);
     double t0 = now_s();
     compress(&g, in, p, sv, base, &L);
     if (opts->prof) opts->prof[DSC_NSA_FAST_T_COMPRESS] += (now_s() - t0) * g.threads;
-
-    int want_sel = !(flags & DSC_NSA_SEL_GIVEN);
-    int64_t items = g.H * g.ntiles;
-    const int nt = g.threads;
-    (void)nt;
-#pragma omp parallel num_threads(nt)
-    {
-        tws w;
-        tws_fwd(&g, base + L.shared + (size_t)thread_id() * L.thread, &w);
-        /* the last tiles (most compressed keys) first, for the balance */
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++)
-            fwd_item(&g, in, o, sv, want_sel, wt, it % g.H, g.ntiles - 1 - it / g.H, &w);
-        prof_add(opts, &w);
-    }
+    fwd_tiles(&g, in, o, sv, !(flags & DSC_NSA_SEL_GIVEN), wt, base, &L, opts);
     return DSC_OK;
 }
 
@@ -917,22 +927,6 @@ dsc_status dsc_nsa_fast_fwd_rows_f32(const dsc_nsa_config *c, int64_t t0, int64_
     lay L;
     layout(&g, 0, &L);
     char *base = scratch;
-    double *wt = (double *)base;
-    for (int64_t r = 0; r < g.P; r++) {
-        wt[r] = dsc_nsa_overlap_weight(c, r, 0);
-        wt[g.P + r] = dsc_nsa_overlap_weight(c, r, 1);
-    }
-    int64_t items = g.H * g.ntiles;
-    const int nt = g.threads;
-    (void)nt;
-#pragma omp parallel num_threads(nt)
-    {
-        tws w;
-        tws_fwd(&g, base + L.shared + (size_t)thread_id() * L.thread, &w);
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++)
-            fwd_item(&g, in, o, sv, 1, wt, it % g.H, g.ntiles - 1 - it / g.H, &w);
-        prof_add(opts, &w);
-    }
+    fwd_tiles(&g, in, o, sv, 1, overlap_weights(c, &g, base), base, &L, opts);
     return DSC_OK;
 }
