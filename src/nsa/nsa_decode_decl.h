@@ -91,3 +91,8 @@ dsc_status DSC_NSA(decode_prefill)(DSC_NSA(decode) *st, const DSC_NSA(params) *p
    after a rejected draft, step again from pos). 0 <= pos <= len, else
    DSC_ERR_ARG and the state unchanged. pos = len is a no-op. */
 dsc_status DSC_NSA(decode_truncate)(DSC_NSA(decode) *st, int64_t pos, dsc_err *err);
+
+/* DSC_ERR_ARG naming the first NULL parameter phi needs (MLP compression;
+   mean pooling needs none): the check every call that may compress makes. */
+dsc_status DSC_NSA(decode_check_params)(const dsc_nsa_config *c, const DSC_NSA(params) *p,
+                                        dsc_err *err);

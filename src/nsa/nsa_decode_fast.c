@@ -32,19 +32,6 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* ---- checks and bookkeeping ---- */
 
-static dsc_status check_params(const dsc_nsa_config *c, const dsc_nsa_params_f32 *p,
-                               dsc_err *err) {
-    if (c->phi != DSC_NSA_PHI_MLP) return DSC_OK;
-    NEED(p, "params (MLP compression)");
-    NEED(p->pe_k, "params->pe_k");
-    NEED(p->w1_k, "params->w1_k");
-    NEED(p->w2_k, "params->w2_k");
-    NEED(p->pe_v, "params->pe_v");
-    NEED(p->w1_v, "params->w1_v");
-    NEED(p->w2_v, "params->w2_v");
-    return DSC_OK;
-}
-
 /* The state's raw K/V as the operator's kv view (packed rows). */
 static dsc_nsa_kv_f32 state_kv(const dsc_nsa_decode_f32 *st) {
     dsc_nsa_kv_f32 kv = {{st->k[0], st->k[1], st->k[2]}, st->c.H_kv * st->c.d_k,
@@ -324,7 +311,7 @@ dsc_status dsc_nsa_decode_fast_step(dsc_nsa_decode_f32 *st, const dsc_nsa_params
         NEED(k_t[b], kn[b]);
         NEED(v_t[b], vn[b]);
     }
-    DSC_TRY(check_params(c, p, err));
+    DSC_TRY(dsc_nsa_decode_check_params_f32(c, p, err));
     int64_t t = st->len;
     step_ws w;
     if (!step_plan(st, t, step_cols(c, t), &w))   /* tiny state: the reference */
@@ -383,7 +370,7 @@ dsc_status dsc_nsa_decode_fast_prefill(dsc_nsa_decode_f32 *st, const dsc_nsa_par
         NEED(in->kv.k[b], kn[b]);
         NEED(in->kv.v[b], vn[b]);
     }
-    DSC_TRY(check_params(c, p, err));
+    DSC_TRY(dsc_nsa_decode_check_params_f32(c, p, err));
 
     int64_t t0 = st->len, H = c->H_kv, rk = H * c->d_k, rv = H * c->d_v;
     int64_t ldq = in->ldq ? in->ldq : c->H_q * c->d_k, ldg = in->ldg ? in->ldg : c->H_q * 3;
