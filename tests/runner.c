@@ -186,6 +186,23 @@ int t_run_dsc(dsc_t *t, const char *name, const char *args, char **out) {
     return WEXITSTATUS(st);
 }
 
+int t_log_steps(const char *log, const char *key, int max_step, double *v, char (*text)[32]) {
+    int n = 0;
+    size_t kl = strlen(key);
+    for (const char *p = log; p && (p = strstr(p, "step ")); p++) {
+        int step, tot;
+        const char *q = strstr(p, key), *nl = strchr(p, '\n');
+        char num[32];
+        if (sscanf(p, "step %d/%d", &step, &tot) != 2 || step < 1 || step > max_step || !q ||
+            (nl && q > nl) || sscanf(q + kl, "%31s", num) != 1)
+            continue;
+        if (v) v[step] = atof(num);
+        if (text) snprintf(text[step], sizeof text[0], "%s", num);
+        n++;
+    }
+    return n;
+}
+
 void t_write_words(dsc_t *t, const char *name, int lines, char *path, size_t cap) {
     static const char *w[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog",
                               "ran", "to", "big", "red", "house", "while", "birds", "sang"};

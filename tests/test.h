@@ -71,6 +71,12 @@ float *t_to_f32(t_pool *pl, const double *x, int64_t n);
    NULL, the output in *out (malloc'd, NULL if unreadable). */
 int t_run_dsc(dsc_t *t, const char *name, const char *args, char **out);
 
+/* The value after KEY (e.g. "loss ", "main ", "idx_kl ") on each "step N/M"
+   line of a `dsc train` log, for 1 <= N <= max_step: v[N] (v may be NULL)
+   and, when text is not NULL, its text (text[N], up to 31 chars). Returns
+   how many steps had KEY on their line. */
+int t_log_steps(const char *log, const char *key, int max_step, double *v, char (*text)[32]);
+
 /* Write tmpdir/NAME: `lines` sentences of a 16-word language (fixed seed),
    a blank line (document break) after every 10th, so a tiny model learns
    something in a few steps; its path goes to path (cap bytes). */

@@ -165,17 +165,7 @@ static void test_warmup(dsc_t *t) {
             "no DSA warm-up / recall in the log: %s", o ? o : "");
     /* idx_kl of each step */
     double kl[NSTEP + 1] = {0};
-    int n = 0;
-    for (const char *p = o; p && (p = strstr(p, "step ")); p++) {
-        int step, tot;
-        const char *q = strstr(p, "idx_kl ");
-        const char *nl = strchr(p, '\n');
-        if (sscanf(p, "step %d/%d", &step, &tot) == 2 && step >= 1 && step <= NSTEP && q &&
-            (!nl || q < nl)) {
-            kl[step] = atof(q + 7);
-            n++;
-        }
-    }
+    int n = t_log_steps(o, "idx_kl ", NSTEP, kl, NULL);
     T_CHECK(t, n == NSTEP, "%d steps logged idx_kl", n);
     double first = 0, last = 0;
     for (int s = 1; s <= 5; s++) first += kl[s] / 5, last += kl[NSTEP - 5 + s] / 5;
@@ -438,17 +428,7 @@ static void test_sparse_cli(dsc_t *t) {
     T_CHECK(t, o && strstr(o, "sparse stage") && strstr(o, "idx_kl ") && strstr(o, "idx_recall "),
             "no DSA sparse stage / idx_kl / recall in the log: %s", o ? o : "");
     double lm[NSPARSE + 1] = {0};
-    int n = 0;
-    for (const char *p = o; p && (p = strstr(p, "step ")); p++) {
-        int step, tot;
-        const char *q = strstr(p, "main ");
-        const char *nl = strchr(p, '\n');
-        if (sscanf(p, "step %d/%d", &step, &tot) == 2 && step >= 1 && step <= NSPARSE && q &&
-            (!nl || q < nl)) {
-            lm[step] = atof(q + 5);
-            n++;
-        }
-    }
+    int n = t_log_steps(o, "main ", NSPARSE, lm, NULL);
     T_CHECK(t, n == NSPARSE, "%d steps logged the LM loss", n);
     double first = 0, last = 0;
     for (int s = 1; s <= 3; s++) first += lm[s] / 3, last += lm[NSPARSE - 3 + s] / 3;

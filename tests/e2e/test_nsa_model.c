@@ -175,21 +175,6 @@ static void test_no_inference(dsc_t *t) {
     dsc_model_free(m);
 }
 
-static int losses(const char *log, char lo[][32], double *v) {
-    int n = 0;
-    for (const char *p = log; p && (p = strstr(p, "step ")); p++) {
-        int step, tot;
-        char num[32];
-        if (sscanf(p, "step %d/%d loss %31s", &step, &tot, num) == 3 && step >= 1 &&
-            step <= NSTEP) {
-            snprintf(lo[step], sizeof lo[0], "%s", num);
-            v[step] = atof(num);
-            n++;
-        }
-    }
-    return n;
-}
-
 static void test_train_cli(dsc_t *t) {
     char text[4096], cfg[512], data[512], args[3072], common[2048];
     fmt_cfg(text, sizeof text, CFG_MOE, 8, "mlp");
@@ -206,7 +191,7 @@ static void test_train_cli(dsc_t *t) {
     snprintf(args, sizeof args, "train -m %s/nsa_a %s", t->tmpdir, common);
     int st = t_run_dsc(t, "nsa_a.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
-    int na = losses(o, la, va);
+    int na = t_log_steps(o, "loss ", NSTEP, va, la);
     T_CHECK(t, na == NSTEP, "run a logged %d steps: %s", na, o ? o : "");
     free(o);
     if (na != NSTEP) return;
@@ -215,7 +200,7 @@ static void test_train_cli(dsc_t *t) {
     snprintf(args, sizeof args, "train -m %s/nsa_c %s --stop-after 10", t->tmpdir, common);
     st = t_run_dsc(t, "nsa_c1.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
-    int nc = losses(o, lc, vc);
+    int nc = t_log_steps(o, "loss ", NSTEP, vc, lc);
     free(o);
     T_CHECK(t, nc == 10, "run c logged %d steps before the stop", nc);
     snprintf(args, sizeof args, "train -m %s/nsa_c %s", t->tmpdir, common);
@@ -227,7 +212,7 @@ static void test_train_cli(dsc_t *t) {
         char path[600];
         snprintf(path, sizeof path, "%s/nsa_c2.txt", t->tmpdir);
         char *o2 = t_read_file(path, NULL);
-        nc = losses(o2, lc, vc);
+        nc = t_log_steps(o2, "loss ", NSTEP, vc, lc);
         free(o2);
     }
     T_CHECK(t, nc == 10, "resumed run logged %d steps", nc);

@@ -49,23 +49,6 @@ static const char *CONFIG =
     " \"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000,\n"
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"tie_word_embeddings\": false}\n";
 
-/* The loss text of each "step N/M  loss X" line, by step (1-based); returns
-   how many steps were found. */
-static int losses(const char *log, char lo[][32], double *v) {
-    int n = 0;
-    for (const char *p = log; p && (p = strstr(p, "step ")); p++) {
-        int step, tot;
-        char num[32];
-        if (sscanf(p, "step %d/%d loss %31s", &step, &tot, num) == 3 && step >= 1 &&
-            step <= NSTEP) {
-            snprintf(lo[step], sizeof lo[0], "%s", num);
-            v[step] = atof(num);
-            n++;
-        }
-    }
-    return n;
-}
-
 static void test_train(dsc_t *t) {
     char cfg[512], data[512], args[3072], common[2048];
     snprintf(cfg, sizeof cfg, "%s/tiny_config.json", t->tmpdir);
@@ -83,7 +66,7 @@ static void test_train(dsc_t *t) {
     snprintf(args, sizeof args, "train -m %s/a %s", t->tmpdir, common);
     int st = t_run_dsc(t, "a.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
-    int na = losses(o, la, va);
+    int na = t_log_steps(o, "loss ", NSTEP, va, la);
     T_CHECK(t, na == NSTEP, "run a logged %d steps: %s", na, o ? o : "");
     T_CHECK(t, o && strstr(o, "val loss") && strstr(o, "expert load max/mean: L1"),
             "no validation / expert load lines: %s", o ? o : "");
@@ -95,7 +78,7 @@ static void test_train(dsc_t *t) {
     snprintf(args, sizeof args, "train -m %s/b %s", t->tmpdir, common);
     st = t_run_dsc(t, "b.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
-    int nb = losses(o, lb, vb);
+    int nb = t_log_steps(o, "loss ", NSTEP, vb, lb);
     free(o);
     T_CHECK(t, nb == NSTEP, "run b logged %d steps", nb);
     for (int s = 1; s <= NSTEP && nb == NSTEP; s++)
@@ -105,7 +88,7 @@ static void test_train(dsc_t *t) {
     snprintf(args, sizeof args, "train -m %s/c %s --stop-after 10", t->tmpdir, common);
     st = t_run_dsc(t, "c1.txt", args, &o);
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
-    int nc = losses(o, lc, vc);
+    int nc = t_log_steps(o, "loss ", NSTEP, vc, lc);
     free(o);
     T_CHECK(t, nc == 10, "run c logged %d steps before the stop", nc);
     snprintf(args, sizeof args, "train -m %s/c %s", t->tmpdir, common);
@@ -113,7 +96,7 @@ static void test_train(dsc_t *t) {
     T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
     T_CHECK(t, o && strstr(o, "resumed"), "second leg did not resume: %s", o ? o : "");
     memset(lc[11], 0, 10 * sizeof lc[11]);
-    nc = losses(o, lc, vc);
+    nc = t_log_steps(o, "loss ", NSTEP, vc, lc);
     free(o);
     T_CHECK(t, nc == 10, "resumed run logged %d steps", nc);
     for (int s = 1; s <= NSTEP; s++)
@@ -567,7 +550,7 @@ static void test_train_passkey_mix(dsc_t *t) {
             if (r < 3)
                 T_CHECK(t, o && strstr(o, "passkey mix 0.5"), "no passkey mix line: %s",
                         o ? o : "");
-            n += losses(o, l[r], v);
+            n += t_log_steps(o, "loss ", NSTEP, v, l[r]);
             free(o);
         }
         T_CHECK(t, n == 6, "run %s logged %d steps", leg[r], n);
