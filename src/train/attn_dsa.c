@@ -177,22 +177,9 @@ static void select_keys(dsc_train_model_t *tm, int64_t l, int64_t b, int64_t T) 
    Returns the KL summed over the B sequences. */
 static double sparse_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     const dsc_config *c = &tm->cfg;
-    const tm_layer *w = &tm->layers[l];
     tm_act *a = &tm->act[l];
-    int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
-    int64_t dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
-    int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
-    dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
-    float scale = (float)c->softmax_scale;
-#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        int64_t b = bh / H, h = bh % H;
-        dsc_tks_fast_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T, tm->ix_Ph + bh * T * kk,
-                         a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
-                         a->kv + b * T * lkv + h * (dn + dv) + dn, a->ix_sel + b * T * kk, kk,
-                         &ad, scale, tm_thread_ws(tm));
-    }
-    lin_fwd(tm, tm->y, a->o, w->o, N, H * dv, d);
+    int64_t N = B * T, H = c->num_attention_heads, kk = sel_cols(c, T);
+    dsc_tmla_attend(tm, l, B, T, a->ix_sel, kk, tm->ix_Ph);
     /* the target: heads summed in order 0..H-1 */
 #pragma omp parallel for num_threads(tm->n_threads) schedule(static)
     for (int64_t r = 0; r < N; r++) {
@@ -273,42 +260,10 @@ static double dsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     return zero_loss + tm->dsa_kl_weight * kl;
 }
 
-/* Sparse stage: MLA's backward with the sparse attention's in the middle
-   (the selection fixed, as saved by the forward). */
-static void sparse_mla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T,
-                           const float *dy, float *dx) {
-    const dsc_config *c = &tm->cfg;
-    const tm_layer *w = &tm->layers[l];
-    const tm_act *a = &tm->act[l];
-    int64_t N = B * T, d = c->hidden_size, H = c->num_attention_heads;
-    int64_t dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim, dv = c->v_head_dim;
-    int64_t dqk = dn + dr, lkv = H * (dn + dv), kk = sel_cols(c, T);
-    zero(tm->dO, N * H * dv);
-    lin_bwd(tm, tm->dO, G(tm, w->o), dy, a->o, w->o, N, H * dv, d);
-    zero(tm->dq, N * H * dqk);
-    zero(tm->dk, N * H * dqk);
-    zero(tm->dkv, N * lkv);
-    dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
-    float scale = (float)c->softmax_scale;
-    /* heads in parallel: each writes only its own dq/dk/dkv slices, and
-       the kernel runs its queries in order, so the sums are fixed */
-#pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        int64_t b = bh / H, h = bh % H;
-        int64_t qo = b * T * H * dqk + h * dqk, vo = b * T * lkv + h * (dn + dv) + dn;
-        int64_t oo = b * T * H * dv + h * dv;
-        dsc_tks_fast_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
-                         a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo,
-                         a->lse + bh * T, a->ix_sel + b * T * kk, kk, &ad, scale,
-                         tm_thread_ws(tm));
-    }
-    dsc_tmla_proj_bwd(tm, l, B, T, dx);
-}
-
 static void dsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
                     float *dx) {
-    if (tm->dsa_sparse) sparse_mla_bwd(tm, l, B, T, dy, dx);
-    else dsc_tmla_bwd(tm, l, B, T, dy, dx);
+    dsc_tmla_attend_bwd(tm, l, B, T, dy, dx, tm->dsa_sparse ? tm->act[l].ix_sel : NULL,
+                        sel_cols(&tm->cfg, T));
     if (tm->dsa_kl_weight == 0.0) return;
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];

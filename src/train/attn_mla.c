@@ -11,6 +11,7 @@
  * thread's attention scratch), so results do not depend on the thread
  * count.
  */
+#include "train/tk_sparse.h"
 #include "train/tm_impl.h"
 
 /* The projections: a->q (roped), a->k (B, H, T, dqk), a->kv (V in place). */
@@ -47,30 +48,43 @@ void dsc_tmla_proj_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
     }
 }
 
-double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+void dsc_tmla_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const int32_t *sel,
+                     int64_t kk, float *P) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     tm_act *a = &tm->act[l];
     int64_t H = c->num_attention_heads, dr = c->qk_rope_head_dim;
     int64_t dn = c->qk_nope_head_dim, dv = c->v_head_dim, dqk = dn + dr, lkv = H * (dn + dv);
-    dsc_tmla_proj_fwd(tm, l, B, T);
-    /* per head: o = softmax(s q K^T) V, s = dqk^-1/2 m^2 */
+    /* per head: o = softmax(s q K^T) V, s = dqk^-1/2 m^2, over every
+       earlier key (dense) or the selected ones */
     dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
     float scale = (float)c->softmax_scale;
 #pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
-        dsc_tk_attn_fwd(a->o + b * T * H * dv + h * dv, a->lse + bh * T,
-                        a->q + b * T * H * dqk + h * dqk, a->k + bh * T * dqk,
-                        a->kv + b * T * lkv + h * (dn + dv) + dn, &ad, scale, tm_thread_ws(tm));
+        float *o = a->o + b * T * H * dv + h * dv;
+        const float *q = a->q + b * T * H * dqk + h * dqk, *k = a->k + bh * T * dqk;
+        const float *v = a->kv + b * T * lkv + h * (dn + dv) + dn;
+        if (sel)
+            dsc_tks_fast_fwd(o, a->lse + bh * T, P ? P + bh * T * kk : NULL, q, k, v,
+                             sel + b * T * kk, kk, &ad, scale, tm_thread_ws(tm));
+        else
+            dsc_tk_attn_fwd(o, a->lse + bh * T, q, k, v, &ad, scale, tm_thread_ws(tm));
     }
     /* y = W^O o */
     lin_fwd(tm, tm->y, a->o, w->o, B * T, H * dv, c->hidden_size);
+}
+
+double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
+    dsc_tmla_proj_fwd(tm, l, B, T);
+    dsc_tmla_attend(tm, l, B, T, NULL, 0, NULL);
     return 0.0;
 }
 
-void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
-                  float *dx) {
+static void proj_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dx);
+
+void dsc_tmla_attend_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                         float *dx, const int32_t *sel, int64_t kk) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     const tm_act *a = &tm->act[l];
@@ -84,21 +98,34 @@ void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const 
     zero(tm->dkv, N * lkv);
     dsc_op_attn_dims ad = {T, dqk, dv, H * dqk, dqk, lkv, H * dv};
     float scale = (float)c->softmax_scale;
+    /* heads in parallel: each writes only its own dq/dk/dkv slices, and
+       each kernel's sums run in a fixed order */
 #pragma omp parallel for num_threads(tm->n_threads) schedule(dynamic, 1)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, h = bh % H;
         int64_t qo = b * T * H * dqk + h * dqk, vo = b * T * lkv + h * (dn + dv) + dn;
         int64_t oo = b * T * H * dv + h * dv;
-        dsc_tk_attn_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
-                        a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo, a->lse + bh * T,
-                        &ad, scale, tm_thread_ws(tm));
+        if (sel)
+            dsc_tks_fast_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
+                             a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo,
+                             a->lse + bh * T, sel + b * T * kk, kk, &ad, scale,
+                             tm_thread_ws(tm));
+        else
+            dsc_tk_attn_bwd(tm->dq + qo, tm->dk + bh * T * dqk, tm->dkv + vo, tm->dO + oo,
+                            a->q + qo, a->k + bh * T * dqk, a->kv + vo, a->o + oo,
+                            a->lse + bh * T, &ad, scale, tm_thread_ws(tm));
     }
-    dsc_tmla_proj_bwd(tm, l, B, T, dx);
+    proj_bwd(tm, l, B, T, dx);
+}
+
+void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                  float *dx) {
+    dsc_tmla_attend_bwd(tm, l, B, T, dy, dx, NULL, 0);
 }
 
 /* From the attention's gradients in tm->dq, tm->dk, tm->dkv back through
    the projections: their parameter gradients, and dx (added into). */
-void dsc_tmla_proj_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dx) {
+static void proj_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dx) {
     const dsc_config *c = &tm->cfg;
     const tm_layer *w = &tm->layers[l];
     const tm_act *a = &tm->act[l];

@@ -277,12 +277,18 @@ dsc_status dsc_tdsa_setup(dsc_train_model_t *tm, dsc_err *err);
 void dsc_tdsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a);
 void dsc_tdsa_carve_shared(dsc_train_model_t *tm, carver *cv);
 double dsc_tmla_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T);
-/* MLA's projections alone (attn_mla.c), for an attention that replaces the
-   dense core (DSA's sparse stage): proj_fwd fills a->q, a->k, a->kv (the
-   attention's inputs); proj_bwd takes the attention's gradients in tm->dq,
-   tm->dk, tm->dkv and adds into dx and the projections' gradients. */
+/* MLA in two halves (attn_mla.c), for DSA's sparse stage, which puts its
+   selection between them: proj_fwd fills a->q, a->k, a->kv (the
+   attention's inputs); attend runs the attention of every head, dense
+   (sel NULL) or over the selected keys (sel (B, T, kk), tk_sparse.h; P,
+   when not NULL, gets each head's probabilities there, (B, H, T, kk)), and
+   y = W^O o. attend_bwd is its backward through the projections: the
+   parameters' gradients, and dx (added into). */
 void dsc_tmla_proj_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T);
-void dsc_tmla_proj_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, float *dx);
+void dsc_tmla_attend(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const int32_t *sel,
+                     int64_t kk, float *P);
+void dsc_tmla_attend_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
+                         float *dx, const int32_t *sel, int64_t kk);
 void dsc_tmla_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
                   float *dx);
 
