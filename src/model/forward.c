@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "model/model.h"
+#include "nsa/nsa_decode_fast.h"
 #include "util/util.h"
 
 #define ALIGN 64
@@ -202,6 +203,15 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         plan_add(&pl, (void **)&w->nsa_g, B * 3 * H, 4);
         plan_add(&pl, (void **)&w->nsa_o, B * H * nv, 4);
         plan_add(&pl, (void **)&w->nsa_phi, dsc_nsa_phi_floats(m), 4);
+        /* the fast prefill's scratch, for any prefill onto an n_ctx state */
+        dsc_config_nsa(cf, &c->nsa);
+        dsc_status ns = dsc_nsa_decode_fast_prefill_bytes(&c->nsa, p.n_ctx, c->n_threads,
+                                                          &w->nsa_prefill_bytes, err);
+        if (ns != DSC_OK) {
+            dsc_ctx_free(c);
+            return ns;
+        }
+        plan_add(&pl, &w->nsa_prefill, (int64_t)w->nsa_prefill_bytes, 1);
     }
     if (sp->enabled) {
         plan_add(&pl, (void **)&sp->h, sp->h_cap * d, 4);
@@ -227,7 +237,6 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
              dsc_mul_ok(cache_n, sizeof(float), &cache_b);
     size_t nsa_one = 0, nsa_head = 0, nsa_b = 0;
     if (nsa) {
-        dsc_config_nsa(cf, &c->nsa);
         dsc_status ns = dsc_nsa_decode_sizes_f32(&c->nsa, p.n_ctx, &nsa_one, err);
         if (ns != DSC_OK) {
             dsc_ctx_free(c);

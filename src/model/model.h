@@ -174,6 +174,8 @@ typedef struct {
     float *nsa_o;    /* (B, H_q*d_v) operator output                  */
     float *nsa_phi;  /* phi's parameters of one layer as fp32, when stored in another
                         dtype: pe_k, w1_k, w2_k, pe_v, w1_v, w2_v back to back */
+    void *nsa_prefill;    /* NSA prefill scratch (nsa_prefill_bytes)             */
+    size_t nsa_prefill_bytes;
 } dsc_work;
 
 /* Speculative decoding state of a context (gen/spec.c). Positions

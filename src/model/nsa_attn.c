@@ -131,7 +131,7 @@ void dsc_nsa_attn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t 
        prefill of n > 1 on the fast operator's tiles, from any pos0 */
     if (s == DSC_OK)
         s = dsc_nsa_decode_fast_prefill(st, &pp, n, &in, w->nsa_o, 0, NULL, dsc_kctx_threads(k),
-                                        &e);
+                                        w->nsa_prefill, w->nsa_prefill_bytes, &e);
     /* cannot fail with a checked config, pos0 <= n_past and pos0 + n <= n_ctx
        (dsc_forward_check); an internal invariant, not input validation */
     if (s != DSC_OK) fprintf(stderr, "dsc: NSA layer %lld: %s\n", (long long)l, e.msg);

@@ -346,9 +346,33 @@ static dsc_status prefill_steps(dsc_nsa_decode_f32 *st, const dsc_nsa_params_f32
     return DSC_OK;
 }
 
+/* A prefill's scratch for T tokens in all, in chunks of CH rows: the fast
+   operator's forward bytes (fb, 64-aligned), then one chunk's o_br, lse
+   and sel; *need: the total. */
+static dsc_status prefill_layout(const dsc_nsa_config *c, int64_t T, int64_t CH, int threads,
+                                 size_t *fb, size_t *need, dsc_err *err) {
+    dsc_nsa_fast_opts op = {threads, 0, NULL};
+    size_t fwd_bytes = 0;
+    DSC_TRY(dsc_nsa_fast_sizes(c, T, &op, &fwd_bytes, NULL, err));
+    size_t n_obr = (size_t)(CH * c->H_q * 3 * c->d_v), n_lse = (size_t)(CH * c->H_q * 3);
+    size_t n_sel = (size_t)(CH * c->H_kv * c->n);
+    *fb = (fwd_bytes + 63) & ~(size_t)63;
+    *need = *fb + (n_obr + n_lse) * sizeof(float) + n_sel * sizeof(int32_t) + 64;
+    return DSC_OK;
+}
+
+dsc_status dsc_nsa_decode_fast_prefill_bytes(const dsc_nsa_config *c, int64_t cap, int threads,
+                                             size_t *bytes, dsc_err *err) {
+    size_t fb = 0;
+    *bytes = 0;
+    if (cap < 2) return DSC_OK;   /* a prefill of one token runs as a step */
+    return prefill_layout(c, cap, min64(cap, DSC_NSA_DFAST_CHUNK), threads, &fb, bytes, err);
+}
+
 dsc_status dsc_nsa_decode_fast_prefill(dsc_nsa_decode_f32 *st, const dsc_nsa_params_f32 *p,
                                        int64_t P, const dsc_nsa_in_f32 *in, float *o,
-                                       int64_t ldo, int32_t *sel, int threads, dsc_err *err) {
+                                       int64_t ldo, int32_t *sel, int threads, void *scratch,
+                                       size_t scratch_bytes, dsc_err *err) {
     static const char *kn[3] = {"in->kv.k[CMP]", "in->kv.k[SLC]", "in->kv.k[WIN]"};
     static const char *vn[3] = {"in->kv.v[CMP]", "in->kv.v[SLC]", "in->kv.v[WIN]"};
     NEED(st, "state");
@@ -379,15 +403,14 @@ dsc_status dsc_nsa_decode_fast_prefill(dsc_nsa_decode_f32 *st, const dsc_nsa_par
     if (P == 1) return prefill_steps(st, p, P, in, ldq, ldg, o, ldo, sel, err);
 
     /* scratch: the fast operator's for T = t0 + P, then one chunk's o_br,
-       lse, sel */
+       lse, sel: the caller's when it is large enough, else one malloc */
     dsc_nsa_fast_opts op = {threads, 0, NULL};
-    size_t fwd_bytes = 0;
-    DSC_TRY(dsc_nsa_fast_sizes(c, t0 + P, &op, &fwd_bytes, NULL, err));
+    size_t fb = 0, need = 0;
     int64_t CH = min64(P, DSC_NSA_DFAST_CHUNK);
+    DSC_TRY(prefill_layout(c, t0 + P, CH, threads, &fb, &need, err));
     size_t n_obr = (size_t)(CH * c->H_q * 3 * c->d_v), n_lse = (size_t)(CH * c->H_q * 3);
-    size_t n_sel = (size_t)(CH * H * c->n);
-    size_t fb = (fwd_bytes + 63) & ~(size_t)63;
-    char *mem = malloc(fb + (n_obr + n_lse) * sizeof(float) + n_sel * sizeof(int32_t) + 64);
+    char *own = NULL, *mem = scratch;
+    if (!mem || scratch_bytes < need) mem = own = malloc(need);
     if (!mem) return prefill_steps(st, p, P, in, ldq, ldg, o, ldo, sel, err);
 
     for (int64_t i = 0; i < P; i++)
@@ -410,7 +433,7 @@ dsc_status dsc_nsa_decode_fast_prefill(dsc_nsa_decode_f32 *st, const dsc_nsa_par
         if (s == DSC_OK && i + np == P)   /* the state keeps the last row's selection */
             memcpy(st->sel, sv.sel + (np - 1) * H * c->n, (size_t)(H * c->n) * sizeof(int32_t));
     }
-    free(mem);
+    free(own);
     /* cannot fail after the checks above; never leave a half-made state */
     DSC_CHECK(s == DSC_OK);
     st->len = t0 + P;

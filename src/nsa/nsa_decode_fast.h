@@ -33,10 +33,11 @@
  * these functions may be called on one state in any order.
  *
  * Errors: as the reference's (DSC_ERR_ARG naming the problem, the state
- * untouched). Prefill mallocs its scratch once per call (a few MB at most:
- * the fast operator's per-thread tiles and one chunk's branch outputs);
- * if that fails it computes the rows by steps instead (same results
- * within the tolerance, no error). A step whose scratch does not fit the
+ * untouched). Prefill runs in the caller's scratch
+ * (dsc_nsa_decode_fast_prefill_bytes: the fast operator's per-thread tiles
+ * and one chunk's branch outputs, a few MB); without it, it mallocs that
+ * once per call, and if that fails it computes the rows by steps instead
+ * (same results within the tolerance, no error). A step whose scratch does not fit the
  * state's row scratch (tiny capacities with a large n) runs the reference
  * step.
  */
@@ -58,10 +59,17 @@ dsc_status dsc_nsa_decode_fast_step(dsc_nsa_decode_f32 *st, const dsc_nsa_params
    len+P-1 (len may be > 0), writes their outputs o (P, H_q*d_v) stride ldo
    (0 = packed) and, when not NULL, selections sel (P, H_kv, n). threads:
    the OpenMP team of the fast operator and the compression (>= 1). Call
-   from outside any OpenMP parallel region. DSC_ERR_ARG, nothing written,
-   as the reference's, or when threads < 1. */
+   from outside any OpenMP parallel region. scratch: scratch_bytes of the
+   caller's (see dsc_nsa_decode_fast_prefill_bytes), or NULL. DSC_ERR_ARG,
+   nothing written, as the reference's, or when threads < 1. */
 dsc_status dsc_nsa_decode_fast_prefill(dsc_nsa_decode_f32 *st, const dsc_nsa_params_f32 *p,
                                        int64_t P, const dsc_nsa_in_f32 *in, float *o,
-                                       int64_t ldo, int32_t *sel, int threads, dsc_err *err);
+                                       int64_t ldo, int32_t *sel, int threads, void *scratch,
+                                       size_t scratch_bytes, dsc_err *err);
+
+/* *bytes: the scratch any prefill onto a state of capacity cap needs at
+   `threads` threads (0 when cap < 2). */
+dsc_status dsc_nsa_decode_fast_prefill_bytes(const dsc_nsa_config *c, int64_t cap, int threads,
+                                             size_t *bytes, dsc_err *err);
 
 #endif

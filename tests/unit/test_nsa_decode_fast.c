@@ -150,8 +150,16 @@ static int feed(dsc_t *t, dsc_nsa_decode_f32 *st, const seq *s, int64_t t0, int6
                                         &e);
     } else if (pre) {
         dsc_nsa_in_f32 in = in32_at(s, t0);
+        /* the caller's scratch at 2 threads, the function's own at 1: both
+           paths run */
+        size_t nb = 0;
+        void *scr = NULL;
+        if (threads == 2 && dsc_nsa_decode_fast_prefill_bytes(&s->c, st->cap, threads, &nb, &e) ==
+                                DSC_OK)
+            scr = malloc(nb);
         rc = dsc_nsa_decode_fast_prefill(st, &pp, t1 - t0, &in, o + t0 * s->ro, 0, sel + t0 * hn,
-                                         threads, &e);
+                                         threads, scr, scr ? nb : 0, &e);
+        free(scr);
     } else {
         for (int64_t i = t0; i < t1 && rc == DSC_OK; i++) {
             dsc_nsa_in_f32 in = in32_at(s, i);
@@ -339,19 +347,19 @@ static void test_bad_input(dsc_t *t) {
     feed(t, st, &s, 0, 20, 1, 0, 1, a.o, a.sel);
     dsc_nsa_params_f32 pp = par32(&s), none = {0};
     dsc_nsa_in_f32 in = in32_at(&s, 20);
-    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &pp, 21, &in, a.o, 0, NULL, 1, &e) == DSC_ERR_ARG &&
+    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &pp, 21, &in, a.o, 0, NULL, 1, NULL, 0, &e) == DSC_ERR_ARG &&
                    strstr(e.msg, "capacity"),
             "prefill past capacity: %s", e.msg);
-    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &pp, 4, &in, a.o, 0, NULL, 0, &e) == DSC_ERR_ARG &&
+    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &pp, 4, &in, a.o, 0, NULL, 0, NULL, 0, &e) == DSC_ERR_ARG &&
                    strstr(e.msg, "threads"),
             "threads 0: %s", e.msg);
-    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &none, 4, &in, a.o, 0, NULL, 1, &e) ==
+    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &none, 4, &in, a.o, 0, NULL, 1, NULL, 0, &e) ==
                        DSC_ERR_ARG &&
                    strstr(e.msg, "pe_k"),
             "MLP without params: %s", e.msg);
     dsc_nsa_in_f32 bad = in;
     bad.kv.v[2] = NULL;
-    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &pp, 4, &bad, a.o, 0, NULL, 1, &e) ==
+    T_CHECK(t, dsc_nsa_decode_fast_prefill(st, &pp, 4, &bad, a.o, 0, NULL, 1, NULL, 0, &e) ==
                        DSC_ERR_ARG &&
                    strstr(e.msg, "v[WIN]"),
             "NULL v[WIN]: %s", e.msg);
