@@ -202,7 +202,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
         }
         plan_add(&pl, (void **)&w->nsa_g, B * 3 * H, 4);
         plan_add(&pl, (void **)&w->nsa_o, B * H * nv, 4);
-        plan_add(&pl, (void **)&w->nsa_phi, dsc_nsa_phi_floats(m), 4);
+        plan_add(&pl, (void **)&w->nsa_phi, cf->num_hidden_layers * dsc_nsa_phi_floats(m), 4);
         /* the fast prefill's scratch, for any prefill onto an n_ctx state */
         dsc_config_nsa(cf, &c->nsa);
         dsc_status ns = dsc_nsa_decode_fast_prefill_bytes(&c->nsa, p.n_ctx, c->n_threads,
@@ -290,6 +290,7 @@ dsc_status dsc_ctx_new(const dsc_model_t *m, const dsc_ctx_params *pp, dsc_ctx_t
     dsc_rope_params rp;
     dsc_config_rope_params(cf, &rp);
     dsc_rope_tables(&rp, p.n_ctx, w->rope_cos, w->rope_sin);
+    if (nsa) dsc_nsa_phi_load(c);
     if (sp->enabled) memset(sp->dense, 0, (size_t)V * sizeof *sp->dense);
     c->pending = -1;
     *out = c;

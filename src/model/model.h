@@ -172,8 +172,9 @@ typedef struct {
     float *nsa_v[3]; /* (B, H_kv*d_v) values per branch               */
     float *nsa_g;    /* (B, 3*H_q) gates, sigmoid applied             */
     float *nsa_o;    /* (B, H_q*d_v) operator output                  */
-    float *nsa_phi;  /* phi's parameters of one layer as fp32, when stored in another
-                        dtype: pe_k, w1_k, w2_k, pe_v, w1_v, w2_v back to back */
+    float *nsa_phi;  /* phi's parameters as fp32 where stored in another dtype, per
+                        layer (dsc_nsa_phi_floats each): pe_k, w1_k, w2_k, pe_v,
+                        w1_v, w2_v back to back */
     void *nsa_prefill;    /* NSA prefill scratch (nsa_prefill_bytes)             */
     size_t nsa_prefill_bytes;
 } dsc_work;
@@ -249,9 +250,11 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
    tokens pos0..pos0+n-1 of layer l, reads w->xn, writes w->y. A pos0 below
    the layer state's length first truncates the state to pos0 (rollback). */
 void dsc_nsa_attn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0);
-/* Floats of w->nsa_phi a layer needs (0 when every phi tensor is F32 or
-   the compression is the mean). */
+/* Floats of w->nsa_phi one layer needs (0 when every phi tensor is F32 or
+   the compression is the mean); w->nsa_phi holds every layer's, filled
+   once by dsc_nsa_phi_load when the context is made (not per token). */
 int64_t dsc_nsa_phi_floats(const dsc_model_t *m);
+void dsc_nsa_phi_load(dsc_ctx_t *c);
 /* Scratch floats one naive-attention thread needs (dsc_work.head_ws). */
 int64_t dsc_mla_head_ws_floats(const dsc_config *cfg, int64_t n_ctx, int64_t n_batch);
 /* Query rows per absorbed (MQA-form) attention block. */

@@ -55,22 +55,36 @@ int64_t dsc_nsa_phi_floats(const dsc_model_t *m) {
     return need ? floats : 0;
 }
 
-/* phi's parameters as fp32: the mapped data when every tensor is F32, else
-   dequantised into w->nsa_phi (once per layer per call). */
-static void phi_params(dsc_ctx_t *c, const dsc_layer *ly, dsc_nsa_params_f32 *p) {
+void dsc_nsa_phi_load(dsc_ctx_t *c) {
+    int64_t per = dsc_nsa_phi_floats(c->m);
+    if (per == 0) return;
+    for (int64_t l = 0; l < c->m->cfg.num_hidden_layers; l++) {
+        const dsc_wmat *mt[6];
+        phi_mats(&c->m->layers[l], mt);
+        float *at = c->w.nsa_phi + l * per;
+        for (int i = 0; i < 6; i++) {
+            if (mt[i]->dtype == DSC_F32) continue;
+            for (int64_t r = 0; r < mt[i]->rows; r++)
+                dsc_wmat_row(mt[i], r, 0, mt[i]->cols, at + r * mt[i]->cols);
+            at += mt[i]->rows * mt[i]->cols;
+        }
+    }
+}
+
+/* phi's parameters of layer l as fp32: the mapped data of an F32 tensor,
+   else its copy made by dsc_nsa_phi_load (same order). */
+static void phi_params(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, dsc_nsa_params_f32 *p) {
     memset(p, 0, sizeof *p);
     if (c->m->cfg.nsa_compress_mean) return;
     const dsc_wmat *mt[6];
     phi_mats(ly, mt);
     const float *dst[6];
-    float *at = c->w.nsa_phi;
+    const float *at = c->w.nsa_phi ? c->w.nsa_phi + l * dsc_nsa_phi_floats(c->m) : NULL;
     for (int i = 0; i < 6; i++) {
         if (mt[i]->dtype == DSC_F32) {
             dst[i] = mt[i]->data;
             continue;
         }
-        for (int64_t r = 0; r < mt[i]->rows; r++)
-            dsc_wmat_row(mt[i], r, 0, mt[i]->cols, at + r * mt[i]->cols);
         dst[i] = at;
         at += mt[i]->rows * mt[i]->cols;
     }
@@ -126,7 +140,7 @@ void dsc_nsa_attn_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t 
     }
     in.g = w->nsa_g;
     dsc_nsa_params_f32 pp;
-    phi_params(c, ly, &pp);
+    phi_params(c, ly, l, &pp);
     /* the fast fp32 path (nsa_decode_fast.h): one token vectorised, a
        prefill of n > 1 on the fast operator's tiles, from any pos0 */
     if (s == DSC_OK)

@@ -17,6 +17,10 @@
  *    compression block and on a boundary) with other tokens gives the logits
  *    of a fresh context fed the new sequence; dsc_ctx_reset empties the
  *    states (the same logits as a fresh context after it).
+ *  - nsa_infer_bf16_phi: a checkpoint storing phi's six tensors in BF16
+ *    (converted to fp32 once, when the context is made) gives exactly the
+ *    logits of the same checkpoint with those values stored in F32, over a
+ *    prefill and steps.
  *  - nsa_infer_cli: `dsc run --ids ... -n 8 --temp 0 --print-ids` works and
  *    equals greedy dsc_generate in-process, `dsc logits` equals dsc_forward;
  *    --spec mtp is refused clearly.
@@ -27,6 +31,8 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "io/safetensors.h"
+#include "kernels/kernels.h"
 #include "model/model.h"
 #include "test.h"
 #include "train/init.h"
@@ -292,10 +298,81 @@ static void test_cli(dsc_t *t) {
     dsc_model_free(m);
 }
 
+/* dir/model.safetensors rewritten from src's, phi's tensors (compress_k /
+   compress_v) rounded to BF16 and stored as BF16 (bf16 != 0) or as the
+   rounded values in F32; config.json copied. */
+static void phi_copy(dsc_t *t, const char *src, const char *dir, int bf16) {
+    char path[700], cmd[1600];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s/config.json' '%s/'", dir, src, dir);
+    T_CHECK(t, system(cmd) == 0, "%s", cmd);
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    dsc_err e = {0};
+    dsc_st_set *in = NULL;
+    T_CHECK(t, dsc_st_set_open_file(path, &in, &e) == DSC_OK, "%s: %s", path, e.msg);
+    if (!in) return;
+    int64_t n = dsc_st_count(in);
+    dsc_st_write_entry *ent = calloc((size_t)n, sizeof *ent);
+    void **own = calloc((size_t)n, sizeof *own);
+    for (int64_t i = 0; ent && own && i < n; i++) {
+        const dsc_st_tensor *x = dsc_st_at(in, i);
+        ent[i] = (dsc_st_write_entry){x->name, x->dtype, x->ndim, {0}, x->data};
+        memcpy(ent[i].shape, x->shape, sizeof ent[i].shape);
+        if (x->dtype != DSC_F32 || !strstr(x->name, ".compress_")) continue;
+        const float *f = x->data;
+        if (bf16) {
+            uint16_t *h = malloc((size_t)x->numel * sizeof *h);
+            for (int64_t j = 0; h && j < x->numel; j++) h[j] = dsc_f32_to_bf16(f[j]);
+            own[i] = h, ent[i].dtype = DSC_BF16;
+        } else {
+            float *r = malloc((size_t)x->numel * sizeof *r);
+            for (int64_t j = 0; r && j < x->numel; j++) r[j] = dsc_bf16_to_f32(dsc_f32_to_bf16(f[j]));
+            own[i] = r;
+        }
+        ent[i].data = own[i];
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    T_CHECK(t, ent && own && dsc_st_write(path, ent, n, &e) == DSC_OK, "%s: %s", path, e.msg);
+    for (int64_t i = 0; own && i < n; i++) free(own[i]);
+    free(own), free(ent);
+    dsc_st_set_close(in);
+}
+
+static void test_bf16_phi(dsc_t *t) {
+    dsc_model_t *m0 = model(t, 0);   /* "mlp": writes tmpdir/nsa_inf_mlp */
+    dsc_model_free(m0);
+    if (!m0) return;
+    char src[512], dirs[2][512];
+    snprintf(src, sizeof src, "%s/nsa_inf_mlp", t->tmpdir);
+    float *out[2] = {malloc((size_t)T * V * sizeof(float)), malloc((size_t)T * V * sizeof(float))};
+    int32_t tok[T];
+    tokens(tok, T, 41);
+    for (int k = 0; k < 2; k++) {
+        snprintf(dirs[k], sizeof dirs[k], "%s/nsa_phi_%s", t->tmpdir, k ? "bf16" : "f32");
+        phi_copy(t, src, dirs[k], k);
+        dsc_model_t *m = NULL;
+        dsc_err e = {0};
+        T_CHECK(t, dsc_model_load(dirs[k], &m, &e) == DSC_OK, "load %s: %s", dirs[k], e.msg);
+        dsc_ctx_t *c = m ? ctx(t, m) : NULL;
+        if (c && out[k]) {
+            feed(t, c, tok, T / 2, T / 2, out[k]);   /* a prefill, then steps */
+            feed(t, c, tok + T / 2, T - T / 2, 1, out[k] + (int64_t)(T / 2) * V);
+        }
+        dsc_ctx_free(c);
+        dsc_model_free(m);
+    }
+    if (out[0] && out[1]) {
+        double d = t_close_f32(t, "bf16 phi vs the same values in f32", out[1], out[0],
+                               (int64_t)T * V, 0, 0);
+        printf("       max|diff| %.2e\n", d);
+    }
+    free(out[0]), free(out[1]);
+}
+
 const dsc_test_case dsc_tests_nsa_infer[] = {
     {"nsa_infer_vs_train", test_vs_train},
     {"nsa_infer_split", test_split},
     {"nsa_infer_rollback", test_rollback},
+    {"nsa_infer_bf16_phi", test_bf16_phi},
     {"nsa_infer_cli", test_cli},
     {NULL, NULL},
 };
