@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "kernels/row_exp.h"
 #include "kernels/kernels.h"
 #include "nsa/nsa_decode_fast.h"
 #include "nsa/nsa_fast.h"
@@ -145,11 +146,8 @@ ROW static void pv_rows(const float *Pm, int64_t ldP, int64_t G, const float *V,
 /* x[0, n) (n >= 1) becomes softmax(scale x) (exp by dsc_k_exp, the sum in
    double), as the fast operator's rows. */
 ROW static void softmax_n(float *x, int64_t n, float scale) {
-    for (int64_t j = 0; j < n; j++) x[j] *= scale;
-    float mx = dsc_row_max(x, n);
-    for (int64_t j = 0; j < n; j++) x[j] -= mx;
-    dsc_k_exp(NULL, x, x, n);
-    float inv = (float)(1.0 / dsc_row_sum(x, n));
+    float mx;
+    float inv = (float)(1.0 / dsc_row_exp_sum(x, n, scale, &mx));
     for (int64_t j = 0; j < n; j++) x[j] *= inv;
 }
 

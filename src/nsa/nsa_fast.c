@@ -13,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include "kernels/row_exp.h"
 #include "kernels/kernels.h"
 #include "nsa/nsa_fast.h"
 #include "util/rows.h"
@@ -117,11 +118,8 @@ ROW static double softmax_row(float *s, int64_t len, int64_t a, int64_t b, float
     }
     float *x = s + a;
     int64_t n = b - a;
-    for (int64_t j = 0; j < n; j++) x[j] *= scale;
-    float mx = dsc_row_max(x, n);
-    for (int64_t j = 0; j < n; j++) x[j] -= mx;
-    dsc_k_exp(NULL, x, x, n);
-    double sum = dsc_row_sum(x, n);
+    float mx;
+    double sum = dsc_row_exp_sum(x, n, scale, &mx);
     float inv = (float)(1.0 / sum);
     for (int64_t j = 0; j < n; j++) x[j] *= inv;
     if (a > 0) memset(s, 0, (size_t)a * sizeof *s);

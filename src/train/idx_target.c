@@ -11,6 +11,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/row_exp.h"
 #include "kernels/kernels.h"
 #include "train/idx_target.h"
 #include "train/tk.h"
@@ -80,11 +81,9 @@ IT_ROW static void lse_tile(float *S, float *lse, int64_t rows, int64_t lk, int6
     for (int64_t r = 0; r < rows; r++) {
         float *s = S + r * lk;
         int64_t vis = i0 + r + 1;
-        for (int64_t j = 0; j < vis; j++) s[j] *= scale;
-        float mx = dsc_row_max(s, vis);
-        for (int64_t j = 0; j < vis; j++) s[j] -= mx;
-        dsc_k_exp(NULL, s, s, vis);
-        lse[r] = (float)((double)mx + log(dsc_row_sum(s, vis)));
+        float mx;
+        double sum = dsc_row_exp_sum(s, vis, scale, &mx);
+        lse[r] = (float)((double)mx + log(sum));
     }
 }
 
@@ -134,11 +133,8 @@ IT_ROW static void lse_target_tile(float *Pr, int64_t ldp, float *S, float *lse,
     for (int64_t r = 0; r < rows; r++) {
         float *s = S + r * lk, *out = Pr + r * ldp;
         int64_t vis = i0 + r + 1;
-        for (int64_t j = 0; j < vis; j++) s[j] *= scale;
-        float mx = dsc_row_max(s, vis);
-        for (int64_t j = 0; j < vis; j++) s[j] -= mx;
-        dsc_k_exp(NULL, s, s, vis);
-        double sum = dsc_row_sum(s, vis);
+        float mx;
+        double sum = dsc_row_exp_sum(s, vis, scale, &mx);
         lse[r] = (float)((double)mx + log(sum));
         float inv = (float)(1.0 / sum);
         if (first) {

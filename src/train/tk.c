@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/row_exp.h"
 #include "train/tk.h"
 #include "util/rows.h"
 #include "util/util.h"
@@ -37,11 +38,8 @@ TK_ROW static void softmax_tile(float *S, float *lse, int64_t rows, int64_t lk, 
     for (int64_t r = 0; r < rows; r++) {
         float *s = S + r * lk;
         int64_t vis = i0 + r + 1;
-        for (int64_t j = 0; j < vis; j++) s[j] *= scale;
-        float mx = dsc_row_max(s, vis);
-        for (int64_t j = 0; j < vis; j++) s[j] -= mx;
-        dsc_k_exp(NULL, s, s, vis);
-        double sum = dsc_row_sum(s, vis);
+        float mx;
+        double sum = dsc_row_exp_sum(s, vis, scale, &mx);
         float inv = (float)(1.0 / sum);
         for (int64_t j = 0; j < vis; j++) s[j] *= inv;
         if (lk > vis) memset(s + vis, 0, (size_t)(lk - vis) * sizeof *s);
