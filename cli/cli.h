@@ -90,6 +90,9 @@ double cli_now(void);
 char *cli_read_all(FILE *f, const char *what, size_t *len);
 /* Load the model (with a progress line on stderr unless quiet); exits on error. */
 dsc_model_t *cli_load_model(const cli_opts *o, double *load_s);
+/* Context parameters from the options every command that runs a model
+   shares (-t, --attn, --dense, --index-cache, --index-fp8); the rest default. */
+dsc_ctx_params cli_ctx_params(const cli_opts *o);
 /* Bytes that always hold one streamed token piece (dsc_detokenize_piece). */
 size_t cli_piece_cap(const dsc_tokenizer_t *t);
 /* Human-readable bytes, e.g. "1.25 GiB". */

@@ -124,14 +124,9 @@ static dsc_ctx_t *eval_ctx(const cli_opts *o, const dsc_model_t *m, int64_t n_ct
                 "max_position_embeddings (%lld); positions past it are extrapolated%s\n",
                 (long long)n_ctx, (long long)c->max_position_embeddings,
                 c->yarn ? " (YaRN)" : "");
-    dsc_ctx_params p = dsc_ctx_default_params();
+    dsc_ctx_params p = cli_ctx_params(o);
     p.n_ctx = n_ctx;
     p.n_batch = n_ctx < EVAL_BATCH ? n_ctx : EVAL_BATCH;
-    p.n_threads = o->threads;
-    p.attn = o->attn;
-    p.dense = o->dense;
-    p.index_cache = o->index_cache;
-    p.index_fp8 = o->index_fp8;
     dsc_ctx_t *ctx = NULL;
     dsc_err e = {0};
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);

@@ -417,6 +417,16 @@ static int load_progress(void *user, double done) {
     return 0;
 }
 
+dsc_ctx_params cli_ctx_params(const cli_opts *o) {
+    dsc_ctx_params p = dsc_ctx_default_params();
+    p.n_threads = o->threads;
+    p.attn = o->attn;
+    p.dense = o->dense;
+    p.index_cache = o->index_cache;
+    p.index_fp8 = o->index_fp8;
+    return p;
+}
+
 dsc_model_t *cli_load_model(const cli_opts *o, double *load_s) {
     double t0 = cli_now();
     dsc_err e = {0};
@@ -550,14 +560,9 @@ int cmd_logits(const cli_opts *o) {
     }
     dsc_model_t *m = cli_load_model(o, NULL);
     const dsc_config *c = dsc_model_config(m);
-    dsc_ctx_params p = dsc_ctx_default_params();
+    dsc_ctx_params p = cli_ctx_params(o);
     p.n_ctx = o->n_ctx > 0 ? o->n_ctx : n;
     p.n_batch = n;
-    p.n_threads = o->threads;
-    p.attn = o->attn;
-    p.dense = o->dense;
-    p.index_cache = o->index_cache;
-    p.index_fp8 = o->index_fp8;
     dsc_ctx_t *ctx;
     if (dsc_ctx_new(m, &p, &ctx, &e) != DSC_OK) cli_die(&e);
     size_t count = (size_t)n * (size_t)c->vocab_size;

@@ -113,7 +113,7 @@ static int32_t *encode(const dsc_tokenizer_t *t, const char *text, size_t len, i
 
 static dsc_ctx_t *make_ctx(const cli_opts *o, const dsc_model_t *m) {
     const dsc_config *c = dsc_model_config(m);
-    dsc_ctx_params p = dsc_ctx_default_params();
+    dsc_ctx_params p = cli_ctx_params(o);
     int64_t def = c->max_position_embeddings < 4096 ? c->max_position_embeddings : 4096;
     p.n_ctx = o->n_ctx > 0 ? o->n_ctx : def;
     if (o->n_ctx > c->max_position_embeddings && !o->quiet)
@@ -121,11 +121,6 @@ static dsc_ctx_t *make_ctx(const cli_opts *o, const dsc_model_t *m) {
                 "(%lld); positions past it are extrapolated\n", (long long)o->n_ctx,
                 (long long)c->max_position_embeddings);
     p.n_batch = o->n_batch > 0 ? o->n_batch : 512;
-    p.n_threads = o->threads;
-    p.attn = o->attn;
-    p.dense = o->dense;
-    p.index_cache = o->index_cache;
-    p.index_fp8 = o->index_fp8;
     p.spec = o->spec;
     p.draft_n = o->draft_n;
     p.draft_vocab = o->draft_vocab;
