@@ -44,6 +44,7 @@
 #include <string.h>
 
 #include "nsa/nsa.h"
+#include "nsa_test.h"
 #include "test.h"
 #include "train/ops.h"
 
@@ -120,16 +121,8 @@ static void prob_init(t_pool *pl, prob *p, const dsc_nsa_config *c, int64_t T, i
         p->g[i] = (double)(float)(0.05 + 0.9 * t_rng_uniform(&r));
     p->r = t_rnd(pl, &r, T * p->ldo, 1.0);
     if (c->phi == DSC_NSA_PHI_MLP) {
-        int64_t m = c->phi_hidden;
-        const int64_t cnt[P_N] = {p->sz.pe_k, p->sz.w1_k, p->sz.w2_k,
-                                  p->sz.pe_v, p->sz.w1_v, p->sz.w2_v};
-        const double sc[P_N] = {0.5, 1.0 / sqrt((double)(c->l * c->d_k)), 1.0 / sqrt((double)m),
-                                0.5, 1.0 / sqrt((double)(c->l * c->d_v)), 1.0 / sqrt((double)m)};
-        for (int i = 0; i < P_N; i++) {
-            p->n_par[i] = cnt[i];
-            p->par[i] = t_rnd(pl, &r, cnt[i], sc[i]);
-            p->dpar[i] = t_dalloc(pl, cnt[i]);
-        }
+        t_nsa_phi_rnd(pl, &r, c, &p->sz, p->par, p->n_par);
+        for (int i = 0; i < P_N; i++) p->dpar[i] = t_dalloc(pl, p->n_par[i]);
     }
     p->o = t_dalloc(pl, T * p->ldo);
     p->o_br = t_dalloc(pl, p->sz.o_br);

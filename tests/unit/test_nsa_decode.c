@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "nsa/nsa_decode.h"
+#include "nsa_test.h"
 #include "test.h"
 
 #define TOL_F32 1e-5
@@ -87,14 +88,9 @@ static void seq_init(t_pool *pl, seq *s, const dsc_nsa_config *c, int64_t T, uin
     if (c->phi == DSC_NSA_PHI_MLP) {
         dsc_nsa_sizes sz;
         dsc_nsa_sizes_get(c, T, &sz, NULL);
-        int64_t m = c->phi_hidden;
-        const int64_t cnt[6] = {sz.pe_k, sz.w1_k, sz.w2_k, sz.pe_v, sz.w1_v, sz.w2_v};
-        const double sc[6] = {0.5, 1.0 / sqrt((double)(c->l * c->d_k)), 1.0 / sqrt((double)m),
-                              0.5, 1.0 / sqrt((double)(c->l * c->d_v)), 1.0 / sqrt((double)m)};
-        for (int i = 0; i < 6; i++) {
-            s->par[i] = t_rnd(pl, &r, cnt[i], sc[i]);
-            s->parf[i] = t_to_f32(pl, s->par[i], cnt[i]);
-        }
+        int64_t cnt[6];
+        t_nsa_phi_rnd(pl, &r, c, &sz, s->par, cnt);
+        for (int i = 0; i < 6; i++) s->parf[i] = t_to_f32(pl, s->par[i], cnt[i]);
     }
     for (int i = 0; i < X_N; i++) s->xf[i] = t_to_f32(pl, s->x[i], s->x[i] ? T * s->row[i] : 0);
 }

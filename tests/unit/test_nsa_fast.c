@@ -33,6 +33,7 @@
 
 #include "nsa/nsa.h"
 #include "nsa/nsa_fast.h"
+#include "nsa_test.h"
 #include "test.h"
 
 #define FWD_TOL 2e-5
@@ -85,16 +86,8 @@ static void prob_init(t_pool *pl, prob *p, const dsc_nsa_config *c, int64_t T, i
     for (int64_t i = 0; i < p->ng; i++) p->g[i] = (double)(float)(0.05 + 0.9 * t_rng_uniform(&r));
     p->r = t_rnd(pl, &r, p->no, 1.0);
     if (c->phi == DSC_NSA_PHI_MLP) {
-        int64_t m = c->phi_hidden;
-        const int64_t cnt[P_N] = {p->sz.pe_k, p->sz.w1_k, p->sz.w2_k,
-                                  p->sz.pe_v, p->sz.w1_v, p->sz.w2_v};
-        const double sc[P_N] = {0.5, 1.0 / sqrt((double)(c->l * c->d_k)), 1.0 / sqrt((double)m),
-                                0.5, 1.0 / sqrt((double)(c->l * c->d_v)), 1.0 / sqrt((double)m)};
-        for (int i = 0; i < P_N; i++) {
-            p->n_par[i] = cnt[i];
-            p->par[i] = t_rnd(pl, &r, cnt[i], sc[i]);
-            p->parf[i] = t_to_f32(pl, p->par[i], cnt[i]);
-        }
+        t_nsa_phi_rnd(pl, &r, c, &p->sz, p->par, p->n_par);
+        for (int i = 0; i < P_N; i++) p->parf[i] = t_to_f32(pl, p->par[i], p->n_par[i]);
     }
     p->qf = t_to_f32(pl, p->q, p->nq);
     for (int b = 0; b < p->nkv; b++) {
