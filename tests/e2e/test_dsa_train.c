@@ -136,24 +136,33 @@ static const char *CONFIG =
     " \"max_position_embeddings\": 128, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000,\n"
     " \"bos_token_id\": 0, \"eos_token_id\": 1, \"tie_word_embeddings\": false}\n";
 
-static void test_warmup(dsc_t *t) {
+/* Two copies of a new tiny v32 model (CONFIG; init seed, std 0 = the
+   default) in tmpdir/NAME0 (kept as it was) and tmpdir/NAME (to train), and
+   the word corpus; their paths into d0, d1, data (512 bytes each). */
+static void two_models(dsc_t *t, const char *name, uint64_t seed, double std, char *d0, char *d1,
+                       char *data) {
     dsc_config cfg;
     dsc_err e = {0};
     T_CHECK(t, dsc_config_parse(CONFIG, strlen(CONFIG), "test", &cfg, &e) == DSC_OK, "%s",
             e.msg);
-    char d0[512], d1[512], data[512], args[3072];
-    snprintf(d0, sizeof d0, "%s/dsa_w0", t->tmpdir);
-    snprintf(d1, sizeof d1, "%s/dsa_w", t->tmpdir);
+    snprintf(d0, 512, "%s/%s0", t->tmpdir, name);
+    snprintf(d1, 512, "%s/%s", t->tmpdir, name);
     dsc_init_params ip = dsc_init_default_params();
-    ip.seed = 5;
-    /* std 0.5, not the default 0.006: at 0.006 MLA's attention and the
-       indexer's scores are both ~uniform, the KL starts at ~0 and there is
-       nothing to learn (a real warm-up starts from a trained dense model) */
-    ip.std = 0.5;
+    ip.seed = seed;
+    if (std > 0) ip.std = std;
     ip.tokenizer_dir = TOKDIR;
     T_CHECK(t, dsc_train_init_save(d0, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
     T_CHECK(t, dsc_train_init_save(d1, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
-    t_write_words(t, "dsa_data.txt", 200, data, sizeof data);
+    t_write_words(t, "dsa_data.txt", 200, data, 512);
+}
+
+static void test_warmup(dsc_t *t) {
+    dsc_err e = {0};
+    char d0[512], d1[512], data[512], args[3072];
+    /* std 0.5, not the default 0.006: at 0.006 MLA's attention and the
+       indexer's scores are both ~uniform, the KL starts at ~0 and there is
+       nothing to learn (a real warm-up starts from a trained dense model) */
+    two_models(t, "dsa_w", 5, 0.5, d0, d1, data);
     snprintf(args, sizeof args,
              "train -m %s --data %s --tokenizer " TOKDIR " --steps %d --batch 2 --seq 16 "
              "--lr 5e-2 --warmup 2 --val-frac 0.2 --seed 7 -t 2 --dsa-stage warmup",
@@ -405,19 +414,9 @@ static void test_sparse_fd(dsc_t *t) {
 #define NSPARSE 20
 
 static void test_sparse_cli(dsc_t *t) {
-    dsc_config cfg;
     dsc_err e = {0};
-    T_CHECK(t, dsc_config_parse(CONFIG, strlen(CONFIG), "test", &cfg, &e) == DSC_OK, "%s",
-            e.msg);
     char d0[512], d1[512], data[512], args[3072];
-    snprintf(d0, sizeof d0, "%s/dsa_s0", t->tmpdir);
-    snprintf(d1, sizeof d1, "%s/dsa_s", t->tmpdir);
-    dsc_init_params ip = dsc_init_default_params();
-    ip.seed = 6;
-    ip.tokenizer_dir = TOKDIR;
-    T_CHECK(t, dsc_train_init_save(d0, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
-    T_CHECK(t, dsc_train_init_save(d1, &cfg, &ip, &e) == DSC_OK, "init: %s", e.msg);
-    t_write_words(t, "dsa_data.txt", 200, data, sizeof data);
+    two_models(t, "dsa_s", 6, 0, d0, d1, data);
     snprintf(args, sizeof args,
              "train -m %s --data %s --tokenizer " TOKDIR " --steps %d --batch 2 --seq 16 "
              "--lr 1e-2 --warmup 2 --val-frac 0.2 --seed 7 -t 2 --dsa-stage sparse",
