@@ -87,6 +87,7 @@ $(BUILD)/src/kernels/cpu/avx512.o: CFLAGS += -mavx512f -mavx512bw -mavx512vl -ma
 $(BUILD)/src/train/tk.o:           CFLAGS += -O3
 $(BUILD)/src/train/optim.o:        CFLAGS += -O3
 $(BUILD)/src/nsa/nsa_fast.o:       CFLAGS += -O3
+$(BUILD)/src/nsa/nsa_slc.o:        CFLAGS += -O3
 $(BUILD)/src/nsa/nsa_decode_fast.o: CFLAGS += -O3
 $(BUILD)/src/train/idx_target.o:   CFLAGS += -O3
 $(BUILD)/src/train/idx_fast.o:     CFLAGS += -O3

@@ -16,6 +16,7 @@
 #include "kernels/row_exp.h"
 #include "kernels/kernels.h"
 #include "nsa/nsa_fast.h"
+#include "nsa/nsa_slc.h"
 #include "util/rows.h"
 #include "util/util.h"
 
@@ -48,6 +49,10 @@ typedef struct {
     int chunks, nsets, threads;
     float scale;
     const float *k[3], *v[3]; /* the raw keys / values branch b reads        */
+    float *kt, *vt;   /* slc's keys (and, backward, values) transposed:
+                         kt[(h d_k + e) ldt + t] (nsa_slc.h), in the shared
+                         scratch, filled by the entry points                */
+    int64_t ldt;      /* T rounded up to 16, + 16                          */
 } geo;
 
 static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_fast_opts *o) {
@@ -66,12 +71,19 @@ static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_f
     g->nsets = c->shared_kv ? 1 : 2;
     g->threads = o->threads;
     g->scale = (float)dsc_nsa_scale(c);
+    /* + 16: a row stride of a multiple of 4 KiB would put the d_k rows a
+       score reads at the same L1 sets (measured 2x slower at T = 4096) */
+    g->ldt = (T + 15) / 16 * 16 + 16;
 }
 
 /* Scratch layout: a shared part, then one block per thread (64-byte
-   aligned). Counts in elements; doubles first, then int64, then floats. */
+   aligned). Counts in elements; doubles first, then int64, then floats.
+   The shared part: the forward's overlap weights (2 P doubles) or the
+   backward's chunk accumulators, then (64-byte aligned, at kt_at) slc's
+   transposed keys (H d_k rows of ldt), and in the backward its values. */
 typedef struct {
     size_t shared, thread; /* bytes */
+    size_t kt_at;          /* bytes: g->kt's offset in the shared part */
 } lay;
 
 static size_t al64(size_t b) { return (b + 63) & ~(size_t)63; }
@@ -83,14 +95,14 @@ static int layout(const geo *g, int bwd, lay *L) {
     int ok = 1;
     /* everything here is at most a few products of sizes dsc_nsa_sizes_get
        already checked, so double arithmetic with a final bound suffices */
-    double tot = 0;
+    double tot = 0, tr = (double)g->H * (double)(g->dk + (bwd ? g->dv : 0)) * (double)g->ldt;
     if (!bwd) {
         db = (size_t)(QB * g->nblk + g->n);
         ix = (size_t)(3 * g->n);
         fl = (size_t)(QB * g->cols + G * nl);
         if (g->m) fl += (size_t)(CR * g->m + g->m);
         sh = (size_t)(2 * g->P) * sizeof(double);
-        tot = (double)QB * (double)g->cols + (double)G * (double)nl;
+        tot = (double)QB * (double)g->cols + (double)G * (double)nl + tr;
     } else {
         ix = (size_t)(2 * g->n);
         fl = (size_t)(2 * QB * g->cols + QB * g->dv + QB * G * 3 + 2 * G * nl + G * g->dv);
@@ -98,10 +110,11 @@ static int layout(const geo *g, int bwd, lay *L) {
         double per = (double)g->nsets * (double)g->T + (double)g->Tc;
         tot = (double)g->chunks * per * (double)g->H * (double)(g->dk + g->dv);
         sh = al64((size_t)tot * sizeof(float));
-        tot += 2.0 * QB * (double)g->cols;
+        tot += 2.0 * QB * (double)g->cols + tr;
     }
     if (tot * 8 * (double)g->threads > 9e18) ok = 0;
-    L->shared = al64(sh);
+    L->kt_at = al64(sh);
+    L->shared = L->kt_at + al64((size_t)tr * sizeof(float));
     L->thread = al64(db * sizeof(double) + ix * sizeof(int64_t) + fl * sizeof(float));
     return ok;
 }
@@ -371,24 +384,20 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
     w->prof[DSC_NSA_FAST_T_SELECT] += t_b - t_a;
     t_a = t_b;
 
-    /* slc: per token, the G heads' queries (G, d_k) against each run of
-       selected keys, read in place */
-    const float *Ks = g->k[DSC_NSA_SLC] + h * dk, *Vs = g->v[DSC_NSA_SLC] + h * dv;
+    /* slc: per token, the G heads' queries (G, d_k) against the runs of
+       selected keys (nsa_slc.h: the transposed keys, the values in place) */
+    const float *KTh = g->kt + h * dk * g->ldt, *Vs = g->v[DSC_NSA_SLC] + h * dv;
     int64_t ldS = n * g->lsel;
     for (int64_t r = 0; r < rows; r++) {
         int64_t t = t0 + r, ur = u0 + r, L;
         int64_t nr = sel_runs(g, t, sv->sel + (ur * H + h) * n, w->ra, w->rl, &L);
         const float *Qg = in->q + ur * g->ldq + h * G * dk;
-        for (int64_t u = 0, off = 0; u < nr; off += w->rl[u], u++)
-            dsc_k_sgemm_nt(NULL, G, w->rl[u], dk, Qg, dk, Ks + w->ra[u] * g->ldk, g->ldk,
-                           w->Ss + off, ldS, 0);
+        dsc_nsa_slc_scores(G, dk, Qg, dk, KTh, g->ldt, nr, w->ra, w->rl, w->Ss, ldS);
         for (int64_t gi = 0; gi < G; gi++)
             sv->lse[(ur * Hq + h * G + gi) * 3 + DSC_NSA_SLC] =
                 (float)softmax_row(w->Ss + gi * ldS, L, 0, L, scale);
         float *ob = sv->o_br + ((ur * Hq + h * G) * 3 + DSC_NSA_SLC) * dv;
-        for (int64_t u = 0, off = 0; u < nr; off += w->rl[u], u++)
-            dsc_k_sgemm_nn(NULL, G, dv, w->rl[u], w->Ss + off, ldS, Vs + w->ra[u] * g->ldv,
-                           g->ldv, ob, 3 * dv, u > 0);
+        dsc_nsa_slc_pv(G, dv, w->Ss, ldS, Vs, g->ldv, nr, w->ra, w->rl, ob, 3 * dv, 0);
     }
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_SLC] += t_b - t_a;
@@ -537,9 +546,11 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
     w->prof[DSC_NSA_FAST_T_WIN] += t_b - t_a;
     t_a = t_b;
 
-    /* slc: per token, recompute S = Q_g K_sel^T per run, P = exp(S - lse),
-       dP = dO_b V^T, dS; dQ += dS K, dK += dS^T Q_g, dV += P^T dO_b */
-    const float *Ks = g->k[DSC_NSA_SLC] + h * dk, *Vs = g->v[DSC_NSA_SLC] + h * dv;
+    /* slc: per token, recompute S = Q_g K_sel^T, P = exp(S - lse),
+       dP = dO_b V^T, dS; dQ += dS K, dK += dS^T Q_g, dV += P^T dO_b
+       (nsa_slc.h; S and dP from the transposed keys and values) */
+    const float *Ks = g->k[DSC_NSA_SLC] + h * dk;
+    const float *KTh = g->kt + h * dk * g->ldt, *VTh = g->vt + h * dv * g->ldt;
     float *aK = acc_k(g, ac, ch, 0) + h * dk, *aV = acc_v(g, ac, ch, 0) + h * dv;
     int64_t ldS = n * g->lsel;
     for (int64_t r = 0; r < rows; r++) {
@@ -552,26 +563,17 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
             const float *src = dO + t * g->ldo + qh * dv;
             for (int64_t e = 0; e < dv; e++) w->dObg[gi * dv + e] = gb * src[e];
         }
-        for (int64_t u = 0, off = 0; u < nr; off += w->rl[u], u++) {
-            dsc_k_sgemm_nt(NULL, G, w->rl[u], dk, Qg, dk, Ks + w->ra[u] * g->ldk, g->ldk,
-                           w->Ss + off, ldS, 0);
-            dsc_k_sgemm_nt(NULL, G, w->rl[u], dv, w->dObg, dv, Vs + w->ra[u] * g->ldv, g->ldv,
-                           w->Ss2 + off, ldS, 0);
-        }
+        dsc_nsa_slc_scores(G, dk, Qg, dk, KTh, g->ldt, nr, w->ra, w->rl, w->Ss, ldS);
+        dsc_nsa_slc_scores(G, dv, w->dObg, dv, VTh, g->ldt, nr, w->ra, w->rl, w->Ss2, ldS);
         for (int64_t gi = 0; gi < G; gi++)
             bwd_row(w->Ss + gi * ldS, w->Ss2 + gi * ldS, L, 0, L,
                     sv->lse[(t * Hq + h * G + gi) * 3 + DSC_NSA_SLC],
                     w->D[(r * G + gi) * 3 + DSC_NSA_SLC], scale);
-        for (int64_t u = 0, off = 0; u < nr; off += w->rl[u], u++) {
-            int64_t a = w->ra[u], len = w->rl[u];
-            if (gr->dq)
-                dsc_k_sgemm_nn(NULL, G, dk, len, w->Ss2 + off, ldS, Ks + a * g->ldk, g->ldk,
-                               gr->dq + t * g->ldq + h * G * dk, dk, 1);
-            dsc_k_sgemm_tn(NULL, len, dk, G, w->Ss2 + off, ldS, Qg, dk, aK + a * H * dk, H * dk,
-                           1);
-            dsc_k_sgemm_tn(NULL, len, dv, G, w->Ss + off, ldS, w->dObg, dv, aV + a * H * dv,
-                           H * dv, 1);
-        }
+        if (gr->dq)
+            dsc_nsa_slc_pv(G, dk, w->Ss2, ldS, Ks, g->ldk, nr, w->ra, w->rl,
+                           gr->dq + t * g->ldq + h * G * dk, dk, 1);
+        dsc_nsa_slc_outer(G, dk, w->Ss2, ldS, Qg, dk, nr, w->ra, w->rl, aK, H * dk);
+        dsc_nsa_slc_outer(G, dv, w->Ss, ldS, w->dObg, dv, nr, w->ra, w->rl, aV, H * dv);
     }
     w->prof[DSC_NSA_FAST_T_SLC] += now_s() - t_a;
 }
@@ -747,6 +749,16 @@ static double *overlap_weights(const dsc_nsa_config *c, const geo *g, char *base
     return wt;
 }
 
+/* slc's raw keys (and for the backward values) of every KV head,
+   transposed into the shared scratch for dsc_nsa_slc_scores. */
+static void slc_transposed(geo *g, char *base, const lay *L, int bwd) {
+    g->kt = (float *)(base + L->kt_at);
+    g->vt = bwd ? g->kt + g->H * g->dk * g->ldt : NULL;
+    dsc_nsa_slc_transpose(0, g->T, g->H * g->dk, g->k[DSC_NSA_SLC], g->ldk, g->kt, g->ldt);
+    if (bwd)
+        dsc_nsa_slc_transpose(0, g->T, g->H * g->dv, g->v[DSC_NSA_SLC], g->ldv, g->vt, g->ldt);
+}
+
 /* The forward's work items (KV head, query tile) over the threads, the
    last tiles (most compressed keys) first, for the balance. */
 static void fwd_tiles(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_saved_f32 *sv,
@@ -781,6 +793,7 @@ dsc_status dsc_nsa_fast_fwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
     layout(&g, 0, &L);
     char *base = scratch;
     const double *wt = overlap_weights(c, &g, base);
+    slc_transposed(&g, base, &L, 0);
     double t0 = now_s();
     compress(&g, in, p, sv, base, &L);
     if (opts->prof) opts->prof[DSC_NSA_FAST_T_COMPRESS] += (now_s() - t0) * g.threads;
@@ -803,6 +816,7 @@ dsc_status dsc_nsa_fast_bwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
     lay L;
     layout(&g, 1, &L);
     char *base = scratch;
+    slc_transposed(&g, base, &L, 1);
     int64_t H = g.H, dk = g.dk, dv = g.dv, Tc = g.Tc;
     accs ac = {(float *)base,
                (size_t)((g.nsets * T + Tc) * H * (dk + dv))};
@@ -925,6 +939,7 @@ dsc_status dsc_nsa_fast_fwd_rows_f32(const dsc_nsa_config *c, int64_t t0, int64_
     lay L;
     layout(&g, 0, &L);
     char *base = scratch;
+    slc_transposed(&g, base, &L, 0);
     fwd_tiles(&g, in, o, sv, 1, overlap_weights(c, &g, base), base, &L, opts);
     return DSC_OK;
 }

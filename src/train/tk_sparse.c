@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "kernels/v16.h"
 #include "train/tk_sparse.h"
 #include "util/rows.h"
 #include "util/util.h"
@@ -134,21 +135,6 @@ int64_t dsc_tks_fast_scratch(int64_t kk, int64_t dqk, int64_t dv) {
     int64_t k = kk > 0 ? kk : 0, q = dqk > 0 ? dqk : 0;
     return 4 * k + q + LANES;
 }
-
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-
-/* x = p[0 .. 16), unaligned; p[0 .. 16) = x; x = p[0 .. w) zero-padded
-   to 16 lanes (w < 16). Macros: a vector argument or return value would
-   change the ABI of the baseline clone. */
-#define LD16(x, p) memcpy(&(x), (p), sizeof(v16f))
-#define ST16(p, x) memcpy((p), &(x), sizeof(v16f))
-#define LD16P(x, p, w)                                    \
-    do {                                                  \
-        float t_[LANES] = {0};                            \
-        memcpy(t_, (p), (size_t)(w) * sizeof *t_);        \
-        memcpy(&(x), t_, sizeof(v16f));                   \
-    } while (0)
 
 /* out[i] = x . r[i] over n floats for the eight rows r[0..7] (see the
    note above: per key the lane sums and the tree of a 16-lane dot). */
