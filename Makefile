@@ -119,7 +119,8 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 $(BUILD)/dsc: $(CLI_OBJ) $(BUILD)/libdsc.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/dsc_tests: $(TEST_OBJ) $(BUILD)/libdsc.a
+# the passkey training mix is the CLI's, unit-tested on its own
+$(BUILD)/dsc_tests: $(TEST_OBJ) $(BUILD)/cli/passkey.o $(BUILD)/libdsc.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_COMMON_OBJ) $(BUILD)/libdsc.a

@@ -40,6 +40,7 @@ typedef struct {
     const char *preset;       /* --preset NAME: built-in architecture of a new model   */
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
     double passkey_mix;       /* --passkey-mix F: share of passkey sequences, [0, 1)   */
+    int64_t passkey_pack;     /* --passkey-pack MIN: examples per such sequence >= 1 (0: one) */
 } cli_train_opts;
 
 /* `dsc eval` options (cli/eval.c); --data, --val-frac, --seed and --ctx are

@@ -100,6 +100,8 @@ static void usage(FILE *f) {
             "  --passkey-mix F        replace a share F in [0, 1) of the training sequences by\n"
             "                         passkey examples (training filler, the needle and question\n"
             "                         of eval --passkey, then the key; default 0)\n"
+            "  --passkey-pack MIN     pack several passkey examples, log-uniform lengths >= MIN,\n"
+            "                         into each passkey sequence (default 0: one per sequence)\n"
             "  --init-std S           std of a new model's weights (0.006)\n"
             "  --seed S               train: init, split and batch order seed (default 0)\n"
             "  OUT_DIR also gets train_log.csv (one row per step) and loss.svg (loss plot)\n"
@@ -310,6 +312,9 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--passkey-mix", "--passkey-mix")) {
             o->train.passkey_mix = parse_float(VALUE(), a);
             if (!(o->train.passkey_mix >= 0 && o->train.passkey_mix < 1)) cli_die_usage("--passkey-mix must be in [0, 1)", v);
+        } else if (IS("--passkey-pack", "--passkey-pack")) {
+            o->train.passkey_pack = parse_int(VALUE(), a);
+            if (o->train.passkey_pack < 0) cli_die_usage("--passkey-pack must be >= 0", v);
         } else if (IS("--init-std", "--init-std")) {
             o->train.init_std = parse_float(VALUE(), a);
             if (o->train.init_std < 0) cli_die_usage("--init-std must be >= 0", v);

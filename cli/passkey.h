@@ -1,7 +1,8 @@
 /*
  * passkey.h - the passkey task's text, in one place: `dsc eval --passkey`
  * asks it (cli/eval.c) and `dsc train --passkey-mix` teaches it
- * (cli/train.c), so both must use the very same needle and question.
+ * (cli/train.c, through the training mix below, cli/passkey.c), so both
+ * must use the very same needle and question.
  *
  *   [BOS] filler[0..a) needle filler[a..F) question [answer]
  *
@@ -16,8 +17,11 @@
 #ifndef DSC_CLI_PASSKEY_H
 #define DSC_CLI_PASSKEY_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "dsc.h"
 
 #define PASSKEY_NEEDLE " The pass key is %s. Remember it. %s is the pass key."
 #define PASSKEY_QUESTION " What is the pass key? The pass key is"
@@ -37,5 +41,43 @@ static inline void passkey_key(uint64_t *st, char key[16]) {
     uint64_t base = digits == 5 ? 10000 : digits == 6 ? 100000 : 1000000;
     snprintf(key, 16, "%llu", (unsigned long long)(base + passkey_rng(st) % (9 * base)));
 }
+
+/*
+ * The training mix (`dsc train --passkey-mix F [--passkey-pack MIN]`):
+ * sequence i of a run (ids[T+1]) is, with probability F, replaced by
+ * passkey data, a pure function of (seed, i) so that a resumed run draws
+ * the same examples:
+ *  - pack 0: one example of T+1 ids, [BOS] filler needle filler question
+ *    answer, the needle at a uniform depth;
+ *  - pack MIN: examples one after the other, each of a log-uniform length
+ *    in [max(MIN, need), what is left] (the last takes the rest, so none is
+ *    shorter), i.e. retrievals over every distance up to T and more
+ *    answers per token.
+ * need = the shortest example (a 7-digit key, no filler). Filler is read
+ * cyclically from fill (the training text without BOS / EOS) at a random
+ * offset. An example whose key does not fit its length leaves its ids as
+ * they were (only 7-digit keys can be that long; need rules it out).
+ */
+typedef struct {
+    double frac;                 /* share of sequences replaced, [0, 1)      */
+    int64_t pack;                /* 0, or the shortest packed example (MIN)  */
+    int64_t need;                /* ids of the shortest example               */
+    uint64_t seed;
+    const dsc_tokenizer_t *tok;
+    int32_t *fill;               /* (nf) owned                                */
+    int64_t nf;
+    int32_t q[64];               /* (nq) PASSKEY_QUESTION's ids               */
+    int64_t nq;
+    int32_t bos;                 /* -1: the tokenizer adds none               */
+} passkey_mix;
+
+/* Set pk up; it takes fill (malloc'd, freed by passkey_mix_free, or here
+   on failure). Returns 0, or -1 with a message in msg when T + 1 cannot
+   hold an example or there is no filler. */
+int passkey_mix_init(passkey_mix *pk, double frac, int64_t pack, uint64_t seed,
+                     const dsc_tokenizer_t *tok, int32_t *fill, int64_t nf, int64_t T, char *msg,
+                     size_t cap);
+void passkey_mix_seq(const passkey_mix *pk, int64_t i, int32_t *ids, int64_t T);
+void passkey_mix_free(passkey_mix *pk);
 
 #endif

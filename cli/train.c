@@ -29,7 +29,10 @@
  *     read cyclically from the TRAINING split (BOS/EOS removed), a random
  *     5-7 digit key, a random depth, and the answer " K" as the last ids,
  *     so that the ordinary next-token loss over the whole sequence teaches
- *     the model to answer. Whether sequence i (= batch x --batch + slot of
+ *     the model to answer. --passkey-pack MIN fills such a sequence with
+ *     several examples instead, of log-uniform lengths >= MIN (retrievals
+ *     over every distance up to --seq; more answers per token). Whether
+ *     sequence i (= batch x --batch + slot of
  *     the run) is replaced, and how, is a pure function of (seed, i), so a
  *     resumed run draws the same examples.
  *  4. Per step: forward + backward, global grad-norm clipping (--clip),
@@ -475,86 +478,6 @@ static void save(const char *dir, dsc_train_model_t *tm, dsc_ckpt_tensor *ct, co
     }
 }
 
-/* ---- --passkey-mix (see 3. above) ---- */
-
-typedef struct {
-    double frac;                 /* share of sequences replaced                      */
-    uint64_t seed;               /* the run's seed                                   */
-    const dsc_tokenizer_t *tok;
-    int32_t *fill;               /* (nf) the training stream without BOS / EOS      */
-    int64_t nf;
-    int32_t q[64];               /* (nq) PASSKEY_QUESTION's ids                      */
-    int64_t nq;
-    int32_t bos;                 /* -1: the tokenizer adds none                      */
-} pk_mix;
-
-/* Ids of text (no BOS) into ids[cap]; returns the count, -1 when over cap. */
-static int64_t pk_encode(const dsc_tokenizer_t *tok, const char *text, int32_t *ids,
-                         int64_t cap) {
-    dsc_err e = {0};
-    int64_t n = 0;
-    if (dsc_tokenize(tok, text, strlen(text), 0, ids, cap, &n, &e) != DSC_OK) cli_die(&e);
-    return n > cap ? -1 : n;
-}
-
-/* Sequence i = batch * B + b of the run, ids[T+1]: with probability frac a
-   passkey example (a pure function of seed and i, so resumes match). One
-   whose key does not fit T+1 ids is left as it was. */
-static void pk_mix_seq(const pk_mix *pk, int64_t i, int32_t *ids, int64_t T) {
-    uint64_t r = pk->seed * 0x100000001B3ull ^ (uint64_t)i * 0xD1B54A32D192ED03ull ^ 0x5A55C0DEull;
-    if ((double)(passkey_rng(&r) >> 11) * (1.0 / 9007199254740992.0) >= pk->frac) return;
-    char key[16], text[160];
-    int32_t nid[128], ans[32];
-    passkey_key(&r, key);
-    snprintf(text, sizeof text, PASSKEY_NEEDLE, key, key);
-    int64_t nn = pk_encode(pk->tok, text, nid, 128);
-    snprintf(text, sizeof text, PASSKEY_ANSWER, key);
-    int64_t na = pk_encode(pk->tok, text, ans, 32);
-    int64_t nb = pk->bos >= 0, F = T + 1 - nb - nn - pk->nq - na;
-    if (nn < 0 || na < 0 || F < 0) return;
-    int64_t a = (int64_t)(passkey_rng(&r) % (uint64_t)(F + 1));   /* the depth */
-    int64_t off = (int64_t)(passkey_rng(&r) % (uint64_t)pk->nf), n = 0;
-    if (nb) ids[n++] = pk->bos;
-    for (int64_t j = 0; j < a; j++) ids[n++] = pk->fill[(off + j) % pk->nf];
-    memcpy(ids + n, nid, (size_t)nn * sizeof *nid);
-    n += nn;
-    for (int64_t j = a; j < F; j++) ids[n++] = pk->fill[(off + j) % pk->nf];
-    memcpy(ids + n, pk->q, (size_t)pk->nq * sizeof *ids);
-    n += pk->nq;
-    memcpy(ids + n, ans, (size_t)na * sizeof *ans);
-}
-
-/* Set pk up from the training split; exits 1 when --seq cannot hold an
-   example with a 7-digit key. */
-static void pk_mix_init(pk_mix *pk, double frac, uint64_t seed, const dsc_tokenizer_t *tok,
-                        const dsc_dataset_t *ds, int64_t T) {
-    memset(pk, 0, sizeof *pk);
-    pk->frac = frac;
-    pk->seed = seed;
-    pk->tok = tok;
-    pk->bos = dsc_tokenizer_adds_bos(tok) ? dsc_tokenizer_bos(tok) : -1;
-    int32_t eos = dsc_tokenizer_eos(tok), bos = dsc_tokenizer_bos(tok);
-    const int32_t *s = dsc_data_stream(ds, DSC_SPLIT_TRAIN);
-    int64_t n = dsc_data_n_tokens(ds, DSC_SPLIT_TRAIN);
-    pk->fill = malloc((size_t)(n > 0 ? n : 1) * sizeof *pk->fill);
-    if (!pk->fill) die_msg("out of memory%s", "");
-    for (int64_t i = 0; i < n; i++)
-        if (s[i] != bos && s[i] != eos) pk->fill[pk->nf++] = s[i];
-    pk->nq = pk_encode(tok, PASSKEY_QUESTION, pk->q, 64);
-    char text[160];
-    int32_t tmp[128];
-    snprintf(text, sizeof text, PASSKEY_NEEDLE, "9999999", "9999999");
-    int64_t nn = pk_encode(tok, text, tmp, 128);
-    int64_t na = pk_encode(tok, " 9999999", tmp, 128);
-    int64_t need = (pk->bos >= 0) + nn + pk->nq + na;
-    if (pk->nf == 0 || pk->nq < 0 || nn < 0 || T + 1 < need) {
-        fprintf(stderr, "dsc: --passkey-mix: --seq %lld is too short for a passkey example "
-                "(needs at least %lld)%s\n", (long long)T, (long long)(need - 1),
-                pk->nf == 0 ? ", or the training split has no filler text" : "");
-        exit(1);
-    }
-}
-
 /* --dsa-topk K on an existing checkpoint: index_topk in DIR/config.json
    becomes K (the model's k, for training and for inference), written to a
    temporary file and renamed over the old one. Exits 1 on a model without
@@ -782,8 +705,23 @@ int cmd_train(const cli_opts *o) {
     dsc_data_iter_t *it = NULL;
     if (dsc_data_iter_new(ds, DSC_SPLIT_TRAIN, B, 1, seed, &it, &e) != DSC_OK) cli_die(&e);
     dsc_data_iter_seek(it, st.data_batches);
-    pk_mix pk = {0};
-    if (a->passkey_mix > 0) pk_mix_init(&pk, a->passkey_mix, seed, tok, ds, T);
+    passkey_mix pk = {0};
+    if (a->passkey_mix > 0) {
+        char msg[256];
+        int32_t eos = dsc_tokenizer_eos(tok), bos = dsc_tokenizer_bos(tok);
+        const int32_t *s = dsc_data_stream(ds, DSC_SPLIT_TRAIN);
+        int64_t n = dsc_data_n_tokens(ds, DSC_SPLIT_TRAIN);
+        int32_t *fill = malloc((size_t)(n > 0 ? n : 1) * sizeof *fill);
+        int64_t nf = 0;
+        if (!fill) die_msg("out of memory%s", "");
+        for (int64_t i = 0; i < n; i++)   /* the training text without BOS / EOS */
+            if (s[i] != bos && s[i] != eos) fill[nf++] = s[i];
+        if (passkey_mix_init(&pk, a->passkey_mix, a->passkey_pack, seed, tok, fill, nf, T, msg,
+                             sizeof msg) != 0) {
+            fprintf(stderr, "dsc: --passkey-mix: %s\n", msg);
+            exit(1);
+        }
+    }
     int64_t n_val = dsc_data_n_seqs(ds, DSC_SPLIT_VAL);
     int64_t n_val_batches = n_val < EVAL_MAX_BATCHES * B ? (n_val + B - 1) / B : EVAL_MAX_BATCHES;
 
@@ -823,6 +761,10 @@ int cmd_train(const cli_opts *o) {
     if (pk.frac > 0) {
         size_t k = strlen(budget_desc);
         snprintf(budget_desc + k, sizeof budget_desc - k, ", passkey mix %g", pk.frac);
+        k = strlen(budget_desc);
+        if (pk.pack)
+            snprintf(budget_desc + k, sizeof budget_desc - k, " (packed, >= %lld ids)",
+                     (long long)(pk.pack > pk.need ? pk.pack : pk.need));
     }
     if (dsa_on) {
         size_t k = strlen(mtp_desc);
@@ -877,7 +819,7 @@ int cmd_train(const cli_opts *o) {
         dsc_data_iter_next(it, ids, NULL);
         if (pk.frac > 0)
             for (int64_t b = 0; b < B; b++)
-                pk_mix_seq(&pk, st.data_batches * B + b, ids + b * (T + 1), T);
+                passkey_mix_seq(&pk, st.data_batches * B + b, ids + b * (T + 1), T);
         st.data_batches++;
         /* the recall (a metric) on the run's first step, every
            --dsa-recall-every steps and the last; never in validation */
@@ -1047,7 +989,7 @@ int cmd_train(const cli_opts *o) {
     cli_log_free(&log);
     free(ct);
     free(ids);
-    free(pk.fill);
+    passkey_mix_free(&pk);
     dsc_data_iter_free(it);
     dsc_data_free(ds);
     dsc_adamw_free(opt);

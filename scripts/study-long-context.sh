@@ -27,11 +27,18 @@
 #            dsa runs DSA's two stages (V3.2 §2.1): a dense warm-up of WARM
 #            steps (only the indexer trains), then the sparse stage (MLA
 #            over the indexer's top-k; everything trains).
-# Every model sees the same tokens budget (STEPS1 BATCH1 SHORT + STEPS2
-# BATCH2 CTX) and the same data order (seed).
+#   phase 3  STEPS3 steps of BATCH2 x CTX tokens at a constant learning
+#            rate LR3, passkey share MIX2 packed (--passkey-pack PACK3:
+#            several examples of log-uniform lengths >= PACK3 per passkey
+#            sequence, so retrieval is trained at every distance up to
+#            CTX; phase 2's one example per 4096 tokens taught none). dsa
+#            in its sparse stage.
+# Every model sees the same tokens budget (STEPS1 BATCH1 SHORT + (STEPS2 +
+# STEPS3) BATCH2 CTX) and the same data order (seed).
 #
-# Then: held-out loss at CTX, passkey accuracy at SHORT, CTX and 2 x CTX (depths
-# 0..100%; 2 x CTX also with YaRN), and a speed phase on fresh copies of the
+# Then: held-out loss at CTX, passkey accuracy at PK_CTXS (SHORT, 512,
+# 1024, 2048, CTX and 2 x CTX; depths 0..100%; 2 x CTX also with YaRN), and
+# a speed phase on fresh copies of the
 # three architectures at each context of SPEED_CTXS (CTX, 2 CTX, 4 CTX):
 # training tok/s over SPEED_STEPS steps, decode tok/s of 128 tokens after a
 # ~ctx-token prompt. The speeds can be remeasured alone on a quiet machine:
@@ -44,7 +51,10 @@
 #   STEPS1   phase-1 steps (3000); BATCH1 sequences per step (16)
 #   STEPS2   phase-2 steps (300); BATCH2 sequences per step (2)
 #   WARM     DSA dense warm-up steps at the start of phase 2 (10)
-#   STEPS3   phase-3 steps at CTX (0: none), at the constant rate LR3 (1e-3)
+#   STEPS3   phase-3 steps at CTX (600; 0: none), at the constant rate LR3 (1e-3)
+#   PACK2, PACK3  --passkey-pack of phase 2 and 3 (0: one example per
+#            passkey sequence; 0 and 128)
+#   PK_CTXS  passkey contexts (SHORT,512,1024,2048,CTX,2 CTX)
 #   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
 #   TRIALS   passkey trials per (context, depth) cell (default 5)
 #   THREADS  threads (2)
@@ -67,7 +77,9 @@ BATCH1=${BATCH1:-16}
 STEPS2=${STEPS2:-300}
 BATCH2=${BATCH2:-2}
 WARM=${WARM:-10}
-STEPS3=${STEPS3:-0}
+STEPS3=${STEPS3:-600}
+PACK2=${PACK2:-0}
+PACK3=${PACK3:-128}
 LR3=${LR3:-1e-3}
 MIX1=${MIX1:-0.5}
 MIX2=${MIX2:-0.5}
@@ -80,6 +92,7 @@ SPEED_CTXS=${SPEED_CTXS:-"$CTX $((2 * CTX)) $((4 * CTX))"}
 OUT=${OUT:-build/study}
 SEED=1
 CTX2=$((2 * CTX))
+PK_CTXS=${PK_CTXS:-"$SHORT,512,1024,2048,$CTX,$CTX2"}
 TOTAL=$((STEPS1 + STEPS2))
 mkdir -p "$OUT"
 CORPUS=$OUT/brown.txt
@@ -149,11 +162,12 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
         [ -d "$OUT/$name.phase1" ] || [ "$(ckpt_step "$OUT/$name")" -ne "$STEPS1" ] ||
             cp -r "$OUT/$name" "$OUT/$name.phase1"
     done
-    train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
-    train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2"
+    train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
+    train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage warmup \
-        --dsa-topk "$TOPK"
-    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse --dsa-topk "$TOPK"
+        --dsa-topk "$TOPK" --passkey-pack "$PACK2"
+    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse --dsa-topk "$TOPK" \
+        --passkey-pack "$PACK2"
     # phase 3 (STEPS3 > 0): more steps at CTX at a constant learning rate
     # LR3 (the cosine of phases 1-2 leaves phase 2 near its minimum), the
     # end of phase 2 kept beside each model (NAME.phase2)
@@ -165,20 +179,22 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
         T3=$((TOTAL + STEPS3))
         EVERY3=$((STEPS3 / 5)); [ "$EVERY3" -ge 1 ] || EVERY3=1
         STEPS_ARG=$T3
-        train mla "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3"
-        train nsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3"
+        train mla "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
+            --passkey-pack "$PACK3"
+        train nsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
+            --passkey-pack "$PACK3"
         train dsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
-            --dsa-stage sparse
+            --dsa-stage sparse --passkey-pack "$PACK3"
     fi
 fi
 
 # ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
 if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
     for name in $NAMES; do
-        echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $CTX,$CTX2"
+        echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $PK_CTXS"
         "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
             --seed "$SEED" -t "$THREADS" -q > "$OUT/$name.loss.txt"
-        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$SHORT,$CTX,$CTX2" \
+        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$PK_CTXS" \
             --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
             -t "$THREADS" -o "$OUT/$name.passkey" -q > "$OUT/$name.passkey.txt"
         # 2 x CTX with YaRN (factor 2 over CTX, DeepSeek-V3's other
@@ -253,27 +269,33 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "# Long-context study: MLA vs MLA + DSA vs NSA"
     echo
     echo "Phase 1: $STEPS1 steps x $BATCH1 x $SHORT tokens; phase 2: $STEPS2 steps x $BATCH2 x $CTX"
-    echo "tokens ($((STEPS1 * BATCH1 * SHORT + STEPS2 * BATCH2 * CTX)) tokens per model); passkey mix $MIX1 / $MIX2, seed $SEED;"
+    echo "tokens; phase 3: $STEPS3 steps x $BATCH2 x $CTX tokens at a constant learning rate $LR3"
+    echo "($((STEPS1 * BATCH1 * SHORT + (STEPS2 + STEPS3) * BATCH2 * CTX)) tokens per model); passkey mix $MIX1 / $MIX2 / $MIX2"
+    echo "(phase 2 --passkey-pack $PACK2, phase 3 --passkey-pack $PACK3), seed $SEED;"
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
     echo "DSA: 2 x 32 indexer, index_topk $TOPK, $WARM dense warm-up steps at $CTX, then sparse."
     echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W."
-    [ "$STEPS3" -gt 0 ] && echo "Phase 3: $STEPS3 more steps x $BATCH2 x $CTX at a constant learning rate $LR3."
     echo
-    echo "| model | params | val loss end of phase 1 | val loss end | eval loss @$CTX | ppl | passkey @$SHORT (%) | passkey @$CTX (%) | passkey @$CTX2 (%) | passkey @$CTX2 YaRN (%) | train tok/s @$CTX | decode tok/s @$CTX |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    ctxs=$(echo "$PK_CTXS" | tr ',' ' ')
+    hdr="| model | params | val loss end of phase 1 | phase 2 | end | eval loss @$CTX | ppl |"
+    sep="|---|---|---|---|---|---|---|"
+    for pc in $ctxs; do hdr="$hdr passkey @$pc (%) |"; sep="$sep---|"; done
+    echo "$hdr passkey @$CTX2 YaRN (%) | train tok/s @$CTX | decode tok/s @$CTX |"
+    echo "$sep---|---|---|"
     for name in mla dsa nsa; do
         params=$(sed -n 's/.*training [^:]*: \([0-9]*\) params.*/\1/p' "$OUT/$name.train.log" 2>/dev/null | tail -1)
         v1=$(csv_at "$OUT/$name/train_log.csv" val_loss "$STEPS1" 2>/dev/null || true)
-        v2=$(csv_at "$OUT/$name/train_log.csv" val_loss "$((TOTAL + STEPS3))" 2>/dev/null || true)
+        v2=$(csv_at "$OUT/$name/train_log.csv" val_loss "$TOTAL" 2>/dev/null || true)
+        v3=$(csv_at "$OUT/$name/train_log.csv" val_loss "$((TOTAL + STEPS3))" 2>/dev/null || true)
         loss=$(sed -n 's/.*loss \([0-9.]*\)  ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
         ppl=$(sed -n 's/.*ppl \([0-9.]*\).*/\1/p' "$OUT/$name.loss.txt" 2>/dev/null || true)
         tps=$(train_tps "$name" "$CTX")
         dec=$(decode_tps "$name" "$CTX")
-        echo "| $name | ${params:--} | ${v1:--} | ${v2:--} | ${loss:--} | ${ppl:--} |" \
-             "$(pk_acc "$OUT/$name.passkey.csv" "$SHORT" 2>/dev/null || echo -) |" \
-             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX" 2>/dev/null || echo -) |" \
-             "$(pk_acc "$OUT/$name.passkey.csv" "$CTX2" 2>/dev/null || echo -) |" \
-             "$(pk_acc "$OUT/$name.passkey_yarn.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
+        row="| $name | ${params:--} | ${v1:--} | ${v2:--} | ${v3:--} | ${loss:--} | ${ppl:--} |"
+        for pc in $ctxs; do
+            row="$row $(pk_acc "$OUT/$name.passkey.csv" "$pc" 2>/dev/null || echo -) |"
+        done
+        echo "$row $(pk_acc "$OUT/$name.passkey_yarn.csv" "$CTX2" 2>/dev/null || echo -) | ${tps:--} | ${dec:--} |"
     done
     echo
     echo "Speed by context ($THREADS threads; fresh models; training: mean tok/s of steps 2..$SPEED_STEPS,"

@@ -36,6 +36,7 @@ extern const dsc_test_case dsc_tests_trained_ckpt[];
 extern const dsc_test_case dsc_tests_cli[];
 extern const dsc_test_case dsc_tests_train_cli[];
 extern const dsc_test_case dsc_tests_eval[];
+extern const dsc_test_case dsc_tests_passkey_mix[];
 extern const dsc_test_case dsc_tests_spec[];
 extern const dsc_test_case dsc_tests_nsa[];
 extern const dsc_test_case dsc_tests_nsa_fast[];
@@ -71,6 +72,7 @@ static const struct {
     {"cli", dsc_tests_cli},
     {"train_cli", dsc_tests_train_cli},
     {"eval", dsc_tests_eval},
+    {"passkey_mix", dsc_tests_passkey_mix},
     {"spec", dsc_tests_spec},
     {"nsa", dsc_tests_nsa},
     {"nsa_fast", dsc_tests_nsa_fast},

@@ -21,10 +21,12 @@
  *    are mapped (overlap weights) and summed over the G heads into the
  *    tile's group scores, then the top-n (same rule as dsc_nsa_topn, by a
  *    linear scan) gives sel;
- *  - slc: per token, the G heads' queries stacked as a (G, d_k) matrix
- *    against each run of adjacent selected blocks (a contiguous range of
- *    raw keys, read in place): (G, d_k) x (d_k, run) GEMMs, one softmax
- *    over the n*l' keys, (G, run) x (run, d_v) GEMMs;
+ *  - slc: per token, the G heads' queries against the runs of adjacent
+ *    selected blocks (contiguous ranges of raw keys) by the per-token
+ *    kernels of nsa_slc.h: scores from a transposed copy of the slc keys
+ *    (made once per call, in the shared scratch), one softmax over the
+ *    n*l' keys, P V from the values in place. (G, d_k) x (d_k, run)
+ *    library GEMMs were 3-4x slower at G = 4: call overhead;
  *  - win: per query head, banded causal attention of the tile against its
  *    w + QB - 1 keys;
  *  - the backward recomputes P from the saved lse per branch,
@@ -33,7 +35,9 @@
  *    summed per "chunk" (a fixed set of tiles: tile % chunks), each chunk
  *    run by one thread in tile order, then the chunks are added in chunk
  *    order: results depend on the chunk count, never on the thread count
- *    (bitwise). phi's backward (mean, or the MLP by GEMMs) runs after.
+ *    (bitwise). slc's backward runs per token too (nsa_slc.h; dP from
+ *    transposed values). phi's backward (mean, or the MLP by GEMMs) runs
+ *    after.
  *  - compression: mean pooling through the reference's dsc_nsa_compress_f32
  *    (split over block ranges); the MLP by GEMMs (hid rounded to fp32 as
  *    the reference stores it, but summed in fp32).
@@ -41,8 +45,9 @@
  * Memory: every saved buffer is O(T (H_q d_v + H_kv d_k)); nothing is
  * O(T^2). Scratch (one caller block, any malloc'd pointer) holds, per
  * thread, a score tile (QB x max(T_c, w + QB - 1) floats, two for the
- * backward) and the selection scores (QB x ceil(T/l') doubles), and for the
- * backward `chunks` fp32 accumulators of the raw keys' and values'
+ * backward) and the selection scores (QB x ceil(T/l') doubles); shared,
+ * the transposed slc keys (H_kv d_k x T floats; for the backward also the
+ * values, H_kv d_v x T), and for the backward `chunks` fp32 accumulators of the raw keys' and values'
  * gradients (T x H_kv x (d_k + d_v) each, per distinct k/v tensor of slc
  * and win) and of the compressed ones.
  *
