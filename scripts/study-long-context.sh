@@ -51,12 +51,12 @@
 #   STEPS1   phase-1 steps (3000); BATCH1 sequences per step (16)
 #   STEPS2   phase-2 steps (300); BATCH2 sequences per step (2)
 #   WARM     DSA dense warm-up steps at the start of phase 2 (10)
-#   STEPS3   phase-3 steps at CTX (600; 0: none), at the constant rate LR3 (1e-3)
+#   STEPS3   phase-3 steps at CTX (1200; 0: none), at the constant rate LR3 (1e-3)
 #   PACK2, PACK3  --passkey-pack of phase 2 and 3 (0: one example per
 #            passkey sequence; 0 and 128)
 #   PK_CTXS  passkey contexts (SHORT,512,1024,2048,CTX,2 CTX)
 #   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
-#   TRIALS   passkey trials per (context, depth) cell (default 5)
+#   TRIALS   passkey trials per (context, depth) cell (default 20)
 #   THREADS  threads (2)
 #   PHASE    all (default), train, eval, speed, report
 #   NAMES    the models that eval and speed run on (mla dsa nsa)
@@ -67,7 +67,7 @@ set -eu
 DSC=${DSC:-build/dsc}
 if [ "${SMOKE:-0}" = 1 ]; then
     CTX=${CTX:-256}; SHORT=${SHORT:-96}; STEPS1=${STEPS1:-6}; STEPS2=${STEPS2:-6}
-    WARM=${WARM:-2}; TRIALS=${TRIALS:-1}; SPEED_STEPS=${SPEED_STEPS:-3}
+    WARM=${WARM:-2}; TRIALS=${TRIALS:-1}; SPEED_STEPS=${SPEED_STEPS:-3}; STEPS3=${STEPS3:-4}
     SPEED_CTXS=${SPEED_CTXS:-"256 512"}
 fi
 CTX=${CTX:-4096}
@@ -77,13 +77,13 @@ BATCH1=${BATCH1:-16}
 STEPS2=${STEPS2:-300}
 BATCH2=${BATCH2:-2}
 WARM=${WARM:-10}
-STEPS3=${STEPS3:-600}
+STEPS3=${STEPS3:-1200}
 PACK2=${PACK2:-0}
 PACK3=${PACK3:-128}
 LR3=${LR3:-1e-3}
 MIX1=${MIX1:-0.5}
 MIX2=${MIX2:-0.5}
-TRIALS=${TRIALS:-5}
+TRIALS=${TRIALS:-20}
 THREADS=${THREADS:-2}
 PHASE=${PHASE:-all}
 NAMES=${NAMES:-"mla dsa nsa"}
@@ -92,7 +92,14 @@ SPEED_CTXS=${SPEED_CTXS:-"$CTX $((2 * CTX)) $((4 * CTX))"}
 OUT=${OUT:-build/study}
 SEED=1
 CTX2=$((2 * CTX))
-PK_CTXS=${PK_CTXS:-"$SHORT,512,1024,2048,$CTX,$CTX2"}
+if [ -z "${PK_CTXS:-}" ]; then   # SHORT, the powers of two from 512 below CTX, CTX, 2 CTX
+    PK_CTXS=$SHORT; pc=512
+    while [ "$pc" -lt "$CTX" ]; do
+        [ "$pc" -gt "$SHORT" ] && PK_CTXS="$PK_CTXS,$pc"
+        pc=$((pc * 2))
+    done
+    PK_CTXS="$PK_CTXS,$CTX,$CTX2"
+fi
 TOTAL=$((STEPS1 + STEPS2))
 mkdir -p "$OUT"
 CORPUS=$OUT/brown.txt
