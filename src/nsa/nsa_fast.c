@@ -25,6 +25,13 @@
 #define ROW DSC_VEC_CLONES
 #define QB DSC_NSA_FAST_QB
 #define CR 256   /* compressed blocks per MLP compression work item */
+/* From this many query heads per KV head the selected branch runs on
+   (G, d) x (d, run) library GEMMs: with 16 rows a GEMM reads each key once
+   for all heads at full register-tile efficiency (bench_nsa's paper shapes,
+   G 16, d_k 192: 5.2 s forward at 32k against 6.2 s for the per-token
+   kernels); below it the per-token kernels of nsa_slc.h win (G 4, d_k 32:
+   2.8x less time than 4-row GEMM calls, whose overhead dominates). */
+#define SLC_GEMM_G 12
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -53,6 +60,7 @@ typedef struct {
                          kt[(h d_k + e) ldt + t] (nsa_slc.h), in the shared
                          scratch, filled by the entry points                */
     int64_t ldt;      /* T rounded up to 16, + 16                          */
+    int slc_gemm;     /* G >= SLC_GEMM_G: slc by library GEMMs (see slc_*)  */
 } geo;
 
 static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_fast_opts *o) {
@@ -74,6 +82,7 @@ static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_f
     /* + 16: a row stride of a multiple of 4 KiB would put the d_k rows a
        score reads at the same L1 sets (measured 2x slower at T = 4096) */
     g->ldt = (T + 15) / 16 * 16 + 16;
+    g->slc_gemm = g->G >= SLC_GEMM_G;
 }
 
 /* Scratch layout: a shared part, then one block per thread (64-byte
@@ -334,6 +343,45 @@ static void compress(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_param
     }
 }
 
+/* ---- the selected branch's products, by G (SLC_GEMM_G) ---- */
+
+/* S[g][off_u + j] = Q_g . K[ra_u + j] (K rows of stride ldk; KT its
+   transposed copy, for the kernels) */
+static void slc_scores(const geo *g, const float *Q, int64_t d, const float *K, int64_t ldk,
+                       const float *KT, int64_t nr, const int64_t *ra, const int64_t *rl,
+                       float *S, int64_t lds) {
+    if (!g->slc_gemm) {
+        dsc_nsa_slc_scores(g->G, d, Q, d, KT, g->ldt, nr, ra, rl, S, lds);
+        return;
+    }
+    for (int64_t u = 0, off = 0; u < nr; off += rl[u], u++)
+        dsc_k_sgemm_nt(NULL, g->G, rl[u], d, Q, d, K + ra[u] * ldk, ldk, S + off, lds, 0);
+}
+
+/* O[g] (= or +=) sum_j P[g][j] V[row_j] */
+static void slc_pv(const geo *g, int64_t d, const float *P, int64_t lds, const float *V,
+                   int64_t ldv, int64_t nr, const int64_t *ra, const int64_t *rl, float *O,
+                   int64_t ldo, int accumulate) {
+    if (!g->slc_gemm) {
+        dsc_nsa_slc_pv(g->G, d, P, lds, V, ldv, nr, ra, rl, O, ldo, accumulate);
+        return;
+    }
+    for (int64_t u = 0, off = 0; u < nr; off += rl[u], u++)
+        dsc_k_sgemm_nn(NULL, g->G, d, rl[u], P + off, lds, V + ra[u] * ldv, ldv, O, ldo,
+                       accumulate || u > 0);
+}
+
+/* A[row_j] += sum_g P[g][j] X[g] */
+static void slc_outer(const geo *g, int64_t d, const float *P, int64_t lds, const float *X,
+                      int64_t nr, const int64_t *ra, const int64_t *rl, float *A, int64_t lda) {
+    if (!g->slc_gemm) {
+        dsc_nsa_slc_outer(g->G, d, P, lds, X, d, nr, ra, rl, A, lda);
+        return;
+    }
+    for (int64_t u = 0, off = 0; u < nr; off += rl[u], u++)
+        dsc_k_sgemm_tn(NULL, rl[u], d, g->G, P + off, lds, X, d, A + ra[u] * lda, lda, 1);
+}
+
 /* ---- forward work item: KV head h, query tile [t0, t0 + rows) ---- */
 
 static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_saved_f32 *sv,
@@ -386,18 +434,19 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
 
     /* slc: per token, the G heads' queries (G, d_k) against the runs of
        selected keys (nsa_slc.h: the transposed keys, the values in place) */
-    const float *KTh = g->kt + h * dk * g->ldt, *Vs = g->v[DSC_NSA_SLC] + h * dv;
+    const float *Ks = g->k[DSC_NSA_SLC] + h * dk, *Vs = g->v[DSC_NSA_SLC] + h * dv;
+    const float *KTh = g->kt ? g->kt + h * dk * g->ldt : NULL;
     int64_t ldS = n * g->lsel;
     for (int64_t r = 0; r < rows; r++) {
         int64_t t = t0 + r, ur = u0 + r, L;
         int64_t nr = sel_runs(g, t, sv->sel + (ur * H + h) * n, w->ra, w->rl, &L);
         const float *Qg = in->q + ur * g->ldq + h * G * dk;
-        dsc_nsa_slc_scores(G, dk, Qg, dk, KTh, g->ldt, nr, w->ra, w->rl, w->Ss, ldS);
+        slc_scores(g, Qg, dk, Ks, g->ldk, KTh, nr, w->ra, w->rl, w->Ss, ldS);
         for (int64_t gi = 0; gi < G; gi++)
             sv->lse[(ur * Hq + h * G + gi) * 3 + DSC_NSA_SLC] =
                 (float)softmax_row(w->Ss + gi * ldS, L, 0, L, scale);
         float *ob = sv->o_br + ((ur * Hq + h * G) * 3 + DSC_NSA_SLC) * dv;
-        dsc_nsa_slc_pv(G, dv, w->Ss, ldS, Vs, g->ldv, nr, w->ra, w->rl, ob, 3 * dv, 0);
+        slc_pv(g, dv, w->Ss, ldS, Vs, g->ldv, nr, w->ra, w->rl, ob, 3 * dv, 0);
     }
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_SLC] += t_b - t_a;
@@ -549,8 +598,9 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
     /* slc: per token, recompute S = Q_g K_sel^T, P = exp(S - lse),
        dP = dO_b V^T, dS; dQ += dS K, dK += dS^T Q_g, dV += P^T dO_b
        (nsa_slc.h; S and dP from the transposed keys and values) */
-    const float *Ks = g->k[DSC_NSA_SLC] + h * dk;
-    const float *KTh = g->kt + h * dk * g->ldt, *VTh = g->vt + h * dv * g->ldt;
+    const float *Ks = g->k[DSC_NSA_SLC] + h * dk, *Vs = g->v[DSC_NSA_SLC] + h * dv;
+    const float *KTh = g->kt ? g->kt + h * dk * g->ldt : NULL;
+    const float *VTh = g->vt ? g->vt + h * dv * g->ldt : NULL;
     float *aK = acc_k(g, ac, ch, 0) + h * dk, *aV = acc_v(g, ac, ch, 0) + h * dv;
     int64_t ldS = n * g->lsel;
     for (int64_t r = 0; r < rows; r++) {
@@ -563,17 +613,17 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
             const float *src = dO + t * g->ldo + qh * dv;
             for (int64_t e = 0; e < dv; e++) w->dObg[gi * dv + e] = gb * src[e];
         }
-        dsc_nsa_slc_scores(G, dk, Qg, dk, KTh, g->ldt, nr, w->ra, w->rl, w->Ss, ldS);
-        dsc_nsa_slc_scores(G, dv, w->dObg, dv, VTh, g->ldt, nr, w->ra, w->rl, w->Ss2, ldS);
+        slc_scores(g, Qg, dk, Ks, g->ldk, KTh, nr, w->ra, w->rl, w->Ss, ldS);
+        slc_scores(g, w->dObg, dv, Vs, g->ldv, VTh, nr, w->ra, w->rl, w->Ss2, ldS);
         for (int64_t gi = 0; gi < G; gi++)
             bwd_row(w->Ss + gi * ldS, w->Ss2 + gi * ldS, L, 0, L,
                     sv->lse[(t * Hq + h * G + gi) * 3 + DSC_NSA_SLC],
                     w->D[(r * G + gi) * 3 + DSC_NSA_SLC], scale);
         if (gr->dq)
-            dsc_nsa_slc_pv(G, dk, w->Ss2, ldS, Ks, g->ldk, nr, w->ra, w->rl,
-                           gr->dq + t * g->ldq + h * G * dk, dk, 1);
-        dsc_nsa_slc_outer(G, dk, w->Ss2, ldS, Qg, dk, nr, w->ra, w->rl, aK, H * dk);
-        dsc_nsa_slc_outer(G, dv, w->Ss, ldS, w->dObg, dv, nr, w->ra, w->rl, aV, H * dv);
+            slc_pv(g, dk, w->Ss2, ldS, Ks, g->ldk, nr, w->ra, w->rl,
+                   gr->dq + t * g->ldq + h * G * dk, dk, 1);
+        slc_outer(g, dk, w->Ss2, ldS, Qg, nr, w->ra, w->rl, aK, H * dk);
+        slc_outer(g, dv, w->Ss, ldS, w->dObg, nr, w->ra, w->rl, aV, H * dv);
     }
     w->prof[DSC_NSA_FAST_T_SLC] += now_s() - t_a;
 }
@@ -752,6 +802,7 @@ static double *overlap_weights(const dsc_nsa_config *c, const geo *g, char *base
 /* slc's raw keys (and for the backward values) of every KV head,
    transposed into the shared scratch for dsc_nsa_slc_scores. */
 static void slc_transposed(geo *g, char *base, const lay *L, int bwd) {
+    if (g->slc_gemm) return;   /* the GEMMs read the keys in place */
     g->kt = (float *)(base + L->kt_at);
     g->vt = bwd ? g->kt + g->H * g->dk * g->ldt : NULL;
     dsc_nsa_slc_transpose(0, g->T, g->H * g->dk, g->k[DSC_NSA_SLC], g->ldk, g->kt, g->ldt);

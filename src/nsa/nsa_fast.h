@@ -25,8 +25,10 @@
  *    selected blocks (contiguous ranges of raw keys) by the per-token
  *    kernels of nsa_slc.h: scores from a transposed copy of the slc keys
  *    (made once per call, in the shared scratch), one softmax over the
- *    n*l' keys, P V from the values in place. (G, d_k) x (d_k, run)
- *    library GEMMs were 3-4x slower at G = 4: call overhead;
+ *    n*l' keys, P V from the values in place, when G < 12; from G = 12
+ *    on, (G, d_k) x (d_k, run) library GEMMs on the keys in place (at
+ *    G = 4 those were ~3x slower: call overhead; at G = 16 they are
+ *    faster: full register tiles, each key read once for all heads);
  *  - win: per query head, banded causal attention of the tile against its
  *    w + QB - 1 keys;
  *  - the backward recomputes P from the saved lse per branch,

@@ -73,22 +73,30 @@ INL void dot_cols16(int64_t d, const float *q, const float *kt, int64_t ldt, int
 ROW void dsc_nsa_slc_scores(int64_t G, int64_t d, const float *Q, int64_t ldq, const float *KT,
                             int64_t ldt, int64_t nr, const int64_t *ra, const int64_t *rl,
                             float *S, int64_t lds) {
-    for (int64_t g = 0; g < G; g += 2) {   /* heads in pairs */
-        int two = g + 1 < G;
-        for (int64_t u = 0, off = 0; u < nr; off += rl[u], u++) {
-            const float *q = Q + g * ldq, *kt = KT + ra[u];
-            float *s = S + g * lds + off;
-            int64_t j = 0, n = rl[u];
-            for (; j + 64 <= n; j += 64) {
-                if (two)
-                    dot_cols64(d, q, q + ldq, 1, kt + j, ldt, s + j, s + lds + j);
-                else
-                    dot_cols64(d, q, q, 0, kt + j, ldt, s + j, s + j);
-            }
-            for (; j < n; j += LANES) {
-                int64_t w = min64(LANES, n - j);
-                dot_cols16(d, q, kt + j, ldt, w, s + j);
-                if (two) dot_cols16(d, q + ldq, kt + j, ldt, w, s + lds + j);
+    /* key chunks outer, heads in pairs inner: a chunk of 64 keys (d x 256
+       bytes) stays cached while every head reads it (heads outer re-read
+       all n l' keys per pair: 8 times at G = 16, d = 192, from L3) */
+    for (int64_t u = 0, off = 0; u < nr; off += rl[u], u++) {
+        const float *kt = KT + ra[u];
+        int64_t n = rl[u];
+        for (int64_t j = 0; j < n; j += 64) {
+            int64_t m = min64(64, n - j);
+            for (int64_t g = 0; g < G; g += 2) {
+                const float *q = Q + g * ldq;
+                float *s = S + g * lds + off + j;
+                int two = g + 1 < G;
+                if (m == 64) {
+                    if (two)
+                        dot_cols64(d, q, q + ldq, 1, kt + j, ldt, s, s + lds);
+                    else
+                        dot_cols64(d, q, q, 0, kt + j, ldt, s, s);
+                    continue;
+                }
+                for (int64_t c = 0; c < m; c += LANES) {
+                    int64_t w = min64(LANES, m - c);
+                    dot_cols16(d, q, kt + j + c, ldt, w, s + c);
+                    if (two) dot_cols16(d, q + ldq, kt + j + c, ldt, w, s + lds + c);
+                }
             }
         }
     }

@@ -9,6 +9,8 @@
  * H_kv (4 in the study models) and runs of 64..512 keys; a library GEMM's
  * call and packing overhead exceeds the arithmetic at that size (the
  * selected branch took ~75% of the operator's time through sgemm calls).
+ * From G = 12 on (nsa_fast.c's SLC_GEMM_G) the GEMMs win again and are
+ * used instead.
  * These are plain-C loops over 16-wide accumulators that the vectoriser
  * keeps in registers (DSC_VEC_CLONES, built with -O3), each output summed
  * in a fixed order: results are independent of the thread count and of
