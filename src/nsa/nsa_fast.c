@@ -89,7 +89,8 @@ static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_f
    aligned). Counts in elements; doubles first, then int64, then floats.
    The shared part: the forward's overlap weights (2 P doubles) or the
    backward's chunk accumulators, then (64-byte aligned, at kt_at) slc's
-   transposed keys (H d_k rows of ldt), and in the backward its values. */
+   transposed keys (H d_k rows of ldt), and in the backward its values,
+   when the per-token kernels run (G < SLC_GEMM_G). */
 typedef struct {
     size_t shared, thread; /* bytes */
     size_t kt_at;          /* bytes: g->kt's offset in the shared part */
@@ -104,7 +105,10 @@ static int layout(const geo *g, int bwd, lay *L) {
     int ok = 1;
     /* everything here is at most a few products of sizes dsc_nsa_sizes_get
        already checked, so double arithmetic with a final bound suffices */
-    double tot = 0, tr = (double)g->H * (double)(g->dk + (bwd ? g->dv : 0)) * (double)g->ldt;
+    /* the transposed slc keys (and values): the per-token kernels' only */
+    double tr = g->slc_gemm ? 0.0
+                            : (double)g->H * (double)(g->dk + (bwd ? g->dv : 0)) * (double)g->ldt;
+    double tot = 0;
     if (!bwd) {
         db = (size_t)(QB * g->nblk + g->n);
         ix = (size_t)(3 * g->n);
