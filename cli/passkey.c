@@ -66,27 +66,33 @@ void passkey_mix_seq(const passkey_mix *pk, int64_t i, int32_t *ids, int64_t T) 
 }
 
 int passkey_mix_init(passkey_mix *pk, double frac, int64_t pack, uint64_t seed,
-                     const dsc_tokenizer_t *tok, int32_t *fill, int64_t nf, int64_t T, char *msg,
-                     size_t cap) {
+                     const dsc_tokenizer_t *tok, const int32_t *text, int64_t n, int64_t T,
+                     char *msg, size_t cap) {
     memset(pk, 0, sizeof *pk);
     pk->frac = frac;
     pk->pack = pack;
     pk->seed = seed;
     pk->tok = tok;
-    pk->fill = fill;
-    pk->nf = nf;
-    pk->bos = dsc_tokenizer_adds_bos(tok) ? dsc_tokenizer_bos(tok) : -1;
+    pk->fill = malloc((size_t)(n > 0 ? n : 1) * sizeof *pk->fill);
+    if (!pk->fill) {
+        snprintf(msg, cap, "out of memory for %lld filler ids", (long long)n);
+        return -1;
+    }
+    int32_t bos = dsc_tokenizer_bos(tok), eos = dsc_tokenizer_eos(tok);
+    for (int64_t i = 0; i < n; i++)
+        if (text[i] != bos && text[i] != eos) pk->fill[pk->nf++] = text[i];
+    pk->bos = dsc_tokenizer_adds_bos(tok) ? bos : -1;
     pk->nq = encode(tok, PASSKEY_QUESTION, pk->q, 64);
-    char text[160];
+    char needle[160];
     int32_t tmp[128];
-    snprintf(text, sizeof text, PASSKEY_NEEDLE, "9999999", "9999999");
-    int64_t nn = encode(tok, text, tmp, 128);
+    snprintf(needle, sizeof needle, PASSKEY_NEEDLE, "9999999", "9999999");
+    int64_t nn = encode(tok, needle, tmp, 128);
     int64_t na = encode(tok, " 9999999", tmp, 128);
     pk->need = (pk->bos >= 0) + nn + pk->nq + na;
-    if (nf <= 0 || pk->nq < 0 || nn < 0 || na < 0 || T + 1 < pk->need) {
+    if (pk->nf == 0 || pk->nq < 0 || nn < 0 || na < 0 || T + 1 < pk->need) {
         snprintf(msg, cap, "--seq %lld is too short for a passkey example (needs at least %lld)%s",
                  (long long)T, (long long)(pk->need - 1),
-                 nf <= 0 ? ", or the training split has no filler text" : "");
+                 pk->nf == 0 ? ", or the training split has no filler text" : "");
         passkey_mix_free(pk);
         return -1;
     }

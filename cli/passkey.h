@@ -54,8 +54,7 @@ static inline void passkey_key(uint64_t *st, char key[16]) {
  *    shorter), i.e. retrievals over every distance up to T and more
  *    answers per token.
  * need = the shortest example (a 7-digit key, no filler). Filler is read
- * cyclically from fill (the training text without BOS / EOS) at a random
- * offset. An example whose key does not fit its length leaves its ids as
+ * cyclically from the training text without BOS / EOS at a random offset. An example whose key does not fit its length leaves its ids as
  * they were (only 7-digit keys can be that long; need rules it out).
  */
 typedef struct {
@@ -64,19 +63,20 @@ typedef struct {
     int64_t need;                /* ids of the shortest example               */
     uint64_t seed;
     const dsc_tokenizer_t *tok;
-    int32_t *fill;               /* (nf) owned                                */
+    int32_t *fill;               /* (nf) owned: the text without BOS / EOS    */
     int64_t nf;
     int32_t q[64];               /* (nq) PASSKEY_QUESTION's ids               */
     int64_t nq;
     int32_t bos;                 /* -1: the tokenizer adds none               */
 } passkey_mix;
 
-/* Set pk up; it takes fill (malloc'd, freed by passkey_mix_free, or here
-   on failure). Returns 0, or -1 with a message in msg when T + 1 cannot
-   hold an example or there is no filler. */
+/* Set pk up over text[0, n) (the training stream: its BOS / EOS ids are
+   dropped from the copy pk keeps as filler). Returns 0, or -1 with a
+   message in msg when T + 1 cannot hold an example, there is no filler,
+   or memory runs out; passkey_mix_free releases pk either way. */
 int passkey_mix_init(passkey_mix *pk, double frac, int64_t pack, uint64_t seed,
-                     const dsc_tokenizer_t *tok, int32_t *fill, int64_t nf, int64_t T, char *msg,
-                     size_t cap);
+                     const dsc_tokenizer_t *tok, const int32_t *text, int64_t n, int64_t T,
+                     char *msg, size_t cap);
 void passkey_mix_seq(const passkey_mix *pk, int64_t i, int32_t *ids, int64_t T);
 void passkey_mix_free(passkey_mix *pk);
 

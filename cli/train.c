@@ -708,16 +708,9 @@ int cmd_train(const cli_opts *o) {
     passkey_mix pk = {0};
     if (a->passkey_mix > 0) {
         char msg[256];
-        int32_t eos = dsc_tokenizer_eos(tok), bos = dsc_tokenizer_bos(tok);
-        const int32_t *s = dsc_data_stream(ds, DSC_SPLIT_TRAIN);
-        int64_t n = dsc_data_n_tokens(ds, DSC_SPLIT_TRAIN);
-        int32_t *fill = malloc((size_t)(n > 0 ? n : 1) * sizeof *fill);
-        int64_t nf = 0;
-        if (!fill) die_msg("out of memory%s", "");
-        for (int64_t i = 0; i < n; i++)   /* the training text without BOS / EOS */
-            if (s[i] != bos && s[i] != eos) fill[nf++] = s[i];
-        if (passkey_mix_init(&pk, a->passkey_mix, a->passkey_pack, seed, tok, fill, nf, T, msg,
-                             sizeof msg) != 0) {
+        if (passkey_mix_init(&pk, a->passkey_mix, a->passkey_pack, seed, tok,
+                             dsc_data_stream(ds, DSC_SPLIT_TRAIN),
+                             dsc_data_n_tokens(ds, DSC_SPLIT_TRAIN), T, msg, sizeof msg) != 0) {
             fprintf(stderr, "dsc: --passkey-mix: %s\n", msg);
             exit(1);
         }

@@ -28,17 +28,15 @@ static const char *FILLER =
     "which had over-all charge of the election, deserves the praise and thanks of the "
     "City of Atlanta for the manner in which the election was conducted. ";
 
-/* A fresh mix over FILLER repeated; 0 when it cannot be set up. */
+/* A fresh mix over FILLER's ids; 0 when it cannot be set up. */
 static int mix_new(dsc_t *t, const dsc_tokenizer_t *tok, double frac, int64_t pack, int64_t T,
                    passkey_mix *pk, char *msg, size_t cap) {
+    int32_t fill[512];
     int64_t n = 0;
     dsc_err e = {0};
-    int32_t *fill = malloc(4096 * sizeof *fill);
-    T_CHECK(t, fill != NULL, "out of memory");
-    if (!fill) return 0;
-    dsc_status s = dsc_tokenize(tok, FILLER, strlen(FILLER), 0, fill, 4096, &n, &e);
-    T_CHECK(t, s == DSC_OK && n > 10 && n <= 4096, "tokenize filler: %s", e.msg);
-    return passkey_mix_init(pk, frac, pack, 7, tok, fill, n, T, msg, cap) == 0;
+    dsc_status s = dsc_tokenize(tok, FILLER, strlen(FILLER), 0, fill, 512, &n, &e);
+    T_CHECK(t, s == DSC_OK && n > 10 && n <= 512, "tokenize filler: %s", e.msg);
+    return passkey_mix_init(pk, frac, pack, 7, tok, fill, n <= 512 ? n : 0, T, msg, cap) == 0;
 }
 
 /* Text of ids[0, n) (special tokens as text). */
