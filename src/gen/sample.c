@@ -270,7 +270,7 @@ int32_t dsc_sampler_sample(dsc_sampler_t *s, float *logits, const int32_t *histo
     /* 8. draw */
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += exp((double)s->c[i].logit - mx);
-    double u = (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0) * sum;
+    double u = dsc_unit_from_u64(next_u64(&s->rng)) * sum;
     double acc = 0.0;
     for (int64_t i = 0; i < n; i++) {
         acc += exp((double)s->c[i].logit - mx);
@@ -301,7 +301,7 @@ int64_t dsc_sampler_dist(dsc_sampler_t *s, float *logits, const int32_t *history
 int dsc_sampler_is_greedy(const dsc_sampler_t *s) { return s->p.temp <= 0.0f; }
 
 double dsc_sampler_uniform(dsc_sampler_t *s) {
-    return (double)(next_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);
+    return dsc_unit_from_u64(next_u64(&s->rng));
 }
 
 int32_t dsc_sampler_draw(dsc_sampler_t *s, const int32_t *ids, const float *probs, int64_t n) {

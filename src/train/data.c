@@ -66,8 +66,7 @@ static int is_blank(const char *s, size_t n) {
 static dsc_status add_doc(dsc_dataset_t *d, const dsc_tokenizer_t *tok, const dsc_data_params *p,
                           const char *text, size_t len, int64_t doc, int64_t file_off,
                           const char *path, dsc_err *err) {
-    int val = (double)(hash2(p->seed, (uint64_t)doc) >> 11) * (1.0 / 9007199254740992.0) <
-              p->val_fraction;
+    int val = dsc_unit_from_u64(hash2(p->seed, (uint64_t)doc)) < p->val_fraction;
     split_data *s = &d->sp[val];
     int32_t bos = dsc_tokenizer_adds_bos(tok) ? dsc_tokenizer_bos(tok) : -1;
     int32_t eos = dsc_tokenizer_eos(tok);

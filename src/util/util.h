@@ -1,7 +1,8 @@
 /*
  * util.h - small internal helpers shared by every part of libdsc:
  * error reporting into a caller's dsc_err, the always-on internal invariant
- * check, and overflow-checked size arithmetic.
+ * check, overflow-checked size arithmetic, and the one map from random bits
+ * to a uniform double.
  *
  * DSC_CHECK is for invariants of our own code only (a bug if it fires), never
  * for validating files or user input: those return a dsc_status.
@@ -42,6 +43,12 @@ static inline int dsc_mul_ok(size_t a, size_t b, size_t *out) {
 }
 static inline int dsc_add_ok(size_t a, size_t b, size_t *out) {
     return !__builtin_add_overflow(a, b, out);
+}
+
+/* The top 53 bits of a 64-bit random word as a double uniform on [0, 1):
+   every value k / 2^53, exactly. */
+static inline double dsc_unit_from_u64(uint64_t r) {
+    return (double)(r >> 11) * 0x1p-53;
 }
 
 /* Read a whole file into a malloc'd NUL-terminated buffer (caller frees). */
