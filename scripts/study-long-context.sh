@@ -9,8 +9,13 @@
 #   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 with
 #        n 8 and w 256 at CTX >= 2048 (a sparse budget of CTX/16 + 768
 #        keys), scaled down below; q is one q_proj (q_lora_rank 0); H_kv 1,
-#        d_k = d_v = 32, MLP compression with 8 hidden units, which keeps the
-#        parameter count within 2.5% of mla's)
+#        d_k = d_v = 32, a K/V per branch (the paper's §3.3.3), MLP
+#        compression with 8 hidden units, which keeps the parameter count
+#        within 2.5% of mla's. NSA_SHARED=1 gives the second run's NSA
+#        instead: H_kv 2, one K/V shared by the three branches and mean-
+#        pooled compression, as fla does (a compressed key's score is then
+#        the block's mean slc score); it retrieved no further and trained
+#        no faster than dense at 4096, where this one trains 1.65x faster)
 #
 # Schedule (the way DeepSeek trains: short context first, then long; one
 # cosine learning-rate schedule over both phases, the same for every model):
@@ -22,17 +27,23 @@
 #            mla and nsa train as
 #            they are; dsa trains as dense MLA with its indexer learning
 #            from the KL loss (--dsa-stage none).
-#   phase 2  STEPS2 steps of BATCH2 x CTX tokens, passkey share MIX2. mla
-#            and nsa continue;
-#            dsa runs DSA's two stages (V3.2 §2.1): a dense warm-up of WARM
-#            steps (only the indexer trains), then the sparse stage (MLA
-#            over the indexer's top-k; everything trains).
+#   phase 2  STEPS2 steps of BATCH2 x CTX tokens, passkey share MIX2.
 #   phase 3  STEPS3 steps of BATCH2 x CTX tokens at a constant learning
 #            rate LR3, passkey share MIX2 packed (--passkey-pack PACK3:
 #            several examples of log-uniform lengths >= PACK3 per passkey
 #            sequence, so retrieval is trained at every distance up to
-#            CTX; phase 2's one example per 4096 tokens taught none). dsa
-#            in its sparse stage.
+#            CTX; phase 2's one example per 4096 tokens taught none).
+#   mla and nsa train as they are throughout. dsa follows DeepSeek-V3.2
+#   (§2.1), which made DSA by continued training of a dense model: it
+#   trains as dense MLA with its indexer learning from the KL loss
+#   (--dsa-stage none) until the last DSA_SPARSE + WARM steps, then runs
+#   the two DSA stages: a dense warm-up of WARM steps (only the indexer
+#   trains) and the sparse stage (MLA over the indexer's top-k; everything
+#   trains) for the last DSA_SPARSE steps. (A first study ran the sparse
+#   stage through all of phases 2 and 3: DSA_SPARSE = STEPS2 + STEPS3 -
+#   WARM. Its main attention never learned retrieval beyond what phase 1
+#   taught: with the top-k chosen by an indexer that imitates that
+#   attention, a far needle is neither attended nor selected.)
 # Every model sees the same tokens budget (STEPS1 BATCH1 SHORT + (STEPS2 +
 # STEPS3) BATCH2 CTX) and the same data order (seed).
 #
@@ -50,7 +61,8 @@
 #   CTX      long context (default 4096); SHORT phase-1 context (128)
 #   STEPS1   phase-1 steps (3000); BATCH1 sequences per step (16)
 #   STEPS2   phase-2 steps (300); BATCH2 sequences per step (2)
-#   WARM     DSA dense warm-up steps at the start of phase 2 (10)
+#   WARM     DSA dense warm-up steps before its sparse stage (10)
+#   DSA_SPARSE  DSA sparse-stage steps at the end of training (STEPS3 / 3)
 #   STEPS3   phase-3 steps at CTX (1200; 0: none), at the constant rate LR3 (1e-3)
 #   PACK2, PACK3  --passkey-pack of phase 2 and 3 (0: one example per
 #            passkey sequence; 0 and 128)
@@ -78,6 +90,7 @@ STEPS2=${STEPS2:-300}
 BATCH2=${BATCH2:-2}
 WARM=${WARM:-10}
 STEPS3=${STEPS3:-1200}
+DSA_SPARSE=${DSA_SPARSE:-$((STEPS3 / 3))}
 PACK2=${PACK2:-0}
 PACK3=${PACK3:-128}
 LR3=${LR3:-1e-3}
@@ -121,6 +134,11 @@ if [ "$CTX" -ge 2048 ]; then
 else   # the same ratios at a small context
     NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 16))
 fi
+if [ "${NSA_SHARED:-0}" = 1 ]; then   # the second run's NSA (see the header)
+    NSA_HKV=2; NSA_PHI='"compress": "mean"'; NSA_SHARED=true
+else
+    NSA_HKV=1; NSA_PHI='"compress": "mlp", "compress_hidden": 8'; NSA_SHARED=false
+fi
 cat > "$OUT/mla.json" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
  "q_lora_rank": 64, $common}
@@ -132,10 +150,10 @@ cat > "$OUT/dsa.json" <<EOF
 EOF
 cat > "$OUT/nsa.json" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
- "attention_type": "nsa", "nsa": {"num_key_value_heads": 1, "head_dim_k": 32,
+ "attention_type": "nsa", "nsa": {"num_key_value_heads": $NSA_HKV, "head_dim_k": 32,
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
-  "n_select": $NSA_N, "window": $NSA_W, "compress": "mlp", "compress_hidden": 8,
-  "shared_kv": false},
+  "n_select": $NSA_N, "window": $NSA_W, $NSA_PHI,
+  "shared_kv": $NSA_SHARED},
  "q_lora_rank": 0, $common}
 EOF
 
@@ -160,6 +178,20 @@ train() {   # train NAME UNTIL SEQ BATCH EVERY MIX [extra options]
         || { tail -5 "$OUT/$name.train.log"; exit 1; }
     tail -1 "$OUT/$name.train.log"
 }
+# dsa through step UNTIL of one phase (EVERY, then the phase's options):
+# stage none before step S_WARM, warmup before S_SPARSE, sparse after
+END=$((TOTAL + STEPS3))
+S_SPARSE=$((END - DSA_SPARSE)); [ "$S_SPARSE" -ge "$((STEPS1 + WARM))" ] || S_SPARSE=$((STEPS1 + WARM))
+S_WARM=$((S_SPARSE - WARM))
+# (its own variable names: sh has no locals, and train sets until, every)
+dsa_train() {
+    d_until=$1; d_every=$2; shift 2
+    for piece in "$S_WARM none" "$S_SPARSE warmup" "$d_until sparse"; do
+        stop=${piece% *}; [ "$stop" -le "$d_until" ] || stop=$d_until
+        train dsa "$stop" "$CTX" "$BATCH2" "$d_every" "$MIX2" --dsa-stage "${piece#* }" \
+            --dsa-topk "$TOPK" "$@"
+    done
+}
 if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
     for name in mla dsa nsa; do
         train "$name" "$STEPS1" "$SHORT" "$BATCH1" "$EVERY1" "$MIX1"
@@ -171,10 +203,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
     done
     train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
-    train dsa $((STEPS1 + WARM)) "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage warmup \
-        --dsa-topk "$TOPK" --passkey-pack "$PACK2"
-    train dsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --dsa-stage sparse --dsa-topk "$TOPK" \
-        --passkey-pack "$PACK2"
+    dsa_train "$TOTAL" "$EVERY2" --passkey-pack "$PACK2"
     # phase 3 (STEPS3 > 0): more steps at CTX at a constant learning rate
     # LR3 (the cosine of phases 1-2 leaves phase 2 near its minimum), the
     # end of phase 2 kept beside each model (NAME.phase2)
@@ -183,15 +212,13 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
             [ -d "$OUT/$name.phase2" ] || [ "$(ckpt_step "$OUT/$name")" -ne "$TOTAL" ] ||
                 cp -r "$OUT/$name" "$OUT/$name.phase2"
         done
-        T3=$((TOTAL + STEPS3))
         EVERY3=$((STEPS3 / 5)); [ "$EVERY3" -ge 1 ] || EVERY3=1
-        STEPS_ARG=$T3
-        train mla "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
+        STEPS_ARG=$END
+        train mla "$END" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
             --passkey-pack "$PACK3"
-        train nsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
+        train nsa "$END" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
             --passkey-pack "$PACK3"
-        train dsa "$T3" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
-            --dsa-stage sparse --passkey-pack "$PACK3"
+        dsa_train "$END" "$EVERY3" --lr "$LR3" --min-lr "$LR3" --passkey-pack "$PACK3"
     fi
 fi
 
@@ -280,7 +307,8 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "($((STEPS1 * BATCH1 * SHORT + (STEPS2 + STEPS3) * BATCH2 * CTX)) tokens per model); passkey mix $MIX1 / $MIX2 / $MIX2"
     echo "(phase 2 --passkey-pack $PACK2, phase 3 --passkey-pack $PACK3), seed $SEED;"
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
-    echo "DSA: 2 x 32 indexer, index_topk $TOPK, $WARM dense warm-up steps at $CTX, then sparse."
+    echo "DSA: 2 x 32 indexer, index_topk $TOPK; dense (indexer by KL) to step $S_WARM, $WARM warm-up"
+    echo "steps, then sparse for the last $((END - S_SPARSE)) steps."
     echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W."
     echo
     ctxs=$(echo "$PK_CTXS" | tr ',' ' ')
