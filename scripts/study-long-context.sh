@@ -70,7 +70,9 @@
 #   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
 #   TRIALS   passkey trials per (context, depth) cell (default 20)
 #   THREADS  threads (2)
-#   PHASE    all (default), train, eval, speed, report
+#   XWARM, XSPARSE  dsa-x (DSA made from the trained dense model): warm-up and
+#            sparse steps (100, 100)
+#   PHASE    all (default), train, eval, xfer, speed, report
 #   NAMES    the models that eval and speed run on (mla dsa nsa)
 #   OUT      output directory (default build/study)
 #   DSC      the dsc binary (default build/dsc)
@@ -80,7 +82,7 @@ DSC=${DSC:-build/dsc}
 if [ "${SMOKE:-0}" = 1 ]; then
     CTX=${CTX:-256}; SHORT=${SHORT:-96}; STEPS1=${STEPS1:-6}; STEPS2=${STEPS2:-6}
     WARM=${WARM:-2}; TRIALS=${TRIALS:-1}; SPEED_STEPS=${SPEED_STEPS:-3}; STEPS3=${STEPS3:-4}
-    SPEED_CTXS=${SPEED_CTXS:-"256 512"}
+    SPEED_CTXS=${SPEED_CTXS:-"256 512"}; XWARM=${XWARM:-2}; XSPARSE=${XSPARSE:-2}
 fi
 CTX=${CTX:-4096}
 SHORT=${SHORT:-128}
@@ -246,6 +248,51 @@ if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
             --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
             -t "$THREADS" -o "$OUT/$name.passkey_yarn" -q > "$OUT/$name.passkey_yarn.txt"
     done
+fi
+
+# ---- DSA made from the trained dense model (DeepSeek-V3.2's way; after
+# train and eval): dsa-x = mla's final weights and optimizer state plus the
+# dsa run's indexer (trained alongside the same dense trajectory by its KL
+# loss), then XWARM steps of dense warm-up (only the indexer trains: the
+# model is dense's, sparse at inference; kept as dsa-x.warm) and XSPARSE
+# steps of the sparse stage, each evaluated like the others. These steps
+# come on top of the token budget: XWARM + XSPARSE steps of BATCH2 x CTX.
+XWARM=${XWARM:-100}
+XSPARSE=${XSPARSE:-100}
+xfer_train() {   # xfer_train UNTIL STAGE
+    [ "$(ckpt_step "$OUT/dsa-x")" -lt "$1" ] || return 0
+    echo "\$ dsc train -m $OUT/dsa-x --stop-after $1 --dsa-stage $2"
+    "$DSC" train -m "$OUT/dsa-x" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
+        --steps "$1" --stop-after "$1" --batch "$BATCH2" --seq "$CTX" --passkey-mix "$MIX2" \
+        --passkey-pack "$PACK3" --lr "$LR3" --min-lr "$LR3" --warmup $((STEPS1 / 20 + 1)) \
+        --eval-every 50 --save-every 50 --val-frac 0.01 --seed "$SEED" -t "$THREADS" \
+        --dsa-stage "$2" --dsa-topk "$TOPK" 2>> "$OUT/dsa-x.train.log" \
+        || { tail -5 "$OUT/dsa-x.train.log"; exit 1; }
+}
+xfer_eval() {   # xfer_eval DIR
+    "$DSC" eval -m "$1" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 --seed "$SEED" \
+        -t "$THREADS" -q > "$1.loss.txt"
+    "$DSC" eval -m "$1" --data "$CORPUS" --passkey --ctx-list "$PK_CTXS" \
+        --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
+        -t "$THREADS" -o "$1.passkey" -q > "$1.passkey.txt"
+    cat "$1.loss.txt" "$1.passkey.txt"
+}
+if { [ "$PHASE" = all ] || [ "$PHASE" = xfer ]; } && [ "$(ckpt_step "$OUT/mla")" -eq "$END" ] &&
+   [ "$(ckpt_step "$OUT/dsa")" -eq "$END" ]; then
+    x=$OUT/dsa-x
+    if [ ! -f "$x/model.safetensors" ]; then
+        mkdir -p "$x"
+        python3 scripts/st-merge.py "$OUT/mla/model.safetensors" "$OUT/dsa/model.safetensors" \
+            "$x/model.safetensors"
+        python3 scripts/st-merge.py "$OUT/mla/optimizer.safetensors" \
+            "$OUT/dsa/optimizer.safetensors" "$x/optimizer.safetensors"
+        for f in config.json tokenizer.json tokenizer_config.json; do cp "$OUT/dsa/$f" "$x/"; done
+        for f in trainer_state.json train_run.json; do cp "$OUT/mla/$f" "$x/"; done
+    fi
+    xfer_train $((END + XWARM)) warmup
+    [ -d "$x.warm" ] || { cp -r "$x" "$x.warm"; xfer_eval "$x.warm"; }
+    xfer_train $((END + XWARM + XSPARSE)) sparse
+    [ -f "$x.passkey.txt" ] || xfer_eval "$x"
 fi
 
 # ---- speed: fresh copies of the three architectures, nothing else running ----
