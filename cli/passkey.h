@@ -54,7 +54,8 @@ static inline void passkey_key(uint64_t *st, char key[16]) {
  *    shorter), i.e. retrievals over every distance up to T and more
  *    answers per token.
  * need = the shortest example (a 7-digit key, no filler). Filler is read
- * cyclically from the training text without BOS / EOS at a random offset. An example whose key does not fit its length leaves its ids as
+ * cyclically from the training text without BOS / EOS at a random
+ * offset. An example whose key does not fit its length leaves its ids as
  * they were (only 7-digit keys can be that long; need rules it out).
  */
 typedef struct {

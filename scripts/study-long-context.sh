@@ -225,14 +225,17 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
 fi
 
 # ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
+eval_model() {   # eval_model DIR: DIR.loss.txt, DIR.passkey.{txt,csv,svg}
+    echo "\$ dsc eval -m $1 --ctx $CTX; --passkey --ctx-list $PK_CTXS"
+    "$DSC" eval -m "$1" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
+        --seed "$SEED" -t "$THREADS" -q > "$1.loss.txt"
+    "$DSC" eval -m "$1" --data "$CORPUS" --passkey --ctx-list "$PK_CTXS" \
+        --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
+        -t "$THREADS" -o "$1.passkey" -q > "$1.passkey.txt"
+}
 if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
     for name in $NAMES; do
-        echo "\$ dsc eval -m $OUT/$name --ctx $CTX; --passkey --ctx-list $PK_CTXS"
-        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
-            --seed "$SEED" -t "$THREADS" -q > "$OUT/$name.loss.txt"
-        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$PK_CTXS" \
-            --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
-            -t "$THREADS" -o "$OUT/$name.passkey" -q > "$OUT/$name.passkey.txt"
+        eval_model "$OUT/$name"
         # 2 x CTX with YaRN (factor 2 over CTX, DeepSeek-V3's other
         # settings), applied at inference only: a copy of the config beside
         # links to the same weights
@@ -259,24 +262,6 @@ fi
 # come on top of the token budget: XWARM + XSPARSE steps of BATCH2 x CTX.
 XWARM=${XWARM:-100}
 XSPARSE=${XSPARSE:-100}
-xfer_train() {   # xfer_train UNTIL STAGE
-    [ "$(ckpt_step "$OUT/dsa-x")" -lt "$1" ] || return 0
-    echo "\$ dsc train -m $OUT/dsa-x --stop-after $1 --dsa-stage $2"
-    "$DSC" train -m "$OUT/dsa-x" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
-        --steps "$1" --stop-after "$1" --batch "$BATCH2" --seq "$CTX" --passkey-mix "$MIX2" \
-        --passkey-pack "$PACK3" --lr "$LR3" --min-lr "$LR3" --warmup $((STEPS1 / 20 + 1)) \
-        --eval-every 50 --save-every 50 --val-frac 0.01 --seed "$SEED" -t "$THREADS" \
-        --dsa-stage "$2" --dsa-topk "$TOPK" 2>> "$OUT/dsa-x.train.log" \
-        || { tail -5 "$OUT/dsa-x.train.log"; exit 1; }
-}
-xfer_eval() {   # xfer_eval DIR
-    "$DSC" eval -m "$1" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 --seed "$SEED" \
-        -t "$THREADS" -q > "$1.loss.txt"
-    "$DSC" eval -m "$1" --data "$CORPUS" --passkey --ctx-list "$PK_CTXS" \
-        --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
-        -t "$THREADS" -o "$1.passkey" -q > "$1.passkey.txt"
-    cat "$1.loss.txt" "$1.passkey.txt"
-}
 if { [ "$PHASE" = all ] || [ "$PHASE" = xfer ]; } && [ "$(ckpt_step "$OUT/mla")" -eq "$END" ] &&
    [ "$(ckpt_step "$OUT/dsa")" -eq "$END" ]; then
     x=$OUT/dsa-x
@@ -289,10 +274,15 @@ if { [ "$PHASE" = all ] || [ "$PHASE" = xfer ]; } && [ "$(ckpt_step "$OUT/mla")"
         for f in config.json tokenizer.json tokenizer_config.json; do cp "$OUT/dsa/$f" "$x/"; done
         for f in trainer_state.json train_run.json; do cp "$OUT/mla/$f" "$x/"; done
     fi
-    xfer_train $((END + XWARM)) warmup
-    [ -d "$x.warm" ] || { cp -r "$x" "$x.warm"; xfer_eval "$x.warm"; }
-    xfer_train $((END + XWARM + XSPARSE)) sparse
-    [ -f "$x.passkey.txt" ] || xfer_eval "$x"
+    # (constant rate: --steps, the schedule's length, changes nothing)
+    STEPS_ARG=$((END + XWARM + XSPARSE))
+    for piece in "$((END + XWARM)) warmup" "$STEPS_ARG sparse"; do
+        train dsa-x "${piece% *}" "$CTX" "$BATCH2" 50 "$MIX2" --lr "$LR3" --min-lr "$LR3" \
+            --passkey-pack "$PACK3" --dsa-stage "${piece#* }" --dsa-topk "$TOPK"
+        [ -d "$x.warm" ] || [ "$(ckpt_step "$x")" -ne $((END + XWARM)) ] ||
+            { cp -r "$x" "$x.warm"; eval_model "$x.warm"; }
+    done
+    [ -f "$x.passkey.txt" ] || eval_model "$x"
 fi
 
 # ---- speed: fresh copies of the three architectures, nothing else running ----
