@@ -73,7 +73,12 @@
 #   XWARM, XSPARSE  dsa-x (DSA made from the trained dense model): warm-up and
 #            sparse steps (100, 100)
 #   PHASE    all (default), train, eval, xfer, speed, report
-#   NAMES    the models that eval and speed run on (mla dsa nsa)
+#   NAMES    the models that train, eval and speed run on (mla dsa nsa)
+#   NSA_W2   NSA's window from phase 2 on (256 at CTX >= 2048, CTX / 16 below)
+#   NSA_W1   NSA's window in phase 1 (NSA_W2). One below SHORT makes phase 1
+#            teach retrieval to the selected branch instead of the window
+#            (the window is not a weight: the checkpoint's config.json is
+#            switched to NSA_W2 after phase 1; nsa.json is the final config)
 #   OUT      output directory (default build/study)
 #   DSC      the dsc binary (default build/dsc)
 #   SMOKE=1  a quick end-to-end check: CTX 256, SHORT 64, a few steps, 1 trial
@@ -136,6 +141,8 @@ if [ "$CTX" -ge 2048 ]; then
 else   # the same ratios at a small context
     NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 16))
 fi
+NSA_W2=${NSA_W2:-$NSA_W}
+NSA_W1=${NSA_W1:-$NSA_W2}
 if [ "${NSA_SHARED:-0}" = 1 ]; then   # the second run's NSA (see the header)
     NSA_HKV=2; NSA_PHI='"compress": "mean"'; NSA_SHARED=true
 else
@@ -150,14 +157,18 @@ cat > "$OUT/dsa.json" <<EOF
  "index_n_heads": 2, "index_head_dim": 32, "index_topk": $TOPK,
  "q_lora_rank": 64, $common}
 EOF
-cat > "$OUT/nsa.json" <<EOF
+for w in $NSA_W2 $NSA_W1; do   # nsa.json, then the phase-1 config nsa.start.json
+    f=$OUT/nsa.json; [ "$w" = "$NSA_W2" ] || f=$OUT/nsa.start.json
+    cat > "$f" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
  "attention_type": "nsa", "nsa": {"num_key_value_heads": $NSA_HKV, "head_dim_k": 32,
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
-  "n_select": $NSA_N, "window": $NSA_W, $NSA_PHI,
+  "n_select": $NSA_N, "window": $w, $NSA_PHI,
   "shared_kv": $NSA_SHARED},
  "q_lora_rank": 0, $common}
 EOF
+done
+[ "$NSA_W1" != "$NSA_W2" ] || rm -f "$OUT/nsa.start.json"
 
 # the step a checkpoint directory holds (0 when none)
 ckpt_step() {
@@ -165,15 +176,21 @@ ckpt_step() {
         grep . || echo 0
 }
 
+has() {   # has NAME: NAME is one of NAMES
+    case " $NAMES " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+
 # ---- train (resumable: each call skips what its checkpoint already has) ----
 EVERY1=$((STEPS1 / 5)); [ "$EVERY1" -ge 1 ] || EVERY1=1
 EVERY2=$((STEPS2 / 5)); [ "$EVERY2" -ge 1 ] || EVERY2=1
 train() {   # train NAME UNTIL SEQ BATCH EVERY MIX [extra options]
     name=$1; until=$2; seq=$3; batch=$4; every=$5; mix=$6; shift 6
-    [ "$(ckpt_step "$OUT/$name")" -lt "$until" ] || return 0
+    [ "$(ckpt_step "$OUT/$name")" -lt "$until" ] && has "$name" || return 0
+    cfg=$OUT/$name.json; [ ! -f "$OUT/$name.start.json" ] || cfg=$OUT/$name.start.json
     echo "\$ dsc train -m $OUT/$name --seq $seq --batch $batch --stop-after $until $*"
     "$DSC" train -m "$OUT/$name" --data "$CORPUS" --tokenizer tests/fixtures/tokenizer_brown \
-        --config "$OUT/$name.json" --steps "${STEPS_ARG:-$TOTAL}" --stop-after "$until" --batch "$batch" \
+        --config "$cfg" --steps "${STEPS_ARG:-$TOTAL}" --stop-after "$until" --batch "$batch" \
         --seq "$seq" --passkey-mix "$mix" --lr 3e-3 --warmup $((STEPS1 / 20 + 1)) \
         --eval-every "$every" --save-every "$every" --val-frac 0.01 --seed "$SEED" \
         -t "$THREADS" "$@" 2>> "$OUT/$name.train.log" \
@@ -203,6 +220,9 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
         [ -d "$OUT/$name.phase1" ] || [ "$(ckpt_step "$OUT/$name")" -ne "$STEPS1" ] ||
             cp -r "$OUT/$name" "$OUT/$name.phase1"
     done
+    # NSA's window from phase 2 on (a no-op unless NSA_W1 differs)
+    [ "$(ckpt_step "$OUT/nsa")" -lt "$STEPS1" ] ||
+        sed -i 's/"window": [0-9]*/"window": '"$NSA_W2"'/' "$OUT/nsa/config.json"
     train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     dsa_train "$TOTAL" "$EVERY2" --passkey-pack "$PACK2"
@@ -346,7 +366,7 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
     echo "DSA: 2 x 32 indexer, index_topk $TOPK; dense (indexer by KL) to step $S_WARM, $WARM warm-up"
     echo "steps, then sparse for the last $((END - S_SPARSE)) steps."
-    echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W."
+    echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W2 (phase 1: $NSA_W1)."
     echo
     ctxs=$(echo "$PK_CTXS" | tr ',' ' ')
     hdr="| model | params | val loss end of phase 1 | phase 2 | end | eval loss @$CTX | ppl |"
