@@ -6,16 +6,19 @@
 #   mla  dense MLA (deepseek_v3, like configs/demo-v3-tiny.json)
 #   dsa  MLA + DSA (deepseek_v32; a 2-head, 32-dim lightning indexer and
 #        index_topk TOPK, CTX/32 unless set)
-#   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 with
-#        n 8 and w 256 at CTX >= 2048 (a sparse budget of CTX/16 + 768
-#        keys), scaled down below; q is one q_proj (q_lora_rank 0); H_kv 1,
-#        d_k = d_v = 32, a K/V per branch (the paper's §3.3.3), MLP
-#        compression with 8 hidden units, which keeps the parameter count
-#        within 2.5% of mla's. NSA_SHARED=1 gives the second run's NSA
-#        instead: H_kv 2, one K/V shared by the three branches and mean-
-#        pooled compression, as fla does (a compressed key's score is then
-#        the block's mean slc score); it retrieved no further and trained
-#        no faster than dense at 4096, where this one trains 1.65x faster)
+#   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 and
+#        n 16 at CTX >= 2048, with a 64-token window (32 in phase 1): a
+#        sparse budget of CTX/16 + 1088 keys; scaled down below); q is one
+#        q_proj (q_lora_rank 0); H_kv 1, d_k = d_v = 32, a K/V per branch
+#        (the paper's §3.3.3), MLP compression with 8 hidden units, which
+#        keeps the parameter count within 2.5% of mla's. The first two
+#        runs used n 8 and a 256-token window throughout (NSA_N2=8
+#        NSA_W1=256 NSA_W2=256): at 128 tokens that window covers every
+#        needle, so phase 1 taught retrieval to the window branch only,
+#        and NSA retrieved nothing beyond it. NSA_SHARED=1 gives the second
+#        run's variant: H_kv 2, one K/V shared by the three branches and
+#        mean-pooled compression, as fla does (a compressed key's score is
+#        then the block's mean slc score); it retrieved no further)
 #
 # Schedule (the way DeepSeek trains: short context first, then long; one
 # cosine learning-rate schedule over both phases, the same for every model):
@@ -74,11 +77,14 @@
 #            sparse steps (100, 100)
 #   PHASE    all (default), train, eval, xfer, speed, report
 #   NAMES    the models that train, eval and speed run on (mla dsa nsa)
-#   NSA_W2   NSA's window from phase 2 on (256 at CTX >= 2048, CTX / 16 below)
-#   NSA_W1   NSA's window in phase 1 (NSA_W2). One below SHORT makes phase 1
-#            teach retrieval to the selected branch instead of the window
-#            (the window is not a weight: the checkpoint's config.json is
-#            switched to NSA_W2 after phase 1; nsa.json is the final config)
+#   NSA_W2   NSA's window from phase 2 on (64 at CTX >= 2048, CTX / 16 below)
+#   NSA_N2   NSA's selected blocks n from phase 2 on (16 at CTX >= 2048, else 4)
+#   NSA_W1   NSA's window in phase 1 (32 at CTX >= 2048, else 8). Below SHORT,
+#            so that phase 1 teaches retrieval to the selected branch (at
+#            SHORT tokens it covers every block) instead of the window
+#            (window and n are not weights: the checkpoint's config.json is
+#            switched to NSA_W2 and NSA_N2 after phase 1; nsa.json is the
+#            final config, nsa.start.json phase 1's when it differs)
 #   OUT      output directory (default build/study)
 #   DSC      the dsc binary (default build/dsc)
 #   SMOKE=1  a quick end-to-end check: CTX 256, SHORT 64, a few steps, 1 trial
@@ -137,11 +143,12 @@ common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
  "eos_token_id": 1, "hidden_act": "silu", "attention_bias": false'
 TOPK=${TOPK:-$((CTX / 32))}
 if [ "$CTX" -ge 2048 ]; then
-    NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=8; NSA_W=256
+    NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=16; NSA_W=64; NSA_W1=${NSA_W1:-32}
 else   # the same ratios at a small context
-    NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 16))
+    NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 16)); NSA_W1=${NSA_W1:-8}
 fi
 NSA_W2=${NSA_W2:-$NSA_W}
+NSA_N=${NSA_N2:-$NSA_N}
 NSA_W1=${NSA_W1:-$NSA_W2}
 if [ "${NSA_SHARED:-0}" = 1 ]; then   # the second run's NSA (see the header)
     NSA_HKV=2; NSA_PHI='"compress": "mean"'; NSA_SHARED=true
@@ -220,9 +227,10 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
         [ -d "$OUT/$name.phase1" ] || [ "$(ckpt_step "$OUT/$name")" -ne "$STEPS1" ] ||
             cp -r "$OUT/$name" "$OUT/$name.phase1"
     done
-    # NSA's window from phase 2 on (a no-op unless NSA_W1 differs)
+    # NSA's window and n from phase 2 on (a no-op unless NSA_W1 differs)
     [ "$(ckpt_step "$OUT/nsa")" -lt "$STEPS1" ] ||
-        sed -i 's/"window": [0-9]*/"window": '"$NSA_W2"'/' "$OUT/nsa/config.json"
+        sed -i -e 's/"window": [0-9]*/"window": '"$NSA_W2"'/' \
+            -e 's/"n_select": [0-9]*/"n_select": '"$NSA_N"'/' "$OUT/nsa/config.json"
     train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     dsa_train "$TOTAL" "$EVERY2" --passkey-pack "$PACK2"
