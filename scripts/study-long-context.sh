@@ -79,6 +79,8 @@
 #   NAMES    the models that train, eval and speed run on (mla dsa nsa)
 #   NSA_W2   NSA's window from phase 2 on (64 at CTX >= 2048, CTX / 16 below)
 #   NSA_N2   NSA's selected blocks n from phase 2 on (16 at CTX >= 2048, else 4)
+#   NSA_HIDDEN  hidden units of NSA's compression MLP (8; each unit adds
+#            l * (d_k + d_v) + d_k + d_v = 2112 parameters per layer)
 #   NSA_W1   NSA's window in phase 1 (32 at CTX >= 2048, else 8). Below SHORT,
 #            so that phase 1 teaches retrieval to the selected branch (at
 #            SHORT tokens it covers every block) instead of the window
@@ -153,7 +155,7 @@ NSA_W1=${NSA_W1:-$NSA_W2}
 if [ "${NSA_SHARED:-0}" = 1 ]; then   # the second run's NSA (see the header)
     NSA_HKV=2; NSA_PHI='"compress": "mean"'; NSA_SHARED=true
 else
-    NSA_HKV=1; NSA_PHI='"compress": "mlp", "compress_hidden": 8'; NSA_SHARED=false
+    NSA_HKV=1; NSA_PHI='"compress": "mlp", "compress_hidden": '"${NSA_HIDDEN:-8}"; NSA_SHARED=false
 fi
 cat > "$OUT/mla.json" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
