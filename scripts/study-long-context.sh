@@ -145,13 +145,11 @@ common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
  "eos_token_id": 1, "hidden_act": "silu", "attention_bias": false'
 TOPK=${TOPK:-$((CTX / 32))}
 if [ "$CTX" -ge 2048 ]; then
-    NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=16; NSA_W=64; NSA_W1=${NSA_W1:-32}
+    NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=${NSA_N2:-16}; NSA_W2=${NSA_W2:-64}; NSA_W1=${NSA_W1:-32}
 else   # the same ratios at a small context
-    NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=4; NSA_W=$((CTX / 16)); NSA_W1=${NSA_W1:-8}
+    NSA_L=8; NSA_D=4; NSA_LS=16; NSA_N=${NSA_N2:-4}; NSA_W2=${NSA_W2:-$((CTX / 16))}
+    NSA_W1=${NSA_W1:-8}
 fi
-NSA_W2=${NSA_W2:-$NSA_W}
-NSA_N=${NSA_N2:-$NSA_N}
-NSA_W1=${NSA_W1:-$NSA_W2}
 if [ "${NSA_SHARED:-0}" = 1 ]; then   # the second run's NSA (see the header)
     NSA_HKV=2; NSA_PHI='"compress": "mean"'; NSA_SHARED=true
 else
@@ -166,18 +164,19 @@ cat > "$OUT/dsa.json" <<EOF
  "index_n_heads": 2, "index_head_dim": 32, "index_topk": $TOPK,
  "q_lora_rank": 64, $common}
 EOF
-for w in $NSA_W2 $NSA_W1; do   # nsa.json, then the phase-1 config nsa.start.json
-    f=$OUT/nsa.json; [ "$w" = "$NSA_W2" ] || f=$OUT/nsa.start.json
-    cat > "$f" <<EOF
+nsa_config() {   # nsa_config WINDOW: the NSA config with that window, on stdout
+    cat <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
  "attention_type": "nsa", "nsa": {"num_key_value_heads": $NSA_HKV, "head_dim_k": 32,
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
-  "n_select": $NSA_N, "window": $w, $NSA_PHI,
+  "n_select": $NSA_N, "window": $1, $NSA_PHI,
   "shared_kv": $NSA_SHARED},
  "q_lora_rank": 0, $common}
 EOF
-done
-[ "$NSA_W1" != "$NSA_W2" ] || rm -f "$OUT/nsa.start.json"
+}
+nsa_config "$NSA_W2" > "$OUT/nsa.json"   # the final config; phase 1's when it differs:
+if [ "$NSA_W1" != "$NSA_W2" ]; then nsa_config "$NSA_W1" > "$OUT/nsa.start.json"
+else rm -f "$OUT/nsa.start.json"; fi
 
 # the step a checkpoint directory holds (0 when none)
 ckpt_step() {
