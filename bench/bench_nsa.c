@@ -178,7 +178,7 @@ static int nsa_setup(nsa_run *r, const options *o, dsc_nsa_phi phi, int64_t T) {
                             .H_kv = 1, .d_k = DK, .d_v = DV, .phi = phi,
                             .phi_hidden = o->phi_hidden, .shared_kv = (int)o->shared};
     dsc_err err = {0};
-    r->op = (dsc_nsa_fast_opts){(int)o->threads, (int)o->chunks, NULL};
+    r->op = (dsc_nsa_fast_opts){(int)o->threads, (int)o->chunks, NULL, NULL};
     if (dsc_nsa_sizes_get(&r->c, T, &r->sz, &err) != DSC_OK ||
         dsc_nsa_fast_sizes(&r->c, T, &r->op, &r->fwd_bytes, &r->bwd_bytes, &err) != DSC_OK) {
         fprintf(stderr, "bench_nsa: %s\n", err.msg);

@@ -37,6 +37,7 @@ typedef struct {
     double dsa_kl_weight;     /* --dsa-kl-weight: the indexer's KL loss weight (1)     */
     int64_t dsa_recall_every; /* --dsa-recall-every N: idx_recall every N steps (10)   */
     int64_t dsa_topk;         /* --dsa-topk K: set the model's index_topk; 0 = keep    */
+    double nsa_align;         /* --nsa-align W: NSA selection alignment weight; 0 = off */
     const char *preset;       /* --preset NAME: built-in architecture of a new model   */
     double time_budget;       /* --time-budget MINUTES: stop before; 0 = none          */
     double passkey_mix;       /* --passkey-mix F: share of passkey sequences, [0, 1)   */

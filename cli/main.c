@@ -94,6 +94,8 @@ static void usage(FILE *f) {
             "  --dsa-topk K           set the DSA model's index_topk (config.json) to K\n"
             "  --dsa-recall-every N   log the indexer's top-k recall every N steps (10; a\n"
             "                         metric that costs a dense attention pass)\n"
+            "  --nsa-align W          NSA: weight of the selection alignment loss (KL of the\n"
+            "                         selection scores to the selected branch's attention; 0 = off)\n"
             "  --eval-every N         validation loss + expert load every N steps (and at the end)\n"
             "  --save-every N         checkpoint every N steps (and at the end)\n"
             "  --val-frac F           share of documents held out for validation (0.05)\n"
@@ -303,6 +305,9 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--dsa-kl-weight", "--dsa-kl-weight")) {
             o->train.dsa_kl_weight = parse_float(VALUE(), a);
             if (!(o->train.dsa_kl_weight >= 0 && o->train.dsa_kl_weight <= 1e30)) cli_die_usage("--dsa-kl-weight must be finite and >= 0", v);
+        } else if (IS("--nsa-align", "--nsa-align")) {
+            o->train.nsa_align = parse_float(VALUE(), a);
+            if (!(o->train.nsa_align >= 0 && o->train.nsa_align <= 1e30)) cli_die_usage("--nsa-align must be finite and >= 0", v);
         } else if (IS("--dsa-topk", "--dsa-topk")) {
             o->train.dsa_topk = parse_int(VALUE(), a);
             if (o->train.dsa_topk < 1) cli_die_usage("--dsa-topk must be >= 1", v);

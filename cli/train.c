@@ -100,6 +100,8 @@
  *   step 12/100  loss 9.100000  main 7.123456  mtp 6.589514  lr ...   (MTP)
  *   step 12/100  loss 7.123556  main 7.123456  bal 0.000100  lr ...   (--balance-alpha)
  *   step 12/100  loss 7.9  main 7.1  idx_kl 0.8  idx_recall 0.9312  lr ...   (DSA)
+ *   step 12/100  loss 7.5  main 7.1  sel_kl 0.4  lr ...   (NSA with --nsa-align;
+ *                train_log.csv's idx_kl column holds sel_kl)
  *   step 12/?    ...            (--time-budget: the schedule is not sized yet)
  *   step 12      val loss 7.234567 (40 seqs)       (+ "  mtp X" with MTP)
  *   step 12      expert load max/mean: L1 1.75 L2 2.00
@@ -640,6 +642,14 @@ int cmd_train(const cli_opts *o) {
         exit(1);
     }
     if (dsa_on) dsc_train_set_dsa_kl_weight(tm, a->dsa_kl_weight);
+    /* NSA: the selection alignment loss (src/nsa/nsa_align.h) */
+    int nal_on = a->nsa_align > 0;
+    if (nal_on && !dsc_train_model_is_nsa(tm)) {
+        fprintf(stderr, "dsc: --nsa-align needs an NSA model (attention_type \"nsa\"); %s is "
+                "not one\n", dir);
+        exit(1);
+    }
+    if (nal_on) dsc_train_set_nsa_align(tm, a->nsa_align);
     if (dsa_on) dsc_train_set_dsa_sparse(tm, sparse);
     int64_t np = 0;
     const dsc_param *mparams = dsc_train_model_params(tm, &np);
@@ -837,6 +847,7 @@ int cmd_train(const cli_opts *o) {
         double ce = 0, mtp = 0, bal = 0, ikl = NAN, irec = NAN;
         dsc_train_loss_parts(tm, &ce, &bal, &mtp);
         if (dsa_on) dsc_train_dsa_stats(tm, &ikl, &irec);
+        if (nal_on) ikl = dsc_train_nsa_align_kl(tm);
         if (warm)   /* frozen: no gradient (and none in the clipping norm) */
             for (int64_t i = 0; i < np; i++)
                 if (params[i].frozen)
@@ -894,7 +905,7 @@ int cmd_train(const cli_opts *o) {
         if (!o->quiet) {
             char parts[192] = "", eta[32], of[32];
             int np_ = 0;
-            if (mtp_on || bal_on || dsa_on)
+            if (mtp_on || bal_on || dsa_on || nal_on)
                 np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  main %.6f", ce);
             if (mtp_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  mtp %.6f", mtp);
             if (bal_on) np_ += snprintf(parts + np_, sizeof parts - (size_t)np_, "  bal %.6f", bal);
@@ -904,6 +915,8 @@ int cmd_train(const cli_opts *o) {
                 snprintf(parts + np_, sizeof parts - (size_t)np_, "  idx_kl %.6f  idx_recall %s",
                          ikl, rec);
             }
+            if (nal_on)
+                snprintf(parts + np_, sizeof parts - (size_t)np_, "  sel_kl %.6f", ikl);
             /* the ETA: steps left x mean step time + the validations due */
             double left_s;
             if (sizing) {

@@ -40,6 +40,7 @@ extern const dsc_test_case dsc_tests_passkey_mix[];
 extern const dsc_test_case dsc_tests_spec[];
 extern const dsc_test_case dsc_tests_nsa[];
 extern const dsc_test_case dsc_tests_nsa_fast[];
+extern const dsc_test_case dsc_tests_nsa_align[];
 extern const dsc_test_case dsc_tests_nsa_decode[];
 extern const dsc_test_case dsc_tests_nsa_decode_fast[];
 extern const dsc_test_case dsc_tests_nsa_model[];
@@ -76,6 +77,7 @@ static const struct {
     {"spec", dsc_tests_spec},
     {"nsa", dsc_tests_nsa},
     {"nsa_fast", dsc_tests_nsa_fast},
+    {"nsa_align", dsc_tests_nsa_align},
     {"nsa_decode", dsc_tests_nsa_decode},
     {"nsa_decode_fast", dsc_tests_nsa_decode_fast},
     {"nsa_model", dsc_tests_nsa_model},

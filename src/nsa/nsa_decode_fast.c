@@ -349,7 +349,7 @@ static dsc_status prefill_steps(dsc_nsa_decode_f32 *st, const dsc_nsa_params_f32
    and sel; *need: the total. */
 static dsc_status prefill_layout(const dsc_nsa_config *c, int64_t T, int64_t CH, int threads,
                                  size_t *fb, size_t *need, dsc_err *err) {
-    dsc_nsa_fast_opts op = {threads, 0, NULL};
+    dsc_nsa_fast_opts op = {threads, 0, NULL, NULL};
     size_t fwd_bytes = 0;
     DSC_TRY(dsc_nsa_fast_sizes(c, T, &op, &fwd_bytes, NULL, err));
     size_t n_obr = (size_t)(CH * c->H_q * 3 * c->d_v), n_lse = (size_t)(CH * c->H_q * 3);
@@ -402,7 +402,7 @@ dsc_status dsc_nsa_decode_fast_prefill(dsc_nsa_decode_f32 *st, const dsc_nsa_par
 
     /* scratch: the fast operator's for T = t0 + P, then one chunk's o_br,
        lse, sel: the caller's when it is large enough, else one malloc */
-    dsc_nsa_fast_opts op = {threads, 0, NULL};
+    dsc_nsa_fast_opts op = {threads, 0, NULL, NULL};
     size_t fb = 0, need = 0;
     int64_t CH = min64(P, DSC_NSA_DFAST_CHUNK);
     DSC_TRY(prefill_layout(c, t0 + P, CH, threads, &fb, &need, err));

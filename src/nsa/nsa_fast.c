@@ -61,6 +61,7 @@ typedef struct {
                          scratch, filled by the entry points                */
     int64_t ldt;      /* T rounded up to 16, + 16                          */
     int slc_gemm;     /* G >= SLC_GEMM_G: slc by library GEMMs (see slc_*)  */
+    const dsc_nsa_align *al; /* the selection alignment, or NULL            */
 } geo;
 
 static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_fast_opts *o) {
@@ -83,6 +84,7 @@ static void geo_init(geo *g, const dsc_nsa_config *c, int64_t T, const dsc_nsa_f
        score reads at the same L1 sets (measured 2x slower at T = 4096) */
     g->ldt = (T + 15) / 16 * 16 + 16;
     g->slc_gemm = g->G >= SLC_GEMM_G;
+    g->al = o->align;
 }
 
 /* Scratch layout: a shared part, then one block per thread (64-byte
@@ -118,7 +120,8 @@ static int layout(const geo *g, int bwd, lay *L) {
         tot = (double)QB * (double)g->cols + (double)G * (double)nl + tr;
     } else {
         ix = (size_t)(2 * g->n);
-        fl = (size_t)(2 * QB * g->cols + QB * g->dv + QB * G * 3 + 2 * G * nl + G * g->dv);
+        fl = (size_t)(2 * QB * g->cols + QB * g->dv + QB * G * 3 + 2 * G * nl + G * g->dv +
+                      g->cols);
         if (g->m) fl += (size_t)(2 * g->Tc * g->m + g->m);
         double per = (double)g->nsets * (double)g->T + (double)g->Tc;
         tot = (double)g->chunks * per * (double)g->H * (double)(g->dk + g->dv);
@@ -154,9 +157,11 @@ ROW static double softmax_row(float *s, int64_t len, int64_t a, int64_t b, float
 }
 
 /* The backward's row: P = exp(scale S - lse) on [a, b), then
-   dS = scale P (dP - D) (dP given in ds); both 0 outside [a, b). */
+   dS = scale P (dP - D) (dP given in ds); both 0 outside [a, b). With dpa
+   (the selection alignment's extra dL/dP over the row's columns, or NULL)
+   dP += dpa and D += sum P dpa. */
 ROW static void bwd_row(float *p, float *ds, int64_t len, int64_t a, int64_t b, float lse,
-                        float D, float scale) {
+                        float D, float scale, const float *dpa) {
     if (b <= a) {
         memset(p, 0, (size_t)len * sizeof *p);
         memset(ds, 0, (size_t)len * sizeof *ds);
@@ -166,6 +171,14 @@ ROW static void bwd_row(float *p, float *ds, int64_t len, int64_t a, int64_t b, 
     int64_t n = b - a;
     for (int64_t j = 0; j < n; j++) x[j] = x[j] * scale - lse;
     dsc_k_exp(NULL, x, x, n);
+    if (dpa) {
+        double da = 0;
+        for (int64_t j = 0; j < n; j++) {
+            da += (double)x[j] * dpa[a + j];
+            y[j] += dpa[a + j];
+        }
+        D += (float)da;
+    }
     for (int64_t j = 0; j < n; j++) y[j] = scale * x[j] * (y[j] - D);
     if (a > 0) {
         memset(p, 0, (size_t)a * sizeof *p);
@@ -251,7 +264,7 @@ static int64_t sel_runs(const geo *g, int64_t t, const int32_t *sh, int64_t *ra,
 typedef struct {
     double *score, *bs;
     int64_t *bi, *ra, *rl;
-    float *S, *S2, *Ss, *Ss2, *dOb, *D, *dObg, *mlp;
+    float *S, *S2, *Ss, *Ss2, *dOb, *D, *dObg, *dpa, *mlp;
     double prof[DSC_NSA_FAST_NT];
 } tws;
 
@@ -279,7 +292,8 @@ static void tws_bwd(const geo *g, char *base, tws *w) {
     w->Ss = w->D + QB * g->G * 3;
     w->Ss2 = w->Ss + g->G * nl;
     w->dObg = w->Ss2 + g->G * nl;
-    w->mlp = w->dObg + g->G * g->dv;
+    w->dpa = w->dObg + g->G * g->dv;
+    w->mlp = w->dpa + g->cols;
 }
 
 static int thread_id(void) {
@@ -401,7 +415,9 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
     /* cmp: per head of the group, S = Q K_cmp^T masked by block completion,
        softmax, O = P V_cmp; P summed into the group's selection scores */
     int64_t nvm = dsc_nsa_n_visible(c, tl);
-    if (want_sel) memset(w->score, 0, (size_t)(rows * nb) * sizeof(double));
+    const dsc_nsa_align *al = g->al;
+    int want_score = want_sel || al;
+    if (want_score) memset(w->score, 0, (size_t)(rows * nb) * sizeof(double));
     for (int64_t gi = 0; gi < G; gi++) {
         int64_t qh = h * G + gi;
         float *ob = sv->o_br + ((u0 * Hq + qh) * 3 + DSC_NSA_CMP) * dv;
@@ -419,7 +435,7 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
             ls[r * ldl] = (float)softmax_row(S + r * nvm, nvm, 0,
                                              dsc_nsa_n_visible(c, t0 + r), scale);
         dsc_k_sgemm_nn(NULL, rows, dv, nvm, S, nvm, sv->v_cmp + h * dv, H * dv, ob, ldob, 0);
-        if (want_sel)
+        if (want_score)
             for (int64_t r = 0; r < rows; r++)
                 map_row(g, wt, S + r * nvm, dsc_nsa_n_visible(c, t0 + r), w->score + r * nb);
     }
@@ -451,6 +467,10 @@ static void fwd_item(const geo *g, const dsc_nsa_in_f32 *in, float *o, dsc_nsa_s
                 (float)softmax_row(w->Ss + gi * ldS, L, 0, L, scale);
         float *ob = sv->o_br + ((ur * Hq + h * G) * 3 + DSC_NSA_SLC) * dv;
         slc_pv(g, dv, w->Ss, ldS, Vs, g->ldv, nr, w->ra, w->rl, ob, 3 * dv, 0);
+        if (al)
+            dsc_nsa_align_row(c, t, sv->sel + (ur * H + h) * n, w->score + r * nb, w->Ss, ldS, G,
+                              al->tgt_given, al->tgt + (ur * H + h) * n,
+                              al->gs + (ur * H + h) * n, al->kl + ur * H + h);
     }
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_SLC] += t_b - t_a;
@@ -539,8 +559,13 @@ static void tile_bwd(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
             a = 0, e = dsc_nsa_n_visible(g->c, t);
         else
             a = max64(0, t - g->w + 1) - k0, e = t + 1 - k0;
+        const float *dpa = NULL;
+        if (b == DSC_NSA_CMP && g->al && g->al->scale != 0.0 &&
+            dsc_nsa_align_dp(g->c, t, sv->sel + (t * H + qh / G) * g->n,
+                             g->al->gs + (t * H + qh / G) * g->n, g->al->scale, w->dpa, e))
+            dpa = w->dpa;
         bwd_row(P + r * nk, dS + r * nk, nk, a, e, sv->lse[(t * Hq + qh) * 3 + b],
-                w->D[(r * G + qh % G) * 3 + b], scale);
+                w->D[(r * G + qh % G) * 3 + b], scale, dpa);
     }
     if (dq) dsc_k_sgemm_nn(NULL, rows, dk, nk, dS, nk, K, ldk, dq + t0 * g->ldq + qh * dk, g->ldq, 1);
     dsc_k_sgemm_tn(NULL, nk, dk, rows, dS, nk, Qt, g->ldq, aK, H * dk, 1);
@@ -622,7 +647,7 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
         for (int64_t gi = 0; gi < G; gi++)
             bwd_row(w->Ss + gi * ldS, w->Ss2 + gi * ldS, L, 0, L,
                     sv->lse[(t * Hq + h * G + gi) * 3 + DSC_NSA_SLC],
-                    w->D[(r * G + gi) * 3 + DSC_NSA_SLC], scale);
+                    w->D[(r * G + gi) * 3 + DSC_NSA_SLC], scale, NULL);
         if (gr->dq)
             slc_pv(g, dk, w->Ss2, ldS, Ks, g->ldk, nr, w->ra, w->rl,
                    gr->dq + t * g->ldq + h * G * dk, dk, 1);
@@ -841,6 +866,11 @@ dsc_status dsc_nsa_fast_fwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
     DSC_TRY(check_common(c, T, in, p, 1, sv, opts, scratch, &sz, err));
     NEED(o, "o");
     if (flags & DSC_NSA_SEL_GIVEN) DSC_TRY(check_sel(c, T, sv->sel, err));
+    if (opts->align) {
+        NEED(opts->align->tgt, "opts->align->tgt");
+        NEED(opts->align->gs, "opts->align->gs");
+        NEED(opts->align->kl, "opts->align->kl");
+    }
     geo g;
     geo_init(&g, c, T, opts);
     geo_io(&g, in, ldo);
@@ -865,6 +895,12 @@ dsc_status dsc_nsa_fast_bwd_f32(const dsc_nsa_config *c, int64_t T, const dsc_ns
     NEED(dO, "dO");
     NEED(gr, "grads");
     DSC_TRY(check_sel(c, T, sv->sel, err));
+    if (opts->align) {
+        NEED(opts->align->gs, "opts->align->gs");
+        if (!isfinite(opts->align->scale))
+            return dsc_err_set(err, DSC_ERR_ARG, "nsa_fast: opts->align->scale = %g is not finite",
+                               opts->align->scale);
+    }
     geo g;
     geo_init(&g, c, T, opts);
     geo_io(&g, in, ldo);
@@ -988,6 +1024,7 @@ dsc_status dsc_nsa_fast_fwd_rows_f32(const dsc_nsa_config *c, int64_t t0, int64_
     NEED(o, "o");
     geo g;
     geo_init(&g, c, t0 + P, opts);
+    g.al = NULL;   /* the alignment is the whole-sequence forward's only */
     geo_io(&g, in, ldo);
     g.r0 = t0;
     g.ntiles = (P + QB - 1) / QB;

@@ -63,6 +63,7 @@
 #include <stdint.h>
 
 #include "nsa/nsa.h"
+#include "nsa/nsa_align.h"
 
 /* Query tokens per work item. */
 #define DSC_NSA_FAST_QB 64
@@ -85,6 +86,9 @@ typedef struct {
     int threads;   /* OpenMP team size of the call (>= 1)                      */
     int chunks;    /* backward accumulation chunks, <= 256 (0: DSC_NSA_FAST_CHUNKS) */
     double *prof;  /* NULL, or DSC_NSA_FAST_NT doubles the call ADDS into      */
+    dsc_nsa_align *align; /* NULL, or the selection alignment loss (nsa_align.h):
+                             the whole-sequence forward writes its buffers, the
+                             backward adds its gradient; fwd_rows ignores it */
 } dsc_nsa_fast_opts;
 
 /* Scratch bytes of dsc_nsa_fast_fwd_f32 and _bwd_f32 for T tokens with

@@ -20,7 +20,10 @@
  *            the thread count), scale 1/sqrt(d_k)
  *   y      = o W_o^T
  * The selection (top-n blocks) is not differentiated (spec §5.2): the
- * backward uses the forward's saved selection. The operator's saved
+ * backward uses the forward's saved selection. With a selection alignment
+ * weight W > 0 (dsc_train_set_nsa_align, src/nsa/nsa_align.h) each layer
+ * adds W x (mean KL over its counted rows, every sequence of the batch)
+ * to the loss, and its gradient reaches q and the compressed keys. The operator's saved
  * buffers (o_br, lse, k_cmp, v_cmp, hid_k, hid_v, sel) are kept per
  * sequence, strided by their sizes at max_t tokens.
  */
@@ -54,6 +57,8 @@ dsc_status dsc_tnsa_setup(dsc_train_model_t *tm, dsc_err *err) {
     tm->nsa_opts.threads = tm->n_threads > 0 ? tm->n_threads : 1;
     tm->nsa_opts.chunks = 0;
     tm->nsa_opts.prof = NULL;
+    tm->nsa_opts.align = NULL;
+    tm->nsa_al_weight = 0.0;
     if (c->qk_rope_head_dim > c->nsa_head_dim_k || c->qk_rope_head_dim % 2)
         return dsc_err_set(err, DSC_ERR_CONFIG,
                            "NSA: qk_rope_head_dim = %lld must be even and <= head_dim_k = %lld",
@@ -85,6 +90,9 @@ void dsc_tnsa_carve_layer(dsc_train_model_t *tm, carver *cv, tm_act *a) {
     a->n_hk = CARVE(cv, B * z->hid, float);
     a->n_hv = CARVE(cv, B * z->hid, float);
     a->n_sel = CARVE(cv, B * z->sel, int32_t);
+    a->n_atgt = CARVE(cv, B * z->sel, float);
+    a->n_ags = CARVE(cv, B * z->sel, float);
+    a->n_akl = CARVE(cv, B * tm->max_t * Hkv, float);
 }
 
 void dsc_tnsa_carve_shared(dsc_train_model_t *tm, carver *cv) {
@@ -155,14 +163,19 @@ static double nsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
                                     tm->rope_sin, c->rope_interleave);
         }
     }
+    int align = tm->nsa_al_weight > 0.0;
+    int64_t nsel = tm->nsa_sz.sel, akl = tm->max_t * Hkv;
     for (int64_t s = 0; s < B; s++) {
         dsc_nsa_in_f32 in;
         dsc_nsa_params_f32 p;
         dsc_nsa_saved_f32 sv;
         views(tm, w, a, s, T, &in, &p, &sv);
+        dsc_nsa_fast_opts op = tm->nsa_opts;
+        dsc_nsa_align al = {a->n_atgt + s * nsel, a->n_ags + s * nsel, a->n_akl + s * akl, 0, 0};
+        if (align) op.align = &al;
         dsc_err e = {0};
-        if (dsc_nsa_fast_fwd_f32(&tm->nsa, T, &in, &p, a->o + s * T * Hq * dv, 0, &sv, 0,
-                                 &tm->nsa_opts, tm->nsa_ws, &e) != DSC_OK) {
+        if (dsc_nsa_fast_fwd_f32(&tm->nsa, T, &in, &p, a->o + s * T * Hq * dv, 0, &sv, 0, &op,
+                                 tm->nsa_ws, &e) != DSC_OK) {
             /* cannot happen with a checked config and our buffers; a NaN
                loss makes the trainer stop with its non-finite message */
             fprintf(stderr, "dsc: NSA forward, layer %lld: %s\n", (long long)l, e.msg);
@@ -170,7 +183,21 @@ static double nsa_fwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T) {
         }
     }
     lin_fwd(tm, tm->y, a->o, w->o, N, Hq * dv, d);
-    return 0.0;
+    a->n_ascale = 0.0;
+    if (!align) return 0.0;
+    /* the layer's KL: the mean over the counted rows (kl >= 0), in order */
+    double sum = 0.0;
+    int64_t cnt = 0;
+    for (int64_t s = 0; s < B; s++)
+        for (int64_t i = 0; i < T * Hkv; i++) {
+            float k = a->n_akl[s * akl + i];
+            if (k >= 0.0f) sum += k, cnt++;
+        }
+    double kl = cnt ? sum / (double)cnt : 0.0;
+    a->n_ascale = cnt ? tm->nsa_al_weight / (double)cnt : 0.0;
+    tm->nsa_al_sum += kl;
+    tm->nsa_al_n++;
+    return tm->nsa_al_weight * kl;
 }
 
 static void nsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, const float *dy,
@@ -207,9 +234,12 @@ static void nsa_bwd(dsc_train_model_t *tm, int64_t l, int64_t B, int64_t T, cons
             gr.w2_k = G(tm, w->nsa.w2_k), gr.pe_v = G(tm, w->nsa.pe_v);
             gr.w1_v = G(tm, w->nsa.w1_v), gr.w2_v = G(tm, w->nsa.w2_v);
         }
+        dsc_nsa_fast_opts op = tm->nsa_opts;
+        dsc_nsa_align al = {NULL, a->n_ags + s * tm->nsa_sz.sel, NULL, 0, a->n_ascale};
+        if (a->n_ascale > 0.0) op.align = &al;
         dsc_err e = {0};
         if (dsc_nsa_fast_bwd_f32(&tm->nsa, T, &in, &p, &sv, tm->nsa_dO + s * T * Hq * dv, 0,
-                                 &gr, &tm->nsa_opts, tm->nsa_ws, &e) != DSC_OK)
+                                 &gr, &op, tm->nsa_ws, &e) != DSC_OK)
             fprintf(stderr, "dsc: NSA backward, layer %lld: %s\n", (long long)l, e.msg);
     }
     if (dr > 0) {

@@ -492,6 +492,16 @@ void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall
     if (recall) *recall = tm->dsa_rec_n > 0 ? tm->dsa_recall_sum / (double)tm->dsa_rec_n : NAN;
 }
 
+int dsc_train_model_is_nsa(const dsc_train_model_t *tm) { return tm->is_nsa; }
+
+void dsc_train_set_nsa_align(dsc_train_model_t *tm, double weight) {
+    if (tm->is_nsa) tm->nsa_al_weight = weight;
+}
+
+double dsc_train_nsa_align_kl(const dsc_train_model_t *tm) {
+    return tm->nsa_al_n > 0 ? tm->nsa_al_sum / (double)tm->nsa_al_n : NAN;
+}
+
 void dsc_train_set_dsa_recall(dsc_train_model_t *tm, int on) {
     tm->dsa_recall_on = on != 0;
 }

@@ -219,6 +219,17 @@ void dsc_train_set_dsa_kl_weight(dsc_train_model_t *tm, double weight);
    forwards after dsc_train_set_dsa_recall(tm, 1); on by default). */
 void dsc_train_dsa_stats(const dsc_train_model_t *tm, double *kl, double *recall);
 void dsc_train_set_dsa_recall(dsc_train_model_t *tm, int on);
+
+/* NSA (attention_type "nsa") models: the selection alignment loss
+ * (src/nsa/nsa_align.h). With weight W > 0 every layer adds W x its mean
+ * KL between the selected branch's attention mass per selected block and
+ * the selection scores (over the free slots of every query and KV head) to
+ * the loss; its gradient trains q and the compressed keys. 0 (the default)
+ * is off; a no-op on other models. dsc_train_nsa_align_kl: the unweighted
+ * KL of the last forward, averaged over the layers (NAN when off). */
+int dsc_train_model_is_nsa(const dsc_train_model_t *tm);
+void dsc_train_set_nsa_align(dsc_train_model_t *tm, double weight);
+double dsc_train_nsa_align_kl(const dsc_train_model_t *tm);
 int dsc_train_param_is_indexer(const dsc_param *p);
 
 #endif

@@ -105,6 +105,11 @@ typedef struct {
     float *nq, *nk[3], *nv[3], *ng;
     float *n_obr, *n_lse, *n_kc, *n_vc, *n_hk, *n_hv;
     int32_t *n_sel;
+    /* NSA selection alignment (nsa_align.h; --nsa-align): per sequence
+       tau and dKL/ds (T, H_kv, n), the rows' KL (T, H_kv), and dL/dKL of
+       each row for the backward (0 when off or no row counted) */
+    float *n_atgt, *n_ags, *n_akl;
+    double n_ascale;
     float *lse;      /* (B, H, T) log-sum-exp of each attention row    */
     /* DSA indexer (attn_dsa.c), in the final form of idx_ops.h */
     float *ix_q;     /* (N, H_I*D_I) RoPE_half(wq_b(qan))              */
@@ -193,6 +198,9 @@ struct dsc_train_model {
     size_t nsa_ws_bytes;
     char *nsa_ws;                  /* the fast operator's scratch          */
     float *nsa_dq, *nsa_dk[3], *nsa_dv[3], *nsa_dg, *nsa_dO;
+    double nsa_al_weight;          /* selection alignment weight (0: off)  */
+    double nsa_al_sum;             /* its unweighted KL, summed over layers */
+    int64_t nsa_al_n;              /* layers summed                        */
     /* DSA (index_topk > 0, attn_dsa.c): the indexer's KL loss weight, the
        statistics of the last forward (sums over the layers that ran it),
        and scratch shared by the layers */

@@ -214,6 +214,8 @@ static double forward(dsc_train_model_t *tm, const int32_t *tokens, int64_t B, i
     double aux = 0.0;
     tm->dsa_kl_sum = tm->dsa_recall_sum = 0.0;   /* summed by attn_dsa.c */
     tm->dsa_n = tm->dsa_rec_n = 0;
+    tm->nsa_al_sum = 0.0;   /* summed by attn_nsa.c */
+    tm->nsa_al_n = 0;
     for (int64_t l = 0; l < tm->n_layers; l++)
         aux += layer_fwd(tm, l, B, T, l + 1 < tm->n_layers ? tm->act[l + 1].x : tm->xf);
     /* logits = lm_head(RMSNorm(h)); loss = mean CE */

@@ -19,6 +19,13 @@
  *    (the checkpoint's config.json keeps attention_type / nsa), `dsc info`
  *    prints the NSA architecture, `dsc run` generates (test_nsa_infer.c
  *    checks what it generates).
+ *  - nsa_model_align_cli: `dsc train --nsa-align 100` (n 5: two free slots
+ *    from t = 32 on) logs sel_kl each step, the logged loss is main +
+ *    layers x W x sel_kl (to the 6 printed decimals), and over steps 11-20
+ *    the KL is below 0.8 x that of the same run with W 1e-9 (logged, ~no
+ *    gradient; from a random init the KL starts near 0 and grows as the
+ *    attention sharpens, so the comparison is between runs, not steps),
+ *    and --nsa-align on an MLA model exits 1 naming the need.
  *  - nsa_model_bad_config: l not a multiple of d, an unknown compress kind,
  *    a missing nsa field -> dsc train exits 1 naming the field.
  *  - nsa_model_no_inference: dsc_ctx_new on an NSA model works; with spec
@@ -240,6 +247,63 @@ static void test_train_cli(dsc_t *t) {
     free(o);
 }
 
+static void test_align_cli(dsc_t *t) {
+    char text[4096], cfg[512], data[512], args[3072];
+    fmt_cfg(text, sizeof text, CFG_MOE, 8, "mlp");
+    char *ns = strstr(text, "\"n_select\": 3");
+    T_CHECK(t, ns != NULL, "config template lost n_select");
+    if (!ns) return;
+    ns[strlen("\"n_select\": ")] = '5';
+    snprintf(cfg, sizeof cfg, "%s/nsa_al_config.json", t->tmpdir);
+    T_CHECK(t, t_write_file(cfg, text, strlen(text)) == 0, "cannot write %s", cfg);
+    t_write_words(t, "nsa_data.txt", 300, data, sizeof data);
+    /* the same run with W 100 (the KL is ~1e-3 here: a weight that lets its
+       gradient count) and with W 1e-9 (the KL logged, ~no gradient) */
+    double kl_tail[2] = {0, 0};
+    for (int run = 0; run < 2; run++) {
+        snprintf(args, sizeof args,
+                 "train -m %s/nsa_al%d --data %s --tokenizer " TOKDIR " --config %s --steps %d "
+                 "--batch 2 --seq 64 --lr 1e-2 --warmup 2 --eval-every 0 --val-frac 0.2 "
+                 "--seed 7 -t 2 --nsa-align %s",
+                 t->tmpdir, run, data, cfg, NSTEP, run ? "1e-9" : "100");
+        char *o = NULL;
+        int st = t_run_dsc(t, "nsa_al.txt", args, &o);
+        T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, o ? o : "");
+        static char tl[NSTEP + 1][32], tm_[NSTEP + 1][32], tk[NSTEP + 1][32];
+        double vl[NSTEP + 1] = {0}, vm[NSTEP + 1] = {0}, vk[NSTEP + 1] = {0};
+        int nl = t_log_steps(o, "loss ", NSTEP, vl, tl);
+        int nm = t_log_steps(o, "main ", NSTEP, vm, tm_);
+        int nk = t_log_steps(o, "sel_kl ", NSTEP, vk, tk);
+        T_CHECK(t, nl == NSTEP && nm == NSTEP && nk == NSTEP, "logged %d / %d / %d steps: %s",
+                nl, nm, nk, o ? o : "");
+        free(o);
+        if (nk != NSTEP) return;
+        double w = run ? 1e-9 : 100.0;
+        for (int s = 1; s <= NSTEP; s++) {
+            T_CHECK(t, fabs(vl[s] - (vm[s] + 2 * w * vk[s])) <= 2e-6 + 2 * w * 5e-7,
+                    "W %g, step %d: loss %s != main %s + 2 W sel_kl %s", w, s, tl[s], tm_[s],
+                    tk[s]);
+            if (s > NSTEP / 2) kl_tail[run] += vk[s];
+        }
+    }
+    T_CHECK(t, kl_tail[0] < 0.8 * kl_tail[1],
+            "the alignment loss did not lower the KL: steps 11-20 sum %g (W 100) vs %g (W 1e-9)",
+            kl_tail[0], kl_tail[1]);
+    if (getenv("DSC_TEST_VERBOSE"))
+        fprintf(stderr, "  sel_kl steps 11-20: %g (W 100) vs %g (W 1e-9)\n", kl_tail[0], kl_tail[1]);
+    char *o = NULL;
+    int st;
+    /* on an MLA model: a clear error */
+    snprintf(args, sizeof args,
+             "train -m %s/mla_al --data %s --tokenizer " TOKDIR
+             " --config configs/demo-v3-tiny.json --steps 2 --batch 1 --seq 32 --nsa-align 1",
+             t->tmpdir, data);
+    st = t_run_dsc(t, "mla_al.txt", args, &o);
+    T_CHECK(t, st == 1 && o && strstr(o, "--nsa-align needs an NSA model"), "dsc %s: exit %d: %s",
+            args, st, o ? o : "");
+    free(o);
+}
+
 static void test_bad_config(dsc_t *t) {
     char text[4096], cfg[512], data[512], args[3072];
     t_write_words(t, "nsa_data.txt", 300, data, sizeof data);
@@ -282,6 +346,7 @@ const dsc_test_case dsc_tests_nsa_model[] = {
     {"nsa_model_grad", test_grad},
     {"nsa_model_no_inference", test_no_inference},
     {"nsa_model_train_cli", test_train_cli},
+    {"nsa_model_align_cli", test_align_cli},
     {"nsa_model_bad_config", test_bad_config},
     {NULL, NULL},
 };

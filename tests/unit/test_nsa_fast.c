@@ -202,7 +202,7 @@ static int run_ref64(dsc_t *t, t_pool *pl, const prob *p, outs *u) {
 static int run_fast(dsc_t *t, t_pool *pl, const prob *p, outs *u, int threads, int chunks,
                     const int32_t *sel_from) {
     outs_alloc(pl, p, u);
-    dsc_nsa_fast_opts op = {threads, chunks, NULL};
+    dsc_nsa_fast_opts op = {threads, chunks, NULL, NULL};
     size_t fb = 0, bb = 0;
     dsc_err err = {0};
     dsc_status s = dsc_nsa_fast_sizes(&p->c, p->T, &op, &fb, &bb, &err);
@@ -380,7 +380,7 @@ static void test_mlp_g8(dsc_t *t) {
 static void test_bad_calls(dsc_t *t) {
     dsc_nsa_config c = {.l = 4, .d = 2, .l_sel = 8, .n = 4, .w = 9, .H_q = 2, .H_kv = 1,
                         .d_k = 4, .d_v = 4, .phi = DSC_NSA_PHI_MEAN, .shared_kv = 1};
-    dsc_nsa_fast_opts op = {0, 0, NULL};
+    dsc_nsa_fast_opts op = {0, 0, NULL, NULL};
     size_t fb, bb;
     dsc_err err = {0};
     T_CHECK(t, dsc_nsa_fast_sizes(&c, 10, &op, &fb, &bb, &err) == DSC_ERR_ARG &&
