@@ -36,7 +36,13 @@
 #            several examples of log-uniform lengths >= PACK3 per passkey
 #            sequence, so retrieval is trained at every distance up to
 #            CTX; phase 2's one example per 4096 tokens taught none).
-#   mla and nsa train as they are throughout. dsa follows DeepSeek-V3.2
+#   mla trains as it is throughout. nsa, in phase 3, selects every block
+#   for its first NSA_DENSE3 steps (its slc branch then learns at every
+#   distance, as dense attention does), then n again, with the selection
+#   alignment loss (--nsa-align NSA_ALIGN: the selection scores learn the
+#   slc branch's attention) throughout (run 4: 15 of dense's 19 passkey
+#   cells, against 13 for the alignment alone and 13 for neither).
+#   dsa follows DeepSeek-V3.2
 #   (§2.1), which made DSA by continued training of a dense model: it
 #   trains as dense MLA with its indexer learning from the KL loss
 #   (--dsa-stage none) until the last DSA_SPARSE + WARM steps, then runs
@@ -87,6 +93,12 @@
 #            (window and n are not weights: the checkpoint's config.json is
 #            switched to NSA_W2 and NSA_N2 after phase 1; nsa.json is the
 #            final config, nsa.start.json phase 1's when it differs)
+#   NSA_ALIGN   weight of NSA's selection alignment loss in phase 3
+#            (dsc train --nsa-align; 0.2; 0: off), and in the speed phase's
+#            training
+#   NSA_DENSE3  phase-3 steps at its start during which NSA selects every
+#            block (n = CTX / l'; its slc branch is then dense attention),
+#            then n again (2 STEPS3 / 3; 0: natively sparse throughout)
 #   OUT      output directory (default build/study)
 #   DSC      the dsc binary (default build/dsc)
 #   SMOKE=1  a quick end-to-end check: CTX 256, SHORT 64, a few steps, 1 trial
@@ -184,6 +196,10 @@ ckpt_step() {
         grep . || echo 0
 }
 
+nsa_n() {   # nsa_n N: set the nsa checkpoint's n_select (not a weight) to N
+    sed -i 's/"n_select": [0-9]*/"n_select": '"$1"'/' "$OUT/nsa/config.json"
+}
+
 has() {   # has NAME: NAME is one of NAMES
     case " $NAMES " in *" $1 "*) return 0 ;; esac
     return 1
@@ -247,8 +263,18 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
         STEPS_ARG=$END
         train mla "$END" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
             --passkey-pack "$PACK3"
+        # NSA: the first NSA_DENSE3 steps with every block selected, then
+        # n again; the selection alignment loss (weight NSA_ALIGN) throughout
+        NSA_DENSE3=${NSA_DENSE3:-$((STEPS3 * 2 / 3))}
+        if [ "$NSA_DENSE3" -gt 0 ] && [ "$(ckpt_step "$OUT/nsa")" -lt $((TOTAL + NSA_DENSE3)) ] &&
+           has nsa; then
+            nsa_n $((CTX / NSA_LS))
+            train nsa $((TOTAL + NSA_DENSE3)) "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" \
+                --min-lr "$LR3" --passkey-pack "$PACK3" --nsa-align "${NSA_ALIGN:-0.2}"
+        fi
+        ! has nsa || [ "$(ckpt_step "$OUT/nsa")" -lt "$TOTAL" ] || nsa_n "$NSA_N"
         train nsa "$END" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
-            --passkey-pack "$PACK3"
+            --passkey-pack "$PACK3" --nsa-align "${NSA_ALIGN:-0.2}"
         dsa_train "$END" "$EVERY3" --lr "$LR3" --min-lr "$LR3" --passkey-pack "$PACK3"
     fi
 fi
@@ -328,6 +354,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
         for name in $NAMES; do
             stage=""
             [ "$name" = dsa ] && stage="--dsa-stage sparse"
+            [ "$name" = nsa ] && stage="--nsa-align ${NSA_ALIGN:-0.2}"
             d=$OUT/speed/$name-$sc
             rm -rf "$d"
             sed 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$sc"'/' \
@@ -375,7 +402,8 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "passkey: $TRIALS trials per (context, depth), depths 0,25,50,75,100."
     echo "DSA: 2 x 32 indexer, index_topk $TOPK; dense (indexer by KL) to step $S_WARM, $WARM warm-up"
     echo "steps, then sparse for the last $((END - S_SPARSE)) steps."
-    echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W2 (phase 1: $NSA_W1)."
+    echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W2 (phase 1: $NSA_W1); phase 3:"
+    echo "every block selected for its first ${NSA_DENSE3:-$((STEPS3 * 2 / 3))} steps, selection alignment ${NSA_ALIGN:-0.2}."
     echo
     ctxs=$(echo "$PK_CTXS" | tr ',' ' ')
     hdr="| model | params | val loss end of phase 1 | phase 2 | end | eval loss @$CTX | ppl |"
