@@ -23,9 +23,10 @@
  * backward uses the forward's saved selection. With a selection alignment
  * weight W > 0 (dsc_train_set_nsa_align, src/nsa/nsa_align.h) each layer
  * adds W x (mean KL over its counted rows, every sequence of the batch)
- * to the loss, and its gradient reaches q and the compressed keys. The operator's saved
- * buffers (o_br, lse, k_cmp, v_cmp, hid_k, hid_v, sel) are kept per
- * sequence, strided by their sizes at max_t tokens.
+ * to the loss, and its gradient reaches q and the compressed keys. The
+ * operator's saved buffers (o_br, lse, k_cmp, v_cmp, hid_k, hid_v, sel;
+ * and the alignment's tau, dKL/ds and row KLs) are kept per sequence,
+ * strided by their sizes at max_t tokens.
  */
 #include <math.h>
 #include <stdio.h>
