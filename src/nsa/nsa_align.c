@@ -7,7 +7,8 @@
 
 #include "nsa/nsa_align.h"
 
-/* Slot u of sel is free: a block other than 0, cur - 1 and cur. */
+/* Block b (a slot of sel; -1 for an empty one) is free: a block other
+   than 0, cur - 1 and cur. */
 static int is_free(int64_t b, int64_t cur) { return b >= 1 && b <= cur - 2; }
 
 void dsc_nsa_align_row(const dsc_nsa_config *c, int64_t t, const int32_t *sel,
@@ -20,7 +21,7 @@ void dsc_nsa_align_row(const dsc_nsa_config *c, int64_t t, const int32_t *sel,
     for (int64_t u = 0; u < n; u++) {
         gs[u] = 0;
         if (!tgt_given) tgt[u] = 0;
-        if (sel[u] < 0 || !is_free(sel[u], cur)) continue;
+        if (!is_free(sel[u], cur)) continue;
         nfree++;
         double s = score[sel[u]];
         if (!(s > 0) || !isfinite(s)) ok = 0;
@@ -43,7 +44,7 @@ void dsc_nsa_align_row(const dsc_nsa_config *c, int64_t t, const int32_t *sel,
     /* pass 2: tau (normalised over the free slots), KL, dKL/ds */
     double loss = 0;
     for (int64_t u = 0; u < n; u++) {
-        if (sel[u] < 0 || !is_free(sel[u], cur)) continue;
+        if (!is_free(sel[u], cur)) continue;
         double tau = tgt[u] / msum, s = score[sel[u]];
         if (!tgt_given) tgt[u] = (float)tau;
         if (tau > 0) loss += tau * (log(tau) - log(s / ssum));
@@ -60,7 +61,7 @@ int dsc_nsa_align_dp(const dsc_nsa_config *c, int64_t t, const int32_t *sel, con
     if (scale == 0.0) return 0;
     for (int64_t u = 0; u < c->n; u++) {
         int64_t j = sel[u];
-        if (j < 0 || !is_free(j, cur) || gs[u] == 0.0f) continue;
+        if (!is_free(j, cur) || gs[u] == 0.0f) continue;
         /* compressed blocks i overlapping [j l', (j+1) l' - 1]:
            i d <= (j+1) l' - 1 and i d + l - 1 >= j l' */
         int64_t lo = j * ls - l + 1, i0 = lo > 0 ? (lo + d - 1) / d : 0;

@@ -120,8 +120,7 @@ static int layout(const geo *g, int bwd, lay *L) {
         tot = (double)QB * (double)g->cols + (double)G * (double)nl + tr;
     } else {
         ix = (size_t)(2 * g->n);
-        fl = (size_t)(2 * QB * g->cols + QB * g->dv + QB * G * 3 + 2 * G * nl + G * g->dv +
-                      g->cols);
+        fl = (size_t)(3 * QB * g->cols + QB * g->dv + QB * G * 3 + 2 * G * nl + G * g->dv);
         if (g->m) fl += (size_t)(2 * g->Tc * g->m + g->m);
         double per = (double)g->nsets * (double)g->T + (double)g->Tc;
         tot = (double)g->chunks * per * (double)g->H * (double)(g->dk + g->dv);
@@ -293,7 +292,7 @@ static void tws_bwd(const geo *g, char *base, tws *w) {
     w->Ss2 = w->Ss + g->G * nl;
     w->dObg = w->Ss2 + g->G * nl;
     w->dpa = w->dObg + g->G * g->dv;
-    w->mlp = w->dpa + g->cols;
+    w->mlp = w->dpa + QB * g->cols;
 }
 
 static int thread_id(void) {
@@ -537,11 +536,13 @@ static float *acc_vc(const geo *g, const accs *a, int c) {
 /* The tile-wise branches' backward (cmp or win) for head qh: P and dS
    tiles over keys [k0, k0 + nk) of K, V (rows stride ldk / ldv; K, V
    point at key k0), visible range per row from vis(); dQ into dq, dK / dV
-   into the accumulators aK, aV (row stride H*d; pointing at key k0). */
+   into the accumulators aK, aV (row stride H*d; pointing at key k0).
+   dpa: NULL, or (cmp) the selection alignment's extra dL/dP of the tile's
+   rows (row stride nk), the same for every head of the group. */
 static void tile_bwd(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved_f32 *sv,
                      const float *dO, float *dq, int b, int64_t qh, int64_t t0, int64_t rows,
                      const float *K, int64_t ldk, const float *V, int64_t ldv, int64_t k0,
-                     int64_t nk, float *aK, float *aV, tws *w) {
+                     int64_t nk, float *aK, float *aV, const float *dpa, tws *w) {
     int64_t dk = g->dk, dv = g->dv, Hq = g->Hq, G = g->G, H = g->H;
     float *P = w->S, *dS = w->S2, scale = g->scale;
     const float *Qt = in->q + t0 * g->ldq + qh * dk;
@@ -559,13 +560,8 @@ static void tile_bwd(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
             a = 0, e = dsc_nsa_n_visible(g->c, t);
         else
             a = max64(0, t - g->w + 1) - k0, e = t + 1 - k0;
-        const float *dpa = NULL;
-        if (b == DSC_NSA_CMP && g->al && g->al->scale != 0.0 &&
-            dsc_nsa_align_dp(g->c, t, sv->sel + (t * H + qh / G) * g->n,
-                             g->al->gs + (t * H + qh / G) * g->n, g->al->scale, w->dpa, e))
-            dpa = w->dpa;
         bwd_row(P + r * nk, dS + r * nk, nk, a, e, sv->lse[(t * Hq + qh) * 3 + b],
-                w->D[(r * G + qh % G) * 3 + b], scale, dpa);
+                w->D[(r * G + qh % G) * 3 + b], scale, dpa ? dpa + r * nk : NULL);
     }
     if (dq) dsc_k_sgemm_nn(NULL, rows, dk, nk, dS, nk, K, ldk, dq + t0 * g->ldq + qh * dk, g->ldq, 1);
     dsc_k_sgemm_tn(NULL, nk, dk, rows, dS, nk, Qt, g->ldq, aK, H * dk, 1);
@@ -600,13 +596,24 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
     w->prof[DSC_NSA_FAST_T_REST] += t_b - t_a;
     t_a = t_b;
 
-    /* cmp */
+    /* cmp (with the selection alignment's dL/dP, built once for the
+       group's heads: it depends on the KV head's selection only) */
     int64_t nvm = dsc_nsa_n_visible(c, tl);
+    const float *dpa = NULL;
+    if (nvm > 0 && g->al && g->al->scale != 0.0) {
+        int any = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t t = t0 + r;
+            any |= dsc_nsa_align_dp(c, t, sv->sel + (t * H + h) * n, g->al->gs + (t * H + h) * n,
+                                    g->al->scale, w->dpa + r * nvm, dsc_nsa_n_visible(c, t));
+        }
+        if (any) dpa = w->dpa;
+    }
     if (nvm > 0)
         for (int64_t gi = 0; gi < G; gi++)
             tile_bwd(g, in, sv, dO, gr->dq, DSC_NSA_CMP, h * G + gi, t0, rows, sv->k_cmp + h * dk,
                      H * dk, sv->v_cmp + h * dv, H * dv, 0, nvm, acc_kc(g, ac, ch) + h * dk,
-                     acc_vc(g, ac, ch) + h * dv, w);
+                     acc_vc(g, ac, ch) + h * dv, dpa, w);
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_CMP] += t_b - t_a;
     t_a = t_b;
@@ -619,7 +626,7 @@ static void bwd_tile(const geo *g, const dsc_nsa_in_f32 *in, const dsc_nsa_saved
                  g->k[DSC_NSA_WIN] + k0 * g->ldk + h * dk, g->ldk,
                  g->v[DSC_NSA_WIN] + k0 * g->ldv + h * dv, g->ldv, k0, nk,
                  acc_k(g, ac, ch, sw) + k0 * H * dk + h * dk,
-                 acc_v(g, ac, ch, sw) + k0 * H * dv + h * dv, w);
+                 acc_v(g, ac, ch, sw) + k0 * H * dv + h * dv, NULL, w);
     t_b = now_s();
     w->prof[DSC_NSA_FAST_T_WIN] += t_b - t_a;
     t_a = t_b;
