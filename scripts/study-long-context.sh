@@ -121,6 +121,8 @@ DSA_SPARSE=${DSA_SPARSE:-$((STEPS3 / 3))}
 PACK2=${PACK2:-0}
 PACK3=${PACK3:-128}
 LR3=${LR3:-1e-3}
+NSA_ALIGN=${NSA_ALIGN:-0.2}
+NSA_DENSE3=${NSA_DENSE3:-$((STEPS3 * 2 / 3))}
 MIX1=${MIX1:-0.5}
 MIX2=${MIX2:-0.5}
 TRIALS=${TRIALS:-20}
@@ -196,8 +198,8 @@ ckpt_step() {
         grep . || echo 0
 }
 
-nsa_n() {   # nsa_n N: set the nsa checkpoint's n_select (not a weight) to N
-    sed -i 's/"n_select": [0-9]*/"n_select": '"$1"'/' "$OUT/nsa/config.json"
+nsa_set() {   # nsa_set KEY N: set the nsa checkpoint's KEY (window, n_select: not weights) to N
+    sed -i 's/"'"$1"'": [0-9]*/"'"$1"'": '"$2"'/' "$OUT/nsa/config.json"
 }
 
 has() {   # has NAME: NAME is one of NAMES
@@ -246,8 +248,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
     done
     # NSA's window and n from phase 2 on (a no-op unless NSA_W1 differs)
     [ "$(ckpt_step "$OUT/nsa")" -lt "$STEPS1" ] ||
-        sed -i -e 's/"window": [0-9]*/"window": '"$NSA_W2"'/' \
-            -e 's/"n_select": [0-9]*/"n_select": '"$NSA_N"'/' "$OUT/nsa/config.json"
+        { nsa_set window "$NSA_W2" && nsa_set n_select "$NSA_N"; }
     train mla "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     train nsa "$TOTAL" "$CTX" "$BATCH2" "$EVERY2" "$MIX2" --passkey-pack "$PACK2"
     dsa_train "$TOTAL" "$EVERY2" --passkey-pack "$PACK2"
@@ -265,16 +266,15 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
             --passkey-pack "$PACK3"
         # NSA: the first NSA_DENSE3 steps with every block selected, then
         # n again; the selection alignment loss (weight NSA_ALIGN) throughout
-        NSA_DENSE3=${NSA_DENSE3:-$((STEPS3 * 2 / 3))}
         if [ "$NSA_DENSE3" -gt 0 ] && [ "$(ckpt_step "$OUT/nsa")" -lt $((TOTAL + NSA_DENSE3)) ] &&
            has nsa; then
-            nsa_n $((CTX / NSA_LS))
+            nsa_set n_select $((CTX / NSA_LS))
             train nsa $((TOTAL + NSA_DENSE3)) "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" \
-                --min-lr "$LR3" --passkey-pack "$PACK3" --nsa-align "${NSA_ALIGN:-0.2}"
+                --min-lr "$LR3" --passkey-pack "$PACK3" --nsa-align "$NSA_ALIGN"
         fi
-        ! has nsa || [ "$(ckpt_step "$OUT/nsa")" -lt "$TOTAL" ] || nsa_n "$NSA_N"
+        ! has nsa || [ "$(ckpt_step "$OUT/nsa")" -lt "$TOTAL" ] || nsa_set n_select "$NSA_N"
         train nsa "$END" "$CTX" "$BATCH2" "$EVERY3" "$MIX2" --lr "$LR3" --min-lr "$LR3" \
-            --passkey-pack "$PACK3" --nsa-align "${NSA_ALIGN:-0.2}"
+            --passkey-pack "$PACK3" --nsa-align "$NSA_ALIGN"
         dsa_train "$END" "$EVERY3" --lr "$LR3" --min-lr "$LR3" --passkey-pack "$PACK3"
     fi
 fi
@@ -354,7 +354,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = speed ]; then
         for name in $NAMES; do
             stage=""
             [ "$name" = dsa ] && stage="--dsa-stage sparse"
-            [ "$name" = nsa ] && stage="--nsa-align ${NSA_ALIGN:-0.2}"
+            [ "$name" = nsa ] && stage="--nsa-align $NSA_ALIGN"
             d=$OUT/speed/$name-$sc
             rm -rf "$d"
             sed 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$sc"'/' \
@@ -403,7 +403,7 @@ pk_acc() {   # pk_acc FILE CTX: accuracy (%) over the depths at one context
     echo "DSA: 2 x 32 indexer, index_topk $TOPK; dense (indexer by KL) to step $S_WARM, $WARM warm-up"
     echo "steps, then sparse for the last $((END - S_SPARSE)) steps."
     echo "NSA: l $NSA_L, d $NSA_D, l' $NSA_LS, n $NSA_N, w $NSA_W2 (phase 1: $NSA_W1); phase 3:"
-    echo "every block selected for its first ${NSA_DENSE3:-$((STEPS3 * 2 / 3))} steps, selection alignment ${NSA_ALIGN:-0.2}."
+    echo "every block selected for its first $NSA_DENSE3 steps, selection alignment $NSA_ALIGN."
     echo
     ctxs=$(echo "$PK_CTXS" | tr ',' ' ')
     hdr="| model | params | val loss end of phase 1 | phase 2 | end | eval loss @$CTX | ppl |"
