@@ -45,6 +45,7 @@ extern const dsc_test_case dsc_tests_nsa_decode[];
 extern const dsc_test_case dsc_tests_nsa_decode_fast[];
 extern const dsc_test_case dsc_tests_nsa_model[];
 extern const dsc_test_case dsc_tests_nsa_infer[];
+extern const dsc_test_case dsc_tests_threads[];
 
 static const struct {
     const char *name;
@@ -52,6 +53,7 @@ static const struct {
 } suites[] = {
     {"kernels", dsc_tests_kernels},
     {"kernels_exp", dsc_tests_kernels_exp},
+    {"threads", dsc_tests_threads},
     {"safetensors", dsc_tests_safetensors},
     {"config", dsc_tests_config},
     {"model", dsc_tests_model},

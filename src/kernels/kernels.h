@@ -109,6 +109,10 @@ typedef struct dsc_kctx dsc_kctx;
 dsc_status dsc_kctx_new(int n_threads, int64_t max_cols, dsc_kctx **out, dsc_err *err);
 void dsc_kctx_free(dsc_kctx *k);
 int dsc_kctx_threads(const dsc_kctx *k);
+/* Threads worth using for `work` multiply-adds: at most the context's, and
+   few enough that each gets a meaningful share (a fork costs microseconds);
+   1 for a NULL context. */
+int dsc_kctx_threads_for(const dsc_kctx *k, double work);
 int64_t dsc_kctx_bytes(const dsc_kctx *k);
 /* Name of the SIMD variant in use, e.g. "avx512", "avx2", "scalar". */
 const char *dsc_kernels_simd_name(void);

@@ -58,11 +58,22 @@ static void scale_mask_softmax(float *s, int64_t rows, int64_t lk, int64_t p0, f
     dsc_k_softmax(NULL, s, rows, lk);
 }
 
-/* Naive MLA for head i, queries [0, n) at positions pos0..: K_i and V_i are
-   decompressed from the cached latents, then ordinary causal attention.
-   Writes attn[t][i*dv .. (i+1)*dv). */
-static void attend_head_naive(dsc_ctx_t *c, const float *cache_l, const float *kvb, int64_t i,
-                              int64_t n, int64_t pos0, float *ws) {
+/* Naive MLA over queries [0, n) at positions pos0.., per head i (a work
+   item; its scratch is the running thread's slot of head_ws). */
+typedef struct {
+    dsc_ctx_t *c;
+    const float *cache_l, *kvb;
+    int64_t n, pos0;
+} naive_job;
+
+/* Head i: K_i and V_i are decompressed from the cached latents, then
+   ordinary causal attention. Writes attn[t][i*dv .. (i+1)*dv). */
+static void attend_head_naive(void *arg, int64_t i) {
+    const naive_job *j = arg;
+    dsc_ctx_t *c = j->c;
+    const float *cache_l = j->cache_l, *kvb = j->kvb;
+    int64_t n = j->n, pos0 = j->pos0;
+    float *ws = c->w.head_ws + (int64_t)dsc_thread_id() * c->w.head_ws_floats;
     const dsc_config *cf = &c->m->cfg;
     dsc_kctx *k = c->k;
     int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
@@ -94,46 +105,71 @@ static void attend_head_naive(dsc_ctx_t *c, const float *cache_l, const float *k
     }
 }
 
-void dsc_mla_absorb_q(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
-                      int64_t rows) {
-    const dsc_config *cf = &c->m->cfg;
-    dsc_work *w = &c->w;
+/* One absorption call: rows queries from t0, per head i (a work item). */
+typedef struct {
+    dsc_ctx_t *c;
+    const dsc_layer *ly;
+    const float *kvb;
+    int64_t t0, rows;
+} absorb_job;
+
+static void absorb_q_head(void *arg, int64_t i) {
+    const absorb_job *j = arg;
+    const dsc_config *cf = &j->c->m->cfg;
+    dsc_work *w = &j->c->w;
     int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank, dr = cf->qk_rope_head_dim;
     int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, ldq = H * (dn + dr);
-    int64_t ldkv = dc + dr;
-#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-    for (int64_t i = 0; i < H; i++) {
-        const float *q_nope = w->q + t0 * ldq + i * (dn + dr);
-        float *dst = w->qfull + i * ldkv;
-        if (kvb)
-            dsc_k_sgemm_nn(c->k, rows, dc, dn, q_nope, ldq, kvb + i * (dn + dv) * dc, dc, dst,
-                           H * ldkv, 0);
-        else
-            dsc_k_matvec_t(c->k, &ly->kv_b, i * (dn + dv), dn, q_nope, ldq, rows, dst, H * ldkv);
-        for (int64_t t = 0; t < rows; t++)
-            memcpy(dst + t * H * ldkv + dc, q_nope + t * ldq + dn, (size_t)dr * sizeof(float));
+    int64_t ldkv = dc + dr, rows = j->rows;
+    const float *q_nope = w->q + j->t0 * ldq + i * (dn + dr);
+    float *dst = w->qfull + i * ldkv;
+    if (j->kvb)
+        dsc_k_sgemm_nn(j->c->k, rows, dc, dn, q_nope, ldq, j->kvb + i * (dn + dv) * dc, dc, dst,
+                       H * ldkv, 0);
+    else
+        dsc_k_matvec_t(j->c->k, &j->ly->kv_b, i * (dn + dv), dn, q_nope, ldq, rows, dst,
+                       H * ldkv);
+    for (int64_t t = 0; t < rows; t++)
+        memcpy(dst + t * H * ldkv + dc, q_nope + t * ldq + dn, (size_t)dr * sizeof(float));
+}
+
+static void absorb_out_head(void *arg, int64_t i) {
+    const absorb_job *j = arg;
+    const dsc_config *cf = &j->c->m->cfg;
+    dsc_work *w = &j->c->w;
+    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank;
+    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, ldo = H * dv;
+    int64_t uv = i * (dn + dv) + dn;
+    float *out = w->attn + j->t0 * ldo + i * dv;
+    if (j->kvb) {
+        dsc_k_sgemm_nt(j->c->k, j->rows, dv, dc, w->olat + i * dc, H * dc, j->kvb + uv * dc, dc,
+                       out, ldo, 0);
+    } else {
+        for (int64_t t = 0; t < j->rows; t++)
+            dsc_k_matvec_rows(j->c->k, &j->ly->kv_b, uv, uv + dv, w->olat + (t * H + i) * dc, 1,
+                              out + t * ldo, ldo);
     }
+}
+
+/* Threads for the per-head absorption: H heads of rows x dc x d_head
+   multiply-adds (a decode step of a small model is worth no fork). */
+static int absorb_threads(const dsc_ctx_t *c, int64_t rows, int64_t d_head) {
+    const dsc_config *cf = &c->m->cfg;
+    return dsc_kctx_threads_for(c->k, (double)cf->num_attention_heads * (double)rows *
+                                          (double)cf->kv_lora_rank * (double)d_head);
+}
+
+void dsc_mla_absorb_q(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
+                      int64_t rows) {
+    absorb_job j = {c, ly, kvb, t0, rows};
+    dsc_parallel_for(absorb_threads(c, rows, c->m->cfg.qk_nope_head_dim),
+                     c->m->cfg.num_attention_heads, DSC_SCHED_DYNAMIC, absorb_q_head, &j);
 }
 
 void dsc_mla_absorb_out(dsc_ctx_t *c, const dsc_layer *ly, const float *kvb, int64_t t0,
                         int64_t rows) {
-    const dsc_config *cf = &c->m->cfg;
-    dsc_work *w = &c->w;
-    int64_t H = cf->num_attention_heads, dc = cf->kv_lora_rank;
-    int64_t dn = cf->qk_nope_head_dim, dv = cf->v_head_dim, ldo = H * dv;
-#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-    for (int64_t i = 0; i < H; i++) {
-        int64_t uv = i * (dn + dv) + dn;
-        float *out = w->attn + t0 * ldo + i * dv;
-        if (kvb) {
-            dsc_k_sgemm_nt(c->k, rows, dv, dc, w->olat + i * dc, H * dc, kvb + uv * dc, dc, out,
-                           ldo, 0);
-        } else {
-            for (int64_t t = 0; t < rows; t++)
-                dsc_k_matvec_rows(c->k, &ly->kv_b, uv, uv + dv, w->olat + (t * H + i) * dc, 1,
-                                  out + t * ldo, ldo);
-        }
-    }
+    absorb_job j = {c, ly, kvb, t0, rows};
+    dsc_parallel_for(absorb_threads(c, rows, c->m->cfg.v_head_dim),
+                     c->m->cfg.num_attention_heads, DSC_SCHED_DYNAMIC, absorb_out_head, &j);
 }
 
 /* Absorbed MLA in its MQA form: all heads of a block of queries score the
@@ -168,13 +204,21 @@ static void attend_absorbed(dsc_ctx_t *c, const dsc_layer *ly, const float *cach
 
 /* kv_b as fp32 (H*(dn+dv), dc): the mapped data when stored F32, otherwise
    dequantised into the context's buffer (once per layer per call). */
+typedef struct {
+    const dsc_wmat *w;
+    float *dst;
+} rows_job;
+
+static void kv_b_row(void *arg, int64_t r) {
+    const rows_job *j = arg;
+    dsc_wmat_row(j->w, r, 0, j->w->cols, j->dst + r * j->w->cols);
+}
+
 static const float *kv_b_f32(dsc_ctx_t *c, const dsc_wmat *w) {
     if (w->dtype == DSC_F32) return w->data;
-    float *dst = c->w.kvb;
-    int64_t rows = w->rows, cols = w->cols;
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) dsc_wmat_row(w, r, 0, cols, dst + r * cols);
-    return dst;
+    rows_job j = {w, c->w.kvb};
+    dsc_parallel_for(c->n_threads, w->rows, DSC_SCHED_BLOCKS, kv_b_row, &j);
+    return j.dst;
 }
 
 void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, int64_t pos0) {
@@ -229,11 +273,8 @@ void dsc_mla_forward(dsc_ctx_t *c, const dsc_layer *ly, int64_t l, int64_t n, in
     } else if (c->p.attn == DSC_ATTN_ABSORBED) {
         attend_absorbed(c, ly, cache_l, kvb, n, pos0);
     } else {
-#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-        for (int64_t i = 0; i < H; i++) {
-            float *ws = w->head_ws + (int64_t)dsc_thread_id() * w->head_ws_floats;
-            attend_head_naive(c, cache_l, kvb, i, n, pos0, ws);
-        }
+        naive_job j = {c, cache_l, kvb, n, pos0};
+        dsc_parallel_for(c->n_threads, H, DSC_SCHED_DYNAMIC, attend_head_naive, &j);
     }
     /* out = W^O concat_i(o_i)                                      (n, d) */
     dsc_k_matmul(k, w->y, w->attn, &ly->o, n);

@@ -19,14 +19,16 @@
  *    the fp32 panel to cblas_sgemm instead was 1.7x slower for m = 16..64
  *    (OpenBLAS repacks the panel on every call, ~0.2 ns per weight) and
  *    1.5x slower at m = 512 (125 vs 188 GFLOP/s).
- * All threading is "#pragma omp parallel for" over an explicit part index
- * t, so part t always uses scratch slot t (no omp_get_thread_num), and
- * without OpenMP the same loop simply runs the parts in turn.
+ * All threading is dsc_parallel_for over an explicit part index t with the
+ * cyclic schedule, so part t always uses scratch slot t (no
+ * omp_get_thread_num); with one thread, or without OpenMP, the parts simply
+ * run in turn on the caller, with no OpenMP region at all.
  */
 #include <math.h>
 #include <string.h>
 
 #include "kernels/cpu/kcpu.h"
+#include "util/util.h"
 
 /* From this many rows of x on, dequantize-and-pack + GEMM beats the
    matvec. Measured on 2048x2048 BF16 and FP8, one thread: the two tie at
@@ -74,6 +76,54 @@ static void gemm_packed(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k
     }
 }
 
+/* One dsc_k_matmul call, split into nt parts of W's rows. */
+typedef struct {
+    const dsc_simd_ops *ops;
+    dsc_kctx *k;
+    float *y;
+    const float *x;
+    const dsc_wmat *w;
+    int64_t m;
+    int nt;
+} matmul_job;
+
+/* Part t of the matvec path: every group of x rows sweeps a short block of
+   W rows while that block is still in L1/L2, so W streams from memory once. */
+static void matvec_part(void *arg, int64_t t) {
+    const matmul_job *j = arg;
+    const int64_t rows = j->w->rows, cols = j->w->cols;
+    int64_t lo, hi;
+    dsc_kcpu_split(rows, j->nt, (int)t, ROW_ALIGN, &lo, &hi);
+    for (int64_t rb = lo; rb < hi; rb += MATVEC_ROW_BLOCK) {
+        int64_t re = min64(rb + MATVEC_ROW_BLOCK, hi);
+        for (int64_t i0 = 0; i0 < j->m; i0 += MATVEC_MAX_M)
+            j->ops->matvec(j->w, j->x + (size_t)i0 * (size_t)cols, min64(MATVEC_MAX_M, j->m - i0),
+                           rb, re, j->y + (size_t)i0 * (size_t)rows, rows);
+    }
+}
+
+/* Part t of the GEMM path (uses scratch slot t). */
+static void gemm_part(void *arg, int64_t t) {
+    const matmul_job *j = arg;
+    const dsc_wmat *w = j->w;
+    const int64_t rows = w->rows, cols = w->cols;
+    int64_t lo, hi;
+    dsc_kcpu_split(rows, j->nt, (int)t, ROW_ALIGN, &lo, &hi);
+    if (hi <= lo) return;
+    if (w->dtype == DSC_F32) {
+        dsc_kcpu_sgemm_nt_1t(j->ops, j->m, hi - lo, cols, j->x, cols,
+                             (const float *)w->data + (size_t)lo * (size_t)cols, cols, j->y + lo,
+                             rows, 0);
+        return;
+    }
+    float *panel = j->k->scratch + (size_t)t * (size_t)j->k->panel_floats;
+    for (int64_t p = lo; p < hi; p += j->k->panel_rows) {
+        int64_t nr = min64(j->k->panel_rows, hi - p);
+        j->ops->pack_panel(w, p, nr, panel);
+        gemm_packed(j->ops, j->m, nr, cols, j->x, cols, panel, j->y + p, rows);
+    }
+}
+
 void dsc_k_matmul(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t m) {
     const int64_t rows = w->rows, cols = w->cols;
     if (m <= 0 || rows <= 0) return;
@@ -81,107 +131,87 @@ void dsc_k_matmul(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int6
         memset(y, 0, (size_t)m * (size_t)rows * sizeof(float));
         return;
     }
-    const dsc_simd_ops *ops = k->ops;
-    const int nt = dsc_kcpu_threads_for(k, (double)m * (double)rows * (double)cols);
+    matmul_job j = {k->ops, k, y, x, w, m,
+                    dsc_kctx_threads_for(k, (double)m * (double)rows * (double)cols)};
     const int f32 = w->dtype == DSC_F32;
     /* A weight wider than the context was sized for has no panel scratch;
        it still gets a correct (slower) answer from the matvec path. */
     const int have_panel = cols <= k->max_cols && k->panel_rows > 0;
+    dsc_parallel_for(j.nt, j.nt, DSC_SCHED_CYCLIC,
+                     m < GEMM_MIN_M || (!f32 && !have_panel) ? matvec_part : gemm_part, &j);
+}
 
-    if (m < GEMM_MIN_M || (!f32 && !have_panel)) {
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-        for (int t = 0; t < nt; t++) {
-            int64_t lo, hi;
-            dsc_kcpu_split(rows, nt, t, ROW_ALIGN, &lo, &hi);
-            /* every group of x rows sweeps a short block of W rows while
-               that block is still in L1/L2, so W streams from memory once */
-            for (int64_t rb = lo; rb < hi; rb += MATVEC_ROW_BLOCK) {
-                int64_t re = min64(rb + MATVEC_ROW_BLOCK, hi);
-                for (int64_t i0 = 0; i0 < m; i0 += MATVEC_MAX_M)
-                    ops->matvec(w, x + (size_t)i0 * (size_t)cols, min64(MATVEC_MAX_M, m - i0), rb,
-                                re, y + (size_t)i0 * (size_t)rows, rows);
-            }
-        }
-        return;
+/* One fp32 GEMM call (nn, nt or tn), split into nt parts. */
+typedef enum { GEMM_NN, GEMM_NT, GEMM_TN } gemm_form;
+typedef struct {
+    const dsc_simd_ops *ops;
+    gemm_form form;
+    int64_t m, n, kk, lda, ldb, ldc;
+    const float *a, *b;
+    float *c;
+    int accumulate, nt;
+} sgemm_job;
+
+/* nn / nt: threads split C's larger dimension, columns (rows of B for nt,
+   columns of B for nn) when n >= m, else rows of A. tn: columns of C
+   (columns of B), so every thread reads all of A and each element is summed
+   by one thread in one order. */
+static void sgemm_part(void *arg, int64_t t) {
+    const sgemm_job *j = arg;
+    const int split_n = j->form == GEMM_TN || j->n >= j->m;
+    int64_t lo, hi;
+    dsc_kcpu_split(split_n ? j->n : j->m, j->nt, (int)t, ROW_ALIGN, &lo, &hi);
+    if (hi <= lo) return;
+    const float *at = j->a, *bt = j->b;
+    float *ct = j->c;
+    int64_t mt = j->m, ntt = j->n;
+    if (split_n) {
+        bt = j->form == GEMM_NT ? j->b + (size_t)lo * (size_t)j->ldb : j->b + lo;
+        ct = j->c + lo;
+        ntt = hi - lo;
+    } else {
+        at = j->a + (size_t)lo * (size_t)j->lda;
+        ct = j->c + (size_t)lo * (size_t)j->ldc;
+        mt = hi - lo;
     }
-
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-    for (int t = 0; t < nt; t++) {
-        int64_t lo, hi;
-        dsc_kcpu_split(rows, nt, t, ROW_ALIGN, &lo, &hi);
-        if (hi <= lo) continue;
-        if (f32) {
-            dsc_kcpu_sgemm_nt_1t(ops, m, hi - lo, cols, x, cols,
-                                 (const float *)w->data + (size_t)lo * (size_t)cols, cols, y + lo,
-                                 rows, 0);
-            continue;
-        }
-        float *panel = k->scratch + (size_t)t * (size_t)k->panel_floats;
-        for (int64_t p = lo; p < hi; p += k->panel_rows) {
-            int64_t nr = min64(k->panel_rows, hi - p);
-            ops->pack_panel(w, p, nr, panel);
-            gemm_packed(ops, m, nr, cols, x, cols, panel, y + p, rows);
-        }
+    switch (j->form) {
+    case GEMM_NT:
+        dsc_kcpu_sgemm_nt_1t(j->ops, mt, ntt, j->kk, at, j->lda, bt, j->ldb, ct, j->ldc,
+                             j->accumulate);
+        break;
+    case GEMM_NN:
+        dsc_kcpu_sgemm_nn_1t(j->ops, mt, ntt, j->kk, at, j->lda, bt, j->ldb, ct, j->ldc,
+                             j->accumulate);
+        break;
+    case GEMM_TN:
+        dsc_kcpu_sgemm_tn_1t(j->ops, mt, ntt, j->kk, at, j->lda, bt, j->ldb, ct, j->ldc,
+                             j->accumulate);
+        break;
     }
 }
 
-/* Threads split C's larger dimension: columns (rows of B for nt, columns
-   of B for nn) when n >= m, else rows of A. */
-static void sgemm_split(dsc_kctx *k, int trans_b, int64_t m, int64_t n, int64_t kk,
-                        const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
-                        int64_t ldc, int accumulate) {
+static void sgemm_run(dsc_kctx *k, gemm_form form, int64_t m, int64_t n, int64_t kk,
+                      const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                      int64_t ldc, int accumulate) {
     if (m <= 0 || n <= 0) return;
-    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
-    const int nt = dsc_kcpu_threads_for(k, (double)m * (double)n * (double)kk);
-    const int split_n = n >= m;
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-    for (int t = 0; t < nt; t++) {
-        int64_t lo, hi;
-        dsc_kcpu_split(split_n ? n : m, nt, t, ROW_ALIGN, &lo, &hi);
-        if (hi <= lo) continue;
-        const float *at = a, *bt = b;
-        float *ct = c;
-        int64_t mt = m, ntt = n;
-        if (split_n) {
-            bt = trans_b ? b + (size_t)lo * (size_t)ldb : b + lo;
-            ct = c + lo;
-            ntt = hi - lo;
-        } else {
-            at = a + (size_t)lo * (size_t)lda;
-            ct = c + (size_t)lo * (size_t)ldc;
-            mt = hi - lo;
-        }
-        if (trans_b)
-            dsc_kcpu_sgemm_nt_1t(ops, mt, ntt, kk, at, lda, bt, ldb, ct, ldc, accumulate);
-        else
-            dsc_kcpu_sgemm_nn_1t(ops, mt, ntt, kk, at, lda, bt, ldb, ct, ldc, accumulate);
-    }
+    sgemm_job j = {k ? k->ops : dsc_simd_best(), form, m, n, kk, lda, ldb, ldc, a, b, c,
+                   accumulate, dsc_kctx_threads_for(k, (double)m * (double)n * (double)kk)};
+    dsc_parallel_for(j.nt, j.nt, DSC_SCHED_CYCLIC, sgemm_part, &j);
 }
 
 void dsc_k_sgemm_nt(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
-    sgemm_split(k, 1, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
+    sgemm_run(k, GEMM_NT, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
 }
 
 void dsc_k_sgemm_nn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
-    sgemm_split(k, 0, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
+    sgemm_run(k, GEMM_NN, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
 }
 
-/* C = A^T B: threads own column ranges of C (columns of B), so every thread
-   reads all of A and each element is summed by one thread in one order. */
 void dsc_k_sgemm_tn(dsc_kctx *k, int64_t m, int64_t n, int64_t kk, const float *a, int64_t lda,
                     const float *b, int64_t ldb, float *c, int64_t ldc, int accumulate) {
-    if (m <= 0 || n <= 0) return;
-    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
-    const int nt = dsc_kcpu_threads_for(k, (double)m * (double)n * (double)kk);
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-    for (int t = 0; t < nt; t++) {
-        int64_t lo, hi;
-        dsc_kcpu_split(n, nt, t, ROW_ALIGN, &lo, &hi);
-        if (hi > lo)
-            dsc_kcpu_sgemm_tn_1t(ops, m, hi - lo, kk, a, lda, b + lo, ldb, c + lo, ldc, accumulate);
-    }
+    sgemm_run(k, GEMM_TN, m, n, kk, a, lda, b, ldb, c, ldc, accumulate);
 }
 
 /* ---------------- element-wise and row-wise ops ---------------- */
@@ -228,13 +258,25 @@ static void rmsnorm_row(float *y, const float *x, const dsc_wmat *w, int64_t d, 
     }
 }
 
+typedef struct {
+    float *y;
+    const float *x;
+    const dsc_wmat *w;
+    int64_t d;
+    float eps;
+} rmsnorm_job;
+
+static void rmsnorm_item(void *arg, int64_t r) {
+    const rmsnorm_job *j = arg;
+    rmsnorm_row(j->y + (size_t)r * (size_t)j->d, j->x + (size_t)r * (size_t)j->d, j->w, j->d,
+                j->eps);
+}
+
 void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t n,
                    int64_t d, float eps) {
-    const int nt = dsc_kcpu_threads_for(k, (double)n * (double)d);
-    (void)nt; /* only read by the pragma, which NO_OMP builds ignore */
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t r = 0; r < n; r++)
-        rmsnorm_row(y + (size_t)r * (size_t)d, x + (size_t)r * (size_t)d, w, d, eps);
+    rmsnorm_job j = {y, x, w, d, eps};
+    dsc_parallel_for(dsc_kctx_threads_for(k, (double)n * (double)d), n, DSC_SCHED_BLOCKS,
+                     rmsnorm_item, &j);
 }
 
 /* Rows shorter than this product are not worth a thread fork. */
@@ -267,33 +309,54 @@ static void softmax_row(const dsc_simd_ops *ops, float *x, int64_t d) {
     for (i = 0; i < d; i++) x[i] *= inv;
 }
 
+typedef struct {
+    const dsc_simd_ops *ops;
+    float *x, *out;
+    const float *g, *u;
+    int64_t d, n;
+} rowwise_job;
+
+static void softmax_item(void *arg, int64_t r) {
+    const rowwise_job *j = arg;
+    softmax_row(j->ops, j->x + (size_t)r * (size_t)j->d, j->d);
+}
+
+/* Threads for a row-wise op over `work` elements: all of them from
+   ROWWISE_PARALLEL_MIN elements on, else one. */
+static int rowwise_threads(const dsc_kctx *k, double work) {
+    return k && work >= ROWWISE_PARALLEL_MIN ? k->n_threads : 1;
+}
+
 void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
-    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
-#pragma omp parallel for num_threads(k ? k->n_threads : 1) schedule(static) \
-    if ((double)n * (double)d >= ROWWISE_PARALLEL_MIN && n > 1)
-    for (int64_t r = 0; r < n; r++) softmax_row(ops, x + (size_t)r * (size_t)d, d);
+    rowwise_job j = {k ? k->ops : dsc_simd_best(), x, NULL, NULL, NULL, d, n};
+    dsc_parallel_for(rowwise_threads(k, (double)n * (double)d), n, DSC_SCHED_BLOCKS,
+                     softmax_item, &j);
 }
 
 /* silu(g) = g * sigmoid(g), with sigmoid from exp(-|g|) so the exponential
    never overflows: g / (1 + exp(-g)) would give 0 for g < -88.7, where the
    true value is still a normal float. exp(-|g|) runs through the SIMD exp a
-   stack chunk at a time; out may alias g or u (each element is read before
-   it is written). */
-void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n) {
-    const dsc_simd_ops *ops = k ? k->ops : dsc_simd_best();
-#pragma omp parallel for num_threads(k ? k->n_threads : 1) schedule(static) \
-    if (n >= 4 * ROWWISE_PARALLEL_MIN)
-    for (int64_t c0 = 0; c0 < n; c0 += VEC_CHUNK) {
-        const int64_t m = min64(VEC_CHUNK, n - c0);
-        float e[VEC_CHUNK];
-        for (int64_t i = 0; i < m; i++) e[i] = -fabsf(g[c0 + i]);
-        ops->vexp(e, e, m);
-        for (int64_t i = 0; i < m; i++) {
-            float gv = g[c0 + i];
-            float sig = gv >= 0.0f ? 1.0f / (1.0f + e[i]) : e[i] / (1.0f + e[i]);
-            out[c0 + i] = gv * sig * u[c0 + i];
-        }
+   stack chunk at a time (item i is chunk i); out may alias g or u (each
+   element is read before it is written). */
+static void silu_mul_item(void *arg, int64_t i0) {
+    const rowwise_job *j = arg;
+    const int64_t c0 = i0 * VEC_CHUNK, m = min64(VEC_CHUNK, j->n - c0);
+    if (m <= 0) return;
+    const float *g = j->g + c0, *u = j->u + c0;
+    float e[VEC_CHUNK];
+    for (int64_t i = 0; i < m; i++) e[i] = -fabsf(g[i]);
+    j->ops->vexp(e, e, m);
+    for (int64_t i = 0; i < m; i++) {
+        float gv = g[i];
+        float sig = gv >= 0.0f ? 1.0f / (1.0f + e[i]) : e[i] / (1.0f + e[i]);
+        j->out[c0 + i] = gv * sig * u[i];
     }
+}
+
+void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n) {
+    rowwise_job j = {k ? k->ops : dsc_simd_best(), NULL, out, g, u, 0, n};
+    dsc_parallel_for(rowwise_threads(k, (double)n / 4.0), (n + VEC_CHUNK - 1) / VEC_CHUNK,
+                     DSC_SCHED_BLOCKS, silu_mul_item, &j);
 }
 
 /* ---- row-range products for a caller's own parallel loop (MLA decode) ---- */

@@ -71,10 +71,6 @@ void dsc_kcpu_sgemm_nn_1t(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t
                           const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
                           int64_t ldc, int accumulate);
 
-/* Threads worth using for `work` multiply-adds: at most k->n_threads, and
-   few enough that each gets a meaningful share (a fork costs microseconds). */
-int dsc_kcpu_threads_for(const dsc_kctx *k, double work);
-
 /* [lo, hi) of part t of n split into nt parts, boundaries rounded down to
    multiples of `align` (the last part takes the remainder). */
 void dsc_kcpu_split(int64_t n, int nt, int t, int64_t align, int64_t *lo, int64_t *hi);

@@ -110,7 +110,7 @@ dsc_status dsc_kctx_set_simd(dsc_kctx *k, const char *name) {
     return DSC_ERR_ARG;
 }
 
-int dsc_kcpu_threads_for(const dsc_kctx *k, double work) {
+int dsc_kctx_threads_for(const dsc_kctx *k, double work) {
     int nt = k ? k->n_threads : 1;
     double most = work / MIN_WORK_PER_THREAD;
     if (most < 1.0) most = 1.0;
