@@ -93,6 +93,7 @@ typedef struct {
     int64_t tokens, gen, steps, spec_tokens;
     int64_t drafted[DSC_SPEC_MAX_DRAFT], accepted[DSC_SPEC_MAX_DRAFT];
     int64_t ex_main, ex_draft; /* routed experts: main model, draft module */
+    double spec_s, draft_s, verify_s; /* the speculation steps' time and its parts */
     int identical;             /* 1 / 0; -1: not checked (sampling)        */
     int diff_prompt;
     int64_t diff_pos;
@@ -518,6 +519,9 @@ static int pass(const bmodel *b, const options *o, row *r, int first, int32_t *r
         r->tokens += st.n_gen - 1;
         r->gen += st.n_gen;
         r->steps += st.spec.n_steps;
+        r->spec_s += st.spec.spec_s;
+        r->draft_s += st.spec.draft_s;
+        r->verify_s += st.spec.verify_s;
         r->spec_tokens += st.spec.n_spec_tokens;
         for (int j = 0; j < DSC_SPEC_MAX_DRAFT; j++)
             r->drafted[j] += st.spec.n_drafted[j], r->accepted[j] += st.spec.n_accepted[j];
@@ -633,6 +637,14 @@ static int run_group(const bmodel *b, const options *o, row *rows, int nr, int32
                r->steps ? (double)r->spec_tokens / (double)r->steps : 0.0, tok_s(r),
                tok_s(pl) > 0 ? tok_s(r) / tok_s(pl) : 0.0, per_tok(r->ex_main, r),
                per_tok(r->ex_draft, r), ident_str(r), r->busy_max, r->redone ? " (redone)" : "");
+        if (r->steps > 0) {
+            double us = 1e6 / (double)r->steps;
+            printf("         per pass %.0f us = draft %.0f + verify %.0f + accept %.0f; plain "
+                   "%.0f us/token\n",
+                   r->spec_s * us, r->draft_s * us, r->verify_s * us,
+                   (r->spec_s - r->draft_s - r->verify_s) * us,
+                   pl->tokens ? 1e6 * pl->t_med / (double)pl->tokens : 0.0);
+        }
         if (r->identical == 0)
             printf("  *** BUG: greedy speculation differs from plain greedy decoding: prompt %d, "
                    "token %lld ***\n", r->diff_prompt, (long long)r->diff_pos);

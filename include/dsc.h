@@ -403,6 +403,10 @@ typedef struct {
     int64_t n_accepted[DSC_SPEC_MAX_DRAFT];  /* of them accepted                 */
     int64_t n_spec_tokens;  /* tokens committed by speculation steps              */
     double spec_s;       /* seconds of the speculation steps                      */
+    double draft_s;      /* of them: the MTP module (catch-up, drafts, their head
+                            and sampler)                                         */
+    double verify_s;     /* of them: the main model's pass and head; the rest of
+                            spec_s is the acceptance (the sampler per position)  */
     int64_t n_plain;     /* timed plain tokens: the first spec_probe of the call
                             but the first (a warm-up), for AUTO and the speedup   */
     double plain_s;      /* seconds of those                                      */

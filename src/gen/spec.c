@@ -239,6 +239,7 @@ static dsc_status spec_step(loop_t *L, int32_t t, int N, int32_t *next, int *sto
     float qd[DSC_SPEC_MAX_DRAFT];
 
     /* 1. drafts: the module catches up, its last row (h_{P-1}, t) gives d_0 */
+    double t0 = dsc_gen_now();
     vids[0] = t;
     tok[P] = t; /* history for the samplers; rewritten by the verify pass */
     mtp_advance(c, t, sp->qlogits);
@@ -255,12 +256,15 @@ static dsc_status spec_step(loop_t *L, int32_t t, int N, int32_t *next, int *sto
     }
 
     /* 2. verify [t, d_0 .. d_{N-1}] in one pass                       (N+1, V) */
+    double t1 = dsc_gen_now();
+    ss->draft_s += t1 - t0;
     int64_t e0 = c->experts_touched, d = c->m->cfg.hidden_size;
     float *hn = sp->h + sp->n_h * d; /* n_h is 0 after the catch-up */
     DSC_TRY(dsc_forward_hidden(c, vids, N + 1, P, hn, err));
     dsc_k_matmul(c->k, sp->logits, hn, &c->m->lm_head, N + 1);
     ss->experts_spec += c->experts_touched - e0;
     ss->n_steps++;
+    ss->verify_s += dsc_gen_now() - t1;
 
     /* 3. accept a prefix */
     int a = 0;

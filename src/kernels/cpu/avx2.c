@@ -69,14 +69,17 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Rows [r0, r1) of y = x . W^T for M (1..4) vectors; see avx512.c. */
+/* Rows [r0, r1) of y = x . W^T for M (1..4) vectors, the next row
+   prefetched; see avx512.c. */
 INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const dsc_dtype dt,
                         int64_t r0, int64_t r1, float *y, int64_t ldy) {
     const int64_t cols = w->cols;
+    const size_t esz = dsc_dtype_size(dt);
     const int fp8 = dt == DSC_F8_E4M3;
     const int64_t bw = fp8 ? DSC_FP8_BLOCK : cols;
     for (int64_t r = r0; r < r1; r++) {
         const size_t roff = (size_t)r * (size_t)cols;
+        const char *next = (const char *)w->data + (roff + (size_t)cols) * esz;
         const float *srow = fp8 ? w->scale + (size_t)(r / DSC_FP8_BLOCK) * (size_t)w->scale_cols : NULL;
         __m256 tot[4], a0[4], a1[4];
         __m128i nan = _mm_setzero_si128(); /* a NaN weight makes the row's outputs NaN */
@@ -88,6 +91,7 @@ INLINE void matvec_rows(const dsc_wmat *w, const float *x, const int M, const ds
             for (int i = 0; i < M; i++) a0[i] = a1[i] = _mm256_setzero_ps();
             int64_t c = c0;
             for (; c + 16 <= ce; c += 16) {
+                if (r + 1 < w->rows) _mm_prefetch(next + (size_t)c * esz, _MM_HINT_T0);
                 __m256 w0 = load8(w->data, dt, roff + (size_t)c, &nan);
                 __m256 w1 = load8(w->data, dt, roff + (size_t)c + 8, &nan);
 #pragma GCC unroll 4
