@@ -521,9 +521,11 @@ static void test_kctx(dsc_t *t) {
 /* ================= sgemm ================= */
 
 static void test_sgemm(dsc_t *t) {
-    /* m, n, k; lda/ldb/ldc get padding so strides differ from widths */
+    /* m, n, k; lda/ldc get padding so strides differ from widths, and ldb
+       with and without it (nt with ldb == k and m <= 8 is the matvec path
+       of decode's attention: {8, 150, 80} is a verify pass's scores) */
     const int64_t shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {37, 53, 300}, {130, 67, 257},
-                                 {64, 200, 128}, {3, 2, 0}};
+                                 {64, 200, 128}, {3, 2, 0}, {8, 150, 80}, {2, 32, 64}};
     const int pad = 5;
     dsc_kctx *ks[2] = {NULL, NULL};
     T_CHECK(t, dsc_kctx_new(1, 0, &ks[0], NULL) == DSC_OK && dsc_kctx_new(2, 0, &ks[1], NULL) == DSC_OK,
@@ -537,9 +539,10 @@ static void test_sgemm(dsc_t *t) {
     t_rng rng = {99};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int64_t m = shapes[s][0], n = shapes[s][1], kk = shapes[s][2];
-        for (int nn = 0; nn < 2; nn++) {
-            /* nt: B is n x k; nn: B is k x n */
-            const int64_t lda = kk + pad, ldb = (nn ? n : kk) + pad, ldc = n + pad;
+        for (int form = 0; form < 4; form++) {
+            /* nt: B is n x k; nn: B is k x n; forms 2, 3: B unpadded */
+            const int nn = form & 1, pad_b = form < 2 ? pad : 0;
+            const int64_t lda = kk + pad, ldb = (nn ? n : kk) + pad_b, ldc = n + pad;
             const int64_t brows = nn ? kk : n;
             float *a = malloc((size_t)(m * lda + 1) * sizeof(float));
             float *b = malloc((size_t)(brows * ldb + 1) * sizeof(float));
