@@ -76,6 +76,15 @@ static void gemm_packed(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t k
     }
 }
 
+/* y[i][r] = x_i . W_r for rows r in [r0, r1) of W and m vectors x (row
+   stride W's cols; y's stride ldy), at most MATVEC_MAX_M per weight pass. */
+static void matvec_groups(const dsc_simd_ops *ops, const dsc_wmat *w, const float *x, int64_t m,
+                          int64_t r0, int64_t r1, float *y, int64_t ldy) {
+    for (int64_t i0 = 0; i0 < m; i0 += MATVEC_MAX_M)
+        ops->matvec(w, x + (size_t)i0 * (size_t)w->cols, min64(MATVEC_MAX_M, m - i0), r0, r1,
+                    y + (size_t)i0 * (size_t)ldy, ldy);
+}
+
 /* One dsc_k_matmul call, split into nt parts of W's rows. */
 typedef struct {
     const dsc_simd_ops *ops;
@@ -91,15 +100,11 @@ typedef struct {
    W rows while that block is still in L1/L2, so W streams from memory once. */
 static void matvec_part(void *arg, int64_t t) {
     const matmul_job *j = arg;
-    const int64_t rows = j->w->rows, cols = j->w->cols;
+    const int64_t rows = j->w->rows;
     int64_t lo, hi;
     dsc_kcpu_split(rows, j->nt, (int)t, ROW_ALIGN, &lo, &hi);
-    for (int64_t rb = lo; rb < hi; rb += MATVEC_ROW_BLOCK) {
-        int64_t re = min64(rb + MATVEC_ROW_BLOCK, hi);
-        for (int64_t i0 = 0; i0 < j->m; i0 += MATVEC_MAX_M)
-            j->ops->matvec(j->w, j->x + (size_t)i0 * (size_t)cols, min64(MATVEC_MAX_M, j->m - i0),
-                           rb, re, j->y + (size_t)i0 * (size_t)rows, rows);
-    }
+    for (int64_t rb = lo; rb < hi; rb += MATVEC_ROW_BLOCK)
+        matvec_groups(j->ops, j->w, j->x, j->m, rb, min64(rb + MATVEC_ROW_BLOCK, hi), j->y, rows);
 }
 
 /* Part t of the GEMM path (uses scratch slot t). */
@@ -141,10 +146,16 @@ void dsc_k_matmul(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int6
                      m < GEMM_MIN_M || (!f32 && !have_panel) ? matvec_part : gemm_part, &j);
 }
 
-/* y += a v; restrict lets the compiler vectorize it. */
-static void axpy(float *restrict y, const float *restrict v, float a, int64_t n) {
-    for (int64_t c = 0; c < n; c++) y[c] += a * v[c];
-}
+/* One fp32 GEMM call (nn, nt or tn), split into nt parts. */
+typedef enum { GEMM_NN, GEMM_NT, GEMM_TN } gemm_form;
+typedef struct {
+    const dsc_simd_ops *ops;
+    gemm_form form;
+    int64_t m, n, kk, lda, ldb, ldc;
+    const float *a, *b;
+    float *c;
+    int accumulate, nt;
+} sgemm_job;
 
 /*
  * C = A B^T with few rows of A (decode's attention scores: a token's heads
@@ -154,14 +165,15 @@ static void axpy(float *restrict y, const float *restrict v, float a, int64_t n)
  * contiguous when strided (at most SMALL_M x SMALL_K floats). Measured on
  * build/long-run's decode, one thread: 88-95 -> 79-80 us per token. The nn
  * form stays on BLAS: a packed micro-kernel path was slower there (80 -> 89
- * us), and so was a plain axpy loop. Not for accumulating calls (none of
+ * us), and so was a plain loop of row updates. Not for accumulating calls (none of
  * decode's are).
  */
 #define SMALL_M 8
 #define SMALL_K 1024
 
-static int small_nt_ok(int64_t m, int64_t kk, int64_t ldb, int accumulate) {
-    return m <= SMALL_M && kk <= SMALL_K && ldb == kk && !accumulate;
+static int small_nt_ok(const sgemm_job *j) {
+    return j->form == GEMM_NT && j->m <= SMALL_M && j->kk <= SMALL_K && j->ldb == j->kk &&
+           !j->accumulate;
 }
 
 static void small_nt(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t kk, const float *a,
@@ -173,21 +185,8 @@ static void small_nt(const dsc_simd_ops *ops, int64_t m, int64_t n, int64_t kk, 
         a = ac;
     }
     const dsc_wmat w = {DSC_F32, n, kk, b, NULL, 0};
-    for (int64_t i0 = 0; i0 < m; i0 += MATVEC_MAX_M)
-        ops->matvec(&w, a + (size_t)i0 * (size_t)kk, min64(MATVEC_MAX_M, m - i0), 0, n,
-                    c + (size_t)i0 * (size_t)ldc, ldc);
+    matvec_groups(ops, &w, a, m, 0, n, c, ldc);
 }
-
-/* One fp32 GEMM call (nn, nt or tn), split into nt parts. */
-typedef enum { GEMM_NN, GEMM_NT, GEMM_TN } gemm_form;
-typedef struct {
-    const dsc_simd_ops *ops;
-    gemm_form form;
-    int64_t m, n, kk, lda, ldb, ldc;
-    const float *a, *b;
-    float *c;
-    int accumulate, nt;
-} sgemm_job;
 
 /* nn / nt: threads split C's larger dimension, columns (rows of B for nt,
    columns of B for nn) when n >= m, else rows of A. tn: columns of C
@@ -211,7 +210,7 @@ static void sgemm_part(void *arg, int64_t t) {
         ct = j->c + (size_t)lo * (size_t)j->ldc;
         mt = hi - lo;
     }
-    if (j->m <= SMALL_M && j->form == GEMM_NT && small_nt_ok(mt, j->kk, j->ldb, j->accumulate)) {
+    if (small_nt_ok(j)) {
         small_nt(j->ops, mt, ntt, j->kk, at, j->lda, bt, ct, j->ldc);
         return;
     }
@@ -352,13 +351,12 @@ static void softmax_row(const dsc_simd_ops *ops, float *x, int64_t d) {
 
 typedef struct {
     const dsc_simd_ops *ops;
-    float *x, *out;
-    const float *g, *u;
-    int64_t d, n;
-} rowwise_job;
+    float *x;
+    int64_t d;
+} softmax_job;
 
 static void softmax_item(void *arg, int64_t r) {
-    const rowwise_job *j = arg;
+    const softmax_job *j = arg;
     softmax_row(j->ops, j->x + (size_t)r * (size_t)j->d, j->d);
 }
 
@@ -369,7 +367,7 @@ static int rowwise_threads(const dsc_kctx *k, double work) {
 }
 
 void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
-    rowwise_job j = {k ? k->ops : dsc_simd_best(), x, NULL, NULL, NULL, d, n};
+    softmax_job j = {k ? k->ops : dsc_simd_best(), x, d};
     dsc_parallel_for(rowwise_threads(k, (double)n * (double)d), n, DSC_SCHED_BLOCKS,
                      softmax_item, &j);
 }
@@ -379,10 +377,17 @@ void dsc_k_softmax(dsc_kctx *k, float *x, int64_t n, int64_t d) {
    true value is still a normal float. exp(-|g|) runs through the SIMD exp a
    stack chunk at a time (item i is chunk i); out may alias g or u (each
    element is read before it is written). */
+typedef struct {
+    const dsc_simd_ops *ops;
+    float *out;
+    const float *g, *u;
+    int64_t n;
+} silu_mul_job;
+
 static void silu_mul_item(void *arg, int64_t i0) {
-    const rowwise_job *j = arg;
+    const silu_mul_job *j = arg;
     const int64_t c0 = i0 * VEC_CHUNK, m = min64(VEC_CHUNK, j->n - c0);
-    if (m <= 0) return;
+    if (m <= 0) return; /* never (i0 < ceil(n / VEC_CHUNK)); tells GCC e[] gets written */
     const float *g = j->g + c0, *u = j->u + c0;
     float e[VEC_CHUNK];
     for (int64_t i = 0; i < m; i++) e[i] = -fabsf(g[i]);
@@ -397,7 +402,7 @@ static void silu_mul_item(void *arg, int64_t i0) {
 }
 
 void dsc_k_silu_mul(dsc_kctx *k, float *out, const float *g, const float *u, int64_t n) {
-    rowwise_job j = {k ? k->ops : dsc_simd_best(), NULL, out, g, u, 0, n};
+    silu_mul_job j = {k ? k->ops : dsc_simd_best(), out, g, u, n};
     dsc_parallel_for(rowwise_threads(k, (double)n / 4.0), (n + VEC_CHUNK - 1) / VEC_CHUNK,
                      DSC_SCHED_BLOCKS, silu_mul_item, &j);
 }
@@ -416,9 +421,7 @@ void dsc_k_matvec_rows(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t
         sub.data = (const char *)w->data + (size_t)r0 * (size_t)cols * dsc_dtype_size(w->dtype);
         sub.rows = r1 - r0;
         if (fp8) sub.scale = w->scale + (size_t)(r0 / DSC_FP8_BLOCK) * (size_t)w->scale_cols;
-        for (int64_t i0 = 0; i0 < m; i0 += MATVEC_MAX_M)
-            k->ops->matvec(&sub, x + (size_t)i0 * (size_t)cols, min64(MATVEC_MAX_M, m - i0), 0,
-                           r1 - r0, y + (size_t)i0 * (size_t)ldy, ldy);
+        matvec_groups(k->ops, &sub, x, m, 0, r1 - r0, y, ldy);
         return;
     }
     /* FP8 rows off a block boundary: through the exact reference dequant */
@@ -434,6 +437,12 @@ void dsc_k_matvec_rows(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t
             }
             y[(size_t)i * (size_t)ldy + (size_t)(r - r0)] = acc;
         }
+}
+
+/* One axpy of a dequantised chunk into a query's output; restrict lets the
+   compiler vectorize it. */
+static void axpy(float *restrict y, const float *restrict v, float a, int64_t n) {
+    for (int64_t c = 0; c < n; c++) y[c] += a * v[c];
 }
 
 void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr,
