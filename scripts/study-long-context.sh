@@ -81,7 +81,10 @@
 #   THREADS  threads (2)
 #   XWARM, XSPARSE  dsa-x (DSA made from the trained dense model): warm-up and
 #            sparse steps (100, 100)
-#   PHASE    all (default), train, eval, xfer, speed, report
+#   PHASE    all (default), train, eval, xfer, speed, report; recheck (not in
+#            all: passkey with RECHECK_TRIALS (100) trials per cell at
+#            RECHECK_CTXS (PK_CTXS up to CTX) for mla and RECHECK_NAMES,
+#            and recheck.md, below)
 #   NAMES    the models that train, eval and speed run on (mla dsa nsa)
 #   NSA_W2   NSA's window from phase 2 on (64 at CTX >= 2048, CTX / 16 below)
 #   NSA_N2   NSA's selected blocks n from phase 2 on (16 at CTX >= 2048, else 4)
@@ -338,6 +341,61 @@ if { [ "$PHASE" = all ] || [ "$PHASE" = xfer ]; } && [ "$(ckpt_step "$OUT/mla")"
             { cp -r "$x" "$x.warm"; eval_model "$x.warm"; }
     done
     [ -f "$x.passkey.txt" ] || eval_model "$x"
+fi
+
+# ---- recheck: passkey again with RECHECK_TRIALS trials per cell (100) at
+# the contexts up to CTX, for mla and each of RECHECK_NAMES (dsa nsa
+# dsa-x.warm dsa-x) that exists: NAME.recheck.{txt,csv,svg}. 20 trials put a 95% cell's
+# 95% interval at about +-10 points; 100 at about +-4. Then, per sparse
+# model, how many of the cells where dense reaches >= 95% it holds at >= 95%,
+# and the cells where it is below dense by a one-sided test
+# at the 5% level (Fisher's exact test), in $OUT/recheck.md.
+RECHECK_TRIALS=${RECHECK_TRIALS:-100}
+RECHECK_NAMES=${RECHECK_NAMES:-"dsa nsa dsa-x.warm dsa-x"}   # each against mla
+RECHECK_CTXS=${RECHECK_CTXS:-$(echo "$PK_CTXS" | tr ',' '\n' | awk -v c="$CTX" '$1 <= c' |
+    paste -sd, -)}
+pk_compare() {   # pk_compare DENSE.csv SPARSE.csv: one line of the recheck table
+    # (Fisher's exact test, one-sided: P(X <= ours) for X hypergeometric with
+    # both models' trials and correct answers pooled, log factorials summed)
+    awk -F, 'function lf(n,  i, s) { s = 0; for (i = 2; i <= n; i++) s += log(i); return s }
+        function lc(n, k) { return lf(n) - lf(k) - lf(n - k) }
+        FNR == 1 { f++; next }
+        f == 1 { n[$1 "," $2] = $3; d[$1 "," $2] = $4; next }
+        ($1 "," $2) in d && d[$1 "," $2] >= 0.95 * n[$1 "," $2] {
+            k = $1 "," $2; cells++
+            if ($4 >= 0.95 * $3) held++
+            K = d[k] + $4; N = n[k] + $3; pv = 0
+            for (x = 0; x <= $4; x++)
+                if (x <= K && K - x <= n[k]) pv += exp(lc(K, x) + lc(N - K, $3 - x) - lc(N, $3))
+            if (pv < 0.05)
+                below = below sprintf(" %s@%s %.0f vs %.0f;", $2, $1, 100 * $4 / $3,
+                                      100 * d[k] / n[k])
+        }
+        END { printf "%d of %d |%s |", held, cells, below == "" ? " none" : below }' "$1" "$2"
+}
+if [ "$PHASE" = recheck ]; then
+    for name in mla $RECHECK_NAMES; do
+        [ -f "$OUT/$name/model.safetensors" ] || continue
+        [ -f "$OUT/$name.recheck.csv" ] && continue
+        echo "\$ dsc eval -m $OUT/$name --passkey --ctx-list $RECHECK_CTXS --trials $RECHECK_TRIALS"
+        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$RECHECK_CTXS" \
+            --depths 0,25,50,75,100 --trials "$RECHECK_TRIALS" --val-frac 0.01 --seed "$SEED" \
+            -t "$THREADS" -o "$OUT/$name.recheck" -q > "$OUT/$name.recheck.txt"
+    done
+    {
+        echo "Passkey, $RECHECK_TRIALS trials per cell at $RECHECK_CTXS (depths 0,25,50,75,100):"
+        echo "of the cells where dense reaches >= 95%, those the model holds at >= 95%, and"
+        echo "those where it is significantly below dense (one-sided Fisher's exact test, 5%;"
+        echo "depth@ctx: ours vs dense, %)."
+        echo
+        echo "| model | held | significantly below dense |"
+        echo "|---|---|---|"
+        for name in $RECHECK_NAMES; do
+            [ -f "$OUT/$name.recheck.csv" ] || continue
+            echo "| $name | $(pk_compare "$OUT/mla.recheck.csv" "$OUT/$name.recheck.csv")"
+        done
+    } > "$OUT/recheck.md"
+    cat "$OUT/recheck.md"
 fi
 
 # ---- speed: fresh copies of the three architectures, nothing else running ----
