@@ -768,8 +768,6 @@ static int ranks_before(float a, int ia, float b, int ib) {
     return ia < ib;
 }
 
-/* dsc_k_topk_set (quickselect, O(n)) selects exactly the set the O(n*k)
-   reference ranks first, ties and NaN included, and lists it ascending. */
 /* C = A^T B (training weight gradients) against the reference, with and
    without accumulation, 1 and 2 threads; tolerance as for the other GEMMs:
    fp32 sums of k terms in another order, relative to sum |a b|. */
@@ -804,6 +802,9 @@ static void test_sgemm_tn(dsc_t *t) {
     }
 }
 
+/* dsc_k_topk_set (quickselect, O(n)) selects exactly the set the O(n*k)
+   reference ranks first, ties, NaN and -0 == +0 included, and lists it
+   ascending. */
 static void test_topk_set(dsc_t *t) {
     t_rng rng = {77};
     enum { N = 3000 };
@@ -819,6 +820,7 @@ static void test_topk_set(dsc_t *t) {
             x[i] = (float)(r % (uint64_t)levels) - levels / 2.0f;
             if (trial % 5 == 1 && r % 17 == 0) x[i] = NAN;
             if (trial % 5 == 2 && r % 13 == 0) x[i] = -INFINITY;
+            if (trial % 7 == 3 && r % 3 == 0) x[i] = (r >> 8) & 1 ? -0.0f : 0.0f;
         }
         int64_t m = dsc_k_topk_set(x, n, k, got, scratch);
         int64_t want = k < n ? k : n;
