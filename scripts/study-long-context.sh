@@ -286,13 +286,16 @@ if [ "$PHASE" = all ] || [ "$PHASE" = train ]; then
 fi
 
 # ---- evaluate: held-out loss at CTX, passkey at CTX and 2 x CTX ----
+passkey() {   # passkey DIR CTXS TRIALS PREFIX: PREFIX.{txt,csv,svg}
+    "$DSC" eval -m "$1" --data "$CORPUS" --passkey --ctx-list "$2" \
+        --depths 0,25,50,75,100 --trials "$3" --val-frac 0.01 --seed "$SEED" \
+        -t "$THREADS" -o "$4" -q > "$4.txt"
+}
 eval_model() {   # eval_model DIR: DIR.loss.txt, DIR.passkey.{txt,csv,svg}
     echo "\$ dsc eval -m $1 --ctx $CTX; --passkey --ctx-list $PK_CTXS"
     "$DSC" eval -m "$1" --data "$CORPUS" --ctx "$CTX" --val-frac 0.01 \
         --seed "$SEED" -t "$THREADS" -q > "$1.loss.txt"
-    "$DSC" eval -m "$1" --data "$CORPUS" --passkey --ctx-list "$PK_CTXS" \
-        --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
-        -t "$THREADS" -o "$1.passkey" -q > "$1.passkey.txt"
+    passkey "$1" "$PK_CTXS" "$TRIALS" "$1.passkey"
 }
 if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
     for name in $NAMES; do
@@ -308,9 +311,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = eval ]; then
         sed -e 's/"rope_scaling": null/"rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": '"$CTX"', "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}/' \
             -e 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": '"$CTX2"'/' \
             "$OUT/$name/config.json" > "$y/config.json"
-        "$DSC" eval -m "$y" --data "$CORPUS" --passkey --ctx-list "$CTX2" \
-            --depths 0,25,50,75,100 --trials "$TRIALS" --val-frac 0.01 --seed "$SEED" \
-            -t "$THREADS" -o "$OUT/$name.passkey_yarn" -q > "$OUT/$name.passkey_yarn.txt"
+        passkey "$y" "$CTX2" "$TRIALS" "$OUT/$name.passkey_yarn"
     done
 fi
 
@@ -359,8 +360,8 @@ RECHECK_CTXS=${RECHECK_CTXS:-$(echo "$PK_CTXS" | tr ',' '\n' | awk -v c="$CTX" '
     paste -sd, -)}
 pk_compare() {   # pk_compare DENSE.csv SPARSE.csv: one line of the recheck table
     # (Fisher's exact test, one-sided: P(X <= ours) for X hypergeometric with
-    # both models' trials and correct answers pooled, log factorials summed)
-    awk -F, 'function lf(n,  i, s) { s = 0; for (i = 2; i <= n; i++) s += log(i); return s }
+    # both models' trials and correct answers pooled; log n! tabled as needed)
+    awk -F, 'function lf(n) { while (nl < n) { nl++; L[nl] = L[nl - 1] + log(nl) } return L[n] }
         function lc(n, k) { return lf(n) - lf(k) - lf(n - k) }
         FNR == 1 { f++; next }
         f == 1 { n[$1 "," $2] = $3; d[$1 "," $2] = $4; next }
@@ -381,9 +382,7 @@ if [ "$PHASE" = recheck ]; then
         [ -f "$OUT/$name/model.safetensors" ] || continue
         [ -f "$OUT/$name.recheck.csv" ] && continue
         echo "\$ dsc eval -m $OUT/$name --passkey --ctx-list $RECHECK_CTXS --trials $RECHECK_TRIALS"
-        "$DSC" eval -m "$OUT/$name" --data "$CORPUS" --passkey --ctx-list "$RECHECK_CTXS" \
-            --depths 0,25,50,75,100 --trials "$RECHECK_TRIALS" --val-frac 0.01 --seed "$SEED" \
-            -t "$THREADS" -o "$OUT/$name.recheck" -q > "$OUT/$name.recheck.txt"
+        passkey "$OUT/$name" "$RECHECK_CTXS" "$RECHECK_TRIALS" "$OUT/$name.recheck"
     done
     {
         echo "Passkey, $RECHECK_TRIALS trials per cell at $RECHECK_CTXS (depths 0,25,50,75,100):"
