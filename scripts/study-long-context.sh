@@ -90,6 +90,8 @@
 #   NAMES    the models that train, eval and speed run on (mla dsa nsa)
 #   NSA_W2   NSA's window from phase 2 on (64 at CTX >= 2048, CTX / 16 below)
 #   NSA_N2   NSA's selected blocks n from phase 2 on (16 at CTX >= 2048, else 4)
+#   NSA_ROPE  NSA's RoPE dims of its d_k = 32 (16, as MLA's qk_rope_head_dim;
+#            the rest, 32 - NSA_ROPE, match by content alone)
 #   NSA_HIDDEN  hidden units of NSA's compression MLP (8; each unit adds
 #            l * (d_k + d_v) + d_k + d_v = 2112 parameters per layer)
 #   NSA_W1   NSA's window in phase 1 (32 at CTX >= 2048, else 8). Below SHORT,
@@ -183,6 +185,8 @@ cat > "$OUT/dsa.json" <<EOF
  "index_n_heads": 2, "index_head_dim": 32, "index_topk": $TOPK,
  "q_lora_rank": 64, $common}
 EOF
+nsa_common=$(printf '%s' "$common" |
+    sed 's/"qk_rope_head_dim": 16/"qk_rope_head_dim": '"${NSA_ROPE:-16}"'/')
 nsa_config() {   # nsa_config WINDOW: the NSA config with that window, on stdout
     cat <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
@@ -190,7 +194,7 @@ nsa_config() {   # nsa_config WINDOW: the NSA config with that window, on stdout
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
   "n_select": $NSA_N, "window": $1, $NSA_PHI,
   "shared_kv": $NSA_SHARED},
- "q_lora_rank": 0, $common}
+ "q_lora_rank": 0, $nsa_common}
 EOF
 }
 nsa_config "$NSA_W2" > "$OUT/nsa.json"   # the final config; phase 1's when it differs:
