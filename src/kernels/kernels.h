@@ -149,7 +149,9 @@ void dsc_k_matvec_t(const dsc_kctx *k, const dsc_wmat *w, int64_t r0, int64_t nr
  * The k largest of x[0..n) as a set: their indices in ascending order into
  * idx, returns min(k, n). Ties at the boundary go to the lower index (the
  * same rule as dsc_ref_topk); NaN ranks below -inf. scratch: n floats.
- * Expected O(n) (quickselect), for selections over long contexts.
+ * Expected O(n) (quickselect; on long rows with a small k, over the values
+ * that reach the k-th largest of per-bucket maxima), for selections over
+ * long contexts.
  */
 int64_t dsc_k_topk_set(const float *x, int64_t n, int64_t k, int32_t *idx, float *scratch);
 void dsc_k_rmsnorm(dsc_kctx *k, float *y, const float *x, const dsc_wmat *w, int64_t n,

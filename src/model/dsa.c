@@ -101,7 +101,8 @@ static void store_key(const dsc_ctx_t *c, int64_t l, int64_t pos, const float *k
     }
 }
 
-/* Keys [s0, s0 + n) of layer l as fp32 rows of D_I. */
+/* Keys [s0, s0 + n) of layer l of a BF16 or FP8 cache as fp32 rows of D_I
+   (an fp32 cache is read in place). */
 static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, float *out) {
     int64_t d = c->m->cfg.index_head_dim;
     /* FP8 keys: a 256-entry table per block of keys turns each decode into
@@ -112,9 +113,7 @@ static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, floa
     for (int64_t s = 0; s < n; s++) {
         const unsigned char *row = key_row(c, l, s0 + s);
         float *o = out + s * d;
-        if (c->p.index_cache == DSC_INDEX_CACHE_F32) {
-            memcpy(o, row, (size_t)d * sizeof *o);
-        } else if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
+        if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
             for (int64_t i = 0; i < d; i++) {
                 uint16_t h;
                 memcpy(&h, row + 2 * i, 2);
@@ -199,9 +198,12 @@ static void index_select(dsc_ctx_t *c, int64_t l, int64_t t0, int64_t nq, int64_
         float *T = ws;                           /* (nq*H_I, KB) */
         float *K = T + DSC_DSA_QB * HI * KB;     /* (KB, D_I)    */
         int64_t s0 = b * KB, ns = lk - s0 < KB ? lk - s0 : KB;
-        load_keys(c, l, s0, ns, K);
+        /* an fp32 cache's block is already the (ns, D_I) rows: no copy */
+        const float *keys = K;
+        if (c->p.index_cache == DSC_INDEX_CACHE_F32) keys = (const float *)key_row(c, l, s0);
+        else load_keys(c, l, s0, ns, K);
         /* T = Q K^T: every head of every query against the block's keys */
-        dsc_k_sgemm_nt(c->k, nq * HI, ns, DI, q, DI, K, DI, T, ns, 0);
+        dsc_k_sgemm_nt(c->k, nq * HI, ns, DI, q, DI, keys, DI, T, ns, 0);
         for (int64_t t = 0; t < nq; t++) {
             int64_t p = pos0 + t0 + t;
             const float *wt = w->idx_w + (t0 + t) * HI;

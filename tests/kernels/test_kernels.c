@@ -804,23 +804,39 @@ static void test_sgemm_tn(dsc_t *t) {
 
 /* dsc_k_topk_set (quickselect, O(n)) selects exactly the set the O(n*k)
    reference ranks first, ties, NaN and -0 == +0 included, and lists it
-   ascending. */
+   ascending. Half the trials are long rows with a small k, where it first
+   bounds the k-th value by bucket maxima: random rows, sorted either way,
+   a few ties (1000 levels), -0 / +0 at the top, and rows it must hand to
+   the whole-row path (mostly NaN, mostly -inf, 4 levels). */
 static void test_topk_set(dsc_t *t) {
     t_rng rng = {77};
-    enum { N = 3000 };
+    enum { N = 20000 };
     static float x[N], scratch[N];
     static int32_t got[N], ref[N];
     static uint8_t in_ref[N];
-    for (int trial = 0; trial < 60; trial++) {
-        int64_t n = 1 + (int64_t)(t_rng_u64(&rng) % N);
-        int64_t k = 1 + (int64_t)(t_rng_u64(&rng) % (uint64_t)(n + 5)); /* sometimes k > n */
-        int levels = trial % 3 == 0 ? 4 : 1000000; /* few distinct values: many ties */
+    for (int trial = 0; trial < 96; trial++) {
+        int64_t n, k;
+        int shape = trial % 2 ? (trial / 2) % 8 : -1, levels = 1000000;
+        if (shape >= 0) {
+            n = 4096 + (int64_t)(t_rng_u64(&rng) % (N - 4096));
+            k = 1 + (int64_t)(t_rng_u64(&rng) % (uint64_t)(n / 16)); /* tiles of 16, 8, 4 rows */
+            levels = shape == 3 ? 1000 : shape == 6 ? 4 : levels;
+        } else {
+            n = 1 + (int64_t)(t_rng_u64(&rng) % 3000);
+            k = 1 + (int64_t)(t_rng_u64(&rng) % (uint64_t)(n + 5)); /* sometimes k > n */
+            levels = trial % 3 == 0 ? 4 : levels; /* few distinct values: many ties */
+        }
         for (int64_t i = 0; i < n; i++) {
             uint64_t r = t_rng_u64(&rng);
             x[i] = (float)(r % (uint64_t)levels) - levels / 2.0f;
-            if (trial % 5 == 1 && r % 17 == 0) x[i] = NAN;
-            if (trial % 5 == 2 && r % 13 == 0) x[i] = -INFINITY;
-            if (trial % 7 == 3 && r % 3 == 0) x[i] = (r >> 8) & 1 ? -0.0f : 0.0f;
+            if (shape < 0 && trial % 5 == 1 && r % 17 == 0) x[i] = NAN;
+            if (shape < 0 && trial % 5 == 2 && r % 13 == 0) x[i] = -INFINITY;
+            if (shape < 0 && trial % 7 == 3 && r % 3 == 0) x[i] = (r >> 8) & 1 ? -0.0f : 0.0f;
+            if (shape == 1) x[i] = (float)i;       /* ascending */
+            if (shape == 2) x[i] = (float)(n - i); /* descending */
+            if (shape == 4 && r % 1000) x[i] = NAN;
+            if (shape == 5 && r % 1000) x[i] = -INFINITY;
+            if (shape == 7) x[i] = r % 400 ? -1.0f - (float)(r % 1000) : (r >> 9) & 1 ? -0.0f : 0.0f;
         }
         int64_t m = dsc_k_topk_set(x, n, k, got, scratch);
         int64_t want = k < n ? k : n;

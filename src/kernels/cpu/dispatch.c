@@ -497,40 +497,143 @@ static float kth_largest(float *v, int64_t n, int64_t k) {
     return v[want];
 }
 
+/* idx = in ascending order every index i in [i0, n) with x[i] above thr,
+   and those equal to it while *ties lasts (*ties is decremented for each);
+   returns their count. The ties are tested after the count: a row can be
+   mostly ties, and once the count is spent the branch is predictable
+   (counts in locals: through the pointer the loop ran ~5x slower). */
+static int64_t topk_emit(const float *x, int64_t i0, int64_t n, float thr, int64_t *ties,
+                         int32_t *idx) {
+    int64_t m = 0, left = *ties;
+    for (int64_t i = i0; i < n; i++) {
+        float v = x[i];
+        if (v > thr) {
+            idx[m++] = (int32_t)i;
+        } else if (left > 0 && v == thr) {
+            idx[m++] = (int32_t)i;
+            left--;
+        }
+    }
+    *ties = left;
+    return m;
+}
+
+/* The top k of a long row when k is small against it, from bucket maxima.
+   The row's first nt * R * TK_W values form nt tiles of R rows of TK_W
+   (R = 16, or 8 or 4 on shorter rows, so that there are >= 8k buckets when
+   the row allows); bucket (g, j) is column j of tile g, so all bucket
+   maxima come from element-wise maxima of contiguous rows (a loop the
+   compiler vectorizes). The k-th largest bucket maximum lb is a lower bound
+   on the row's k-th largest value (k buckets hold a value >= lb), so the
+   exact threshold is selected among the values >= lb of the buckets whose
+   maximum reaches lb and of the tail (typically ~k buckets: k * R values),
+   and only the buckets reaching it are swept to list the result, in
+   ascending order ((tile, row, column) order is index order). Returns -1,
+   having written nothing to idx, when that does not pay (short row, k not
+   small, a row heavy in -inf, NaN or ties above the k-th value); the
+   caller then selects from the whole row. */
+#define TK_W 16
+static int64_t topk_buckets(const float *x, int64_t n, int64_t k, int32_t *idx, float *scratch) {
+    int R = 16;
+    while (R > 4 && n / R < 8 * k) R /= 2;
+    int64_t tile = (int64_t)R * TK_W, nt = n / tile, nb = nt * TK_W, tail0 = nt * tile;
+    if (nb < 4 * k) return -1;
+    float *bm = scratch, *cand = scratch + nb; /* nb maxima, then n - nb values */
+    for (int64_t g = 0; g < nt; g++) {
+        const float *t = x + g * tile;
+        float mx[TK_W];
+        for (int j = 0; j < TK_W; j++) mx[j] = -INFINITY;
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < TK_W; j++) {
+                float v = t[r * TK_W + j];
+                mx[j] = v > mx[j] ? v : mx[j]; /* NaN never wins */
+            }
+        memcpy(bm + g * TK_W, mx, sizeof mx);
+    }
+    memcpy(cand, bm, (size_t)nb * sizeof *bm);
+    float lb = kth_largest(cand, nb, k);
+    if (!(lb > -INFINITY)) return -1;
+    int64_t reach = 0;
+    for (int64_t b = 0; b < nb; b++) reach += bm[b] >= lb;
+    if (reach * R + (n - tail0) > (n - nb) / 2) {
+        /* most buckets reach lb: a row of ties at lb (a ReLU'd index score
+           of 0 tops it). When fewer than k values exceed lb, lb is the
+           threshold; else the whole row decides */
+        int64_t above = 0;
+        for (int64_t i = 0; i < n; i++) above += x[i] > lb;
+        if (above >= k) return -1;
+        int64_t ties = k - above;
+        return topk_emit(x, 0, n, lb, &ties, idx);
+    }
+    int64_t nc = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        if (bm[b] < lb) continue;
+        const float *col = x + (b / TK_W) * tile + b % TK_W;
+        for (int r = 0; r < R; r++) {
+            float v = col[r * TK_W];
+            cand[nc] = v;
+            nc += v >= lb;
+        }
+    }
+    for (int64_t i = tail0; i < n; i++) {
+        cand[nc] = x[i];
+        nc += x[i] >= lb;
+    }
+    float thr = kth_largest(cand, nc, k);
+    int64_t above = 0;
+    for (int64_t i = 0; i < nc; i++) above += cand[i] > thr;
+    int64_t ties = k - above, m = 0;
+    /* thr >= lb > -inf: every NaN ranks below it, none is taken */
+    for (int64_t g = 0; g < nt; g++) {
+        int js[TK_W], nj = 0;
+        for (int j = 0; j < TK_W; j++)
+            if (bm[g * TK_W + j] >= thr) js[nj++] = j;
+        for (int r = 0; r < R && nj; r++)
+            for (int q = 0; q < nj; q++) {
+                int64_t i = g * tile + r * TK_W + js[q];
+                if (x[i] > thr) {
+                    idx[m++] = (int32_t)i;
+                } else if (ties > 0 && x[i] == thr) {
+                    idx[m++] = (int32_t)i;
+                    ties--;
+                }
+            }
+    }
+    return m + topk_emit(x, tail0, n, thr, &ties, idx + m);
+}
+
 int64_t dsc_k_topk_set(const float *x, int64_t n, int64_t k, int32_t *idx, float *scratch) {
     if (k <= 0 || n <= 0) return 0;
     if (k >= n) {
         for (int64_t i = 0; i < n; i++) idx[i] = (int32_t)i;
         return n;
     }
-    /* NaN ranks below everything: map it to -inf in the copy */
+    int64_t got = topk_buckets(x, n, k, idx, scratch);
+    if (got >= 0) return got;
+    /* the whole row: NaN ranks below everything, -inf in the copy */
     for (int64_t i = 0; i < n; i++) scratch[i] = isnan(x[i]) ? -INFINITY : x[i];
     float thr = kth_largest(scratch, n, k);
     int64_t above = 0;
-    for (int64_t i = 0; i < n; i++) above += !isnan(x[i]) && x[i] > thr;
-    /* everything above the threshold, then threshold ties by lower index,
-       real values before NaN (NaN ranks below -inf) */
-    int64_t ties = k - above, m = 0;
-    static const int pass_nan[2] = {0, 1};
-    for (int pass = 0; pass < 2 && ties > 0; pass++)
-        for (int64_t i = 0; i < n && ties > 0; i++) {
-            float v = isnan(x[i]) ? -INFINITY : x[i];
-            if (v == thr && isnan(x[i]) == pass_nan[pass]) {
+    for (int64_t i = 0; i < n; i++) above += scratch[i] > thr;
+    /* in ascending order: everything above thr, threshold ties by lower
+       index; NaN (below -inf) only when the numbers run out (thr = -inf) */
+    int64_t ties = k - above, m = topk_emit(x, 0, n, thr, &ties, idx);
+    if (ties > 0) {
+        for (int64_t i = 0; i < n && ties > 0; i++)
+            if (isnan(x[i])) {
                 idx[m++] = (int32_t)i;
                 ties--;
             }
+        /* ascending again: insertion of the NaN entries among the rest */
+        for (int64_t i = 1; i < m; i++) {
+            int32_t v = idx[i];
+            int64_t j = i - 1;
+            while (j >= 0 && idx[j] > v) {
+                idx[j + 1] = idx[j];
+                j--;
+            }
+            idx[j + 1] = v;
         }
-    for (int64_t i = 0; i < n; i++)
-        if (!isnan(x[i]) && x[i] > thr) idx[m++] = (int32_t)i;
-    /* ascending order: insertion of the few tie entries among the rest */
-    for (int64_t i = 1; i < m; i++) {
-        int32_t v = idx[i];
-        int64_t j = i - 1;
-        while (j >= 0 && idx[j] > v) {
-            idx[j + 1] = idx[j];
-            j--;
-        }
-        idx[j + 1] = v;
     }
     return m;
 }
