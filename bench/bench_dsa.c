@@ -187,12 +187,14 @@ static void step_iscore(void *a) {
         float lut[256];
         if (c->p.index_cache == DSC_INDEX_CACHE_FP8)
             for (int v = 0; v < 256; v++) lut[v] = dsc_e4m3_to_f32((uint8_t)v);
-        for (int64_t t = 0; t < ns; t++) {
+        /* as dsa.c: an fp32 cache's block is scored in place */
+        const float *keys = K;
+        if (c->p.index_cache == DSC_INDEX_CACHE_F32)
+            keys = (const float *)((const unsigned char *)c->index_cache + s0 * kbytes);
+        for (int64_t t = 0; t < ns && keys == K; t++) {
             const unsigned char *row = (const unsigned char *)c->index_cache + (s0 + t) * kbytes;
             float *o = K + t * DI, sc;
-            if (c->p.index_cache == DSC_INDEX_CACHE_F32) {
-                memcpy(o, row, (size_t)DI * sizeof *o);
-            } else if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
+            if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
                 for (int64_t i = 0; i < DI; i++) {
                     uint16_t h;
                     memcpy(&h, row + 2 * i, 2);
@@ -205,7 +207,7 @@ static void step_iscore(void *a) {
             }
         }
         if (r->upto == 1) continue;
-        dsc_k_sgemm_nt(c->k, HI, ns, DI, r->q, DI, K, DI, T, ns, 0);
+        dsc_k_sgemm_nt(c->k, HI, ns, DI, r->q, DI, keys, DI, T, ns, 0);
         if (r->upto == 2) continue;
         /* the same branch-free, heads-outer sum as dsa.c's index_select */
         float *restrict out = r->score + s0;
