@@ -18,9 +18,9 @@
  * are then identical by construction.
  *
  * Work is done in blocks of DSC_DSA_QB queries; indexer scores are computed
- * key block by key block (KB keys, dequantised from the cache's format into
- * fp32 scratch), in parallel over key blocks, so decode with a long context
- * uses every thread.
+ * key block by key block (KB keys: read in place from an fp32 cache,
+ * dequantised into fp32 scratch from BF16 or FP8), in parallel over key
+ * blocks, so decode with a long context uses every thread.
  */
 #include <math.h>
 #include <string.h>

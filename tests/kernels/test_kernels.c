@@ -806,17 +806,19 @@ static void test_sgemm_tn(dsc_t *t) {
    reference ranks first, ties, NaN and -0 == +0 included, and lists it
    ascending. Half the trials are long rows with a small k, where it first
    bounds the k-th value by bucket maxima: random rows, sorted either way,
-   a few ties (1000 levels), -0 / +0 at the top, and rows it must hand to
-   the whole-row path (mostly NaN, mostly -inf, 4 levels). */
+   a few ties (1000 levels), scattered NaN and -inf, -0 / +0 at the
+   threshold, rows tied at the top (4 levels: the bound is the threshold),
+   and rows it must hand to the whole-row path (mostly NaN, mostly -inf,
+   tied at the bound with more than k values above it in a few tiles). */
 static void test_topk_set(dsc_t *t) {
     t_rng rng = {77};
     enum { N = 20000 };
     static float x[N], scratch[N];
     static int32_t got[N], ref[N];
     static uint8_t in_ref[N];
-    for (int trial = 0; trial < 96; trial++) {
+    for (int trial = 0; trial < 120; trial++) {
         int64_t n, k;
-        int shape = trial % 2 ? (trial / 2) % 8 : -1, levels = 1000000;
+        int shape = trial % 2 ? (trial / 2) % 10 : -1, levels = 1000000;
         if (shape >= 0) {
             n = 4096 + (int64_t)(t_rng_u64(&rng) % (N - 4096));
             k = 1 + (int64_t)(t_rng_u64(&rng) % (uint64_t)(n / 16)); /* tiles of 16, 8, 4 rows */
@@ -836,7 +838,14 @@ static void test_topk_set(dsc_t *t) {
             if (shape == 2) x[i] = (float)(n - i); /* descending */
             if (shape == 4 && r % 1000) x[i] = NAN;
             if (shape == 5 && r % 1000) x[i] = -INFINITY;
-            if (shape == 7) x[i] = r % 400 ? -1.0f - (float)(r % 1000) : (r >> 9) & 1 ? -0.0f : 0.0f;
+            if (shape == 7) /* ~k/2 positive, ~k zeros of either sign, the rest negative */
+                x[i] = r % (uint64_t)(2 * n) < (uint64_t)k ? 1.0f + (float)(r % 1000)
+                       : r % (uint64_t)(2 * n) < (uint64_t)(3 * k) ? ((r >> 40) & 1 ? -0.0f : 0.0f)
+                       : -1.0f - (float)(r % 1000);
+            if (shape == 8) /* 2k values above a row of ties, packed in the first tiles */
+                x[i] = i < 2 * k ? 1.0f + (float)(r % 1000) : (r >> 40) & 1 ? 0.0f : -1.0f;
+            if (shape == 9 && r % 17 == 0) x[i] = NAN;
+            if (shape == 9 && r % 13 == 0) x[i] = -INFINITY;
         }
         int64_t m = dsc_k_topk_set(x, n, k, got, scratch);
         int64_t want = k < n ? k : n;
