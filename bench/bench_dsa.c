@@ -191,21 +191,22 @@ static void step_iscore(void *a) {
         const float *keys = K;
         if (c->p.index_cache == DSC_INDEX_CACHE_F32)
             keys = (const float *)((const unsigned char *)c->index_cache + s0 * kbytes);
-        for (int64_t t = 0; t < ns && keys == K; t++) {
-            const unsigned char *row = (const unsigned char *)c->index_cache + (s0 + t) * kbytes;
-            float *o = K + t * DI, sc;
-            if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
-                for (int64_t i = 0; i < DI; i++) {
-                    uint16_t h;
-                    memcpy(&h, row + 2 * i, 2);
-                    o[i] = dsc_bf16_to_f32(h);
+        else
+            for (int64_t t = 0; t < ns; t++) {
+                const unsigned char *row = (const unsigned char *)c->index_cache + (s0 + t) * kbytes;
+                float *o = K + t * DI, sc;
+                if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
+                    for (int64_t i = 0; i < DI; i++) {
+                        uint16_t h;
+                        memcpy(&h, row + 2 * i, 2);
+                        o[i] = dsc_bf16_to_f32(h);
+                    }
+                } else {
+                    /* as dsa.c's load_keys: a decode table per block */
+                    memcpy(&sc, row + DI, sizeof sc);
+                    for (int64_t i = 0; i < DI; i++) o[i] = lut[row[i]] * sc;
                 }
-            } else {
-                /* as dsa.c's load_keys: a decode table per block */
-                memcpy(&sc, row + DI, sizeof sc);
-                for (int64_t i = 0; i < DI; i++) o[i] = lut[row[i]] * sc;
             }
-        }
         if (r->upto == 1) continue;
         dsc_k_sgemm_nt(c->k, HI, ns, DI, r->q, DI, keys, DI, T, ns, 0);
         if (r->upto == 2) continue;

@@ -155,15 +155,17 @@ CORPUS=$OUT/brown.txt
 [ -f "$CORPUS" ] || xz -dc data/brown.txt.xz > "$CORPUS"
 
 # ---- the three configs (same everything but the attention) ----
-common='"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
+common() {   # common ROPE: the keys all three share, with ROPE RoPE dims per head
+    printf '%s' '"vocab_size": 4096, "hidden_size": 128, "intermediate_size": 344,
  "moe_intermediate_size": 96, "num_hidden_layers": 4, "num_attention_heads": 4,
- "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16,
+ "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": '"$1"',
  "v_head_dim": 32, "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
  "n_group": 1, "topk_group": 1, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
  "norm_topk_prob": true, "routed_scaling_factor": 1.0, "first_k_dense_replace": 1,
- "max_position_embeddings": '$CTX', "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
+ "max_position_embeddings": '"$CTX"', "rms_norm_eps": 1e-06, "rope_theta": 10000.0,
  "tie_word_embeddings": false, "num_nextn_predict_layers": 0, "bos_token_id": 0,
  "eos_token_id": 1, "hidden_act": "silu", "attention_bias": false'
+}
 TOPK=${TOPK:-$((CTX / 32))}
 if [ "$CTX" -ge 2048 ]; then
     NSA_L=32; NSA_D=16; NSA_LS=64; NSA_N=${NSA_N2:-16}; NSA_W2=${NSA_W2:-64}; NSA_W1=${NSA_W1:-32}
@@ -178,15 +180,13 @@ else
 fi
 cat > "$OUT/mla.json" <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
- "q_lora_rank": 64, $common}
+ "q_lora_rank": 64, $(common 16)}
 EOF
 cat > "$OUT/dsa.json" <<EOF
 {"architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
  "index_n_heads": 2, "index_head_dim": 32, "index_topk": $TOPK,
- "q_lora_rank": 64, $common}
+ "q_lora_rank": 64, $(common 16)}
 EOF
-nsa_common=$(printf '%s' "$common" |
-    sed 's/"qk_rope_head_dim": 16/"qk_rope_head_dim": '"${NSA_ROPE:-16}"'/')
 nsa_config() {   # nsa_config WINDOW: the NSA config with that window, on stdout
     cat <<EOF
 {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
@@ -194,7 +194,7 @@ nsa_config() {   # nsa_config WINDOW: the NSA config with that window, on stdout
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
   "n_select": $NSA_N, "window": $1, $NSA_PHI,
   "shared_kv": $NSA_SHARED},
- "q_lora_rank": 0, $nsa_common}
+ "q_lora_rank": 0, $(common "${NSA_ROPE:-16}")}
 EOF
 }
 nsa_config "$NSA_W2" > "$OUT/nsa.json"   # the final config; phase 1's when it differs:
