@@ -52,6 +52,8 @@ typedef struct {
     const char *ctx_list;     /* --ctx-list 256,512: passkey context lengths       */
     const char *depths;       /* --depths 0,25,50,75,100: needle depth, % of filler */
     int64_t trials;           /* --trials N: per (ctx, depth) cell; 0 = default 5  */
+    uint64_t trial_seed;      /* --trial-seed S: seeds the passkey draws            */
+    int trial_seed_set;       /* else they are seeded by --seed (the split's seed) */
 } cli_eval_opts;
 
 typedef struct {

@@ -28,7 +28,10 @@
  * model then greedily generates up to 10 tokens (so prompt + answer fit C
  * positions); a trial is correct when the decoded answer starts, after
  * optional whitespace, with K's digits. Keys and offsets come from a
- * splitmix64 seeded by --seed. Output: a table on stdout (rows depth,
+ * splitmix64 seeded by --trial-seed (default: --seed), drawn cell after cell
+ * in --ctx-list then --depths order, so two runs share trials only with the
+ * same seed, lists and --trials; another --trial-seed draws fresh trials
+ * over the same held-out split. Output: a table on stdout (rows depth,
  * columns context, cells accuracy %), PREFIX.csv (ctx,depth,trials,correct)
  * and PREFIX.svg (a red-to-green heat map), PREFIX = -o (default "passkey").
  *
@@ -307,7 +310,8 @@ static int eval_passkey(const cli_opts *o, dsc_model_t *m, const dsc_tokenizer_t
     int64_t nq;
     int32_t *q = encode(tok, PASSKEY_QUESTION, &nq);
     int nb = dsc_tokenizer_adds_bos(tok) && bos >= 0;
-    uint64_t rng = (o->seed_set ? o->sp.seed : 0) ^ 0x70A55CE7ull;
+    uint64_t tseed = o->eval.trial_seed_set ? o->eval.trial_seed : o->seed_set ? o->sp.seed : 0;
+    uint64_t rng = tseed ^ 0x70A55CE7ull;
     double t0 = cli_now();
 
     for (int64_t c = 0; c < nc; c++)
@@ -356,15 +360,15 @@ static int eval_passkey(const cli_opts *o, dsc_model_t *m, const dsc_tokenizer_t
                 int ok = !strncmp(p, key, strlen(key));
                 correct[d * nc + c] += ok;
                 if (!o->quiet)
-                    fprintf(stderr, "\rdsc: eval: passkey ctx %lld depth %lld%% trial %lld/%lld: "
-                            "%s  (%.1f s)   ", (long long)ctxs[c], (long long)deps[d],
-                            (long long)tr + 1, (long long)trials, ok ? "correct" : "wrong",
-                            cli_now() - t0);
+                    fprintf(stderr, "\rdsc: eval: passkey ctx %lld depth %lld%% trial %lld/%lld "
+                            "key %s: %s  (%.1f s)   ", (long long)ctxs[c], (long long)deps[d],
+                            (long long)tr + 1, (long long)trials, key,
+                            ok ? "correct" : "wrong  ", cli_now() - t0);
             }
     if (!o->quiet) fprintf(stderr, "\n");
 
-    printf("passkey accuracy (%%), %lld trials per cell, model %s\n", (long long)trials,
-           o->model_dir);
+    printf("passkey accuracy (%%), %lld trials per cell (trial seed %llu), model %s\n",
+           (long long)trials, (unsigned long long)tseed, o->model_dir);
     printf("%-12s", "depth\\ctx");
     for (int64_t c = 0; c < nc; c++) printf(" %8lld", (long long)ctxs[c]);
     printf("\n");

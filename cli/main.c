@@ -116,6 +116,8 @@ static void usage(FILE *f) {
             "  --ctx-list L           passkey context lengths (default 256,512,1024)\n"
             "  --depths L             passkey depths, %% of the filler (default 0,25,50,75,100)\n"
             "  --trials N             passkey trials per cell (default 5)\n"
+            "  --trial-seed S         seed of the passkey keys and filler offsets (default\n"
+            "                         --seed's): fresh trials over the same held-out split\n"
             "  -o PREFIX              passkey: writes PREFIX.svg and PREFIX.csv (default passkey)\n");
 }
 
@@ -135,6 +137,15 @@ static int64_t parse_int(const char *s, const char *what) {
     errno = 0;
     long long v = strtoll(s, &end, 10);
     if (errno || end == s || *end) cli_die_usage("expected an integer for", what);
+    return v;
+}
+
+static uint64_t parse_seed(const char *s, const char *what) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || *s == '-')
+        cli_die_usage("expected a non-negative integer for", what);
     return v;
 }
 
@@ -201,12 +212,7 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
             o->sp.repeat_penalty = parse_float(VALUE(), a);
             if (!(o->sp.repeat_penalty > 0)) cli_die_usage("--repeat-penalty must be > 0", v);
         } else if (IS("--seed", "-s")) {
-            char *end;
-            errno = 0;
-            unsigned long long sd = strtoull(VALUE(), &end, 10);
-            if (errno || end == v || *end || *v == '-')
-                cli_die_usage("expected a non-negative integer for", a);
-            o->sp.seed = sd;
+            o->sp.seed = parse_seed(VALUE(), a);
             o->seed_set = 1;
         } else if (IS("--ignore-eos", "--ignore-eos")) {
             o->sp.ignore_eos = 1;
@@ -332,6 +338,9 @@ void cli_parse(int argc, char **argv, cli_opts *o) {
         } else if (IS("--trials", "--trials")) {
             o->eval.trials = parse_int(VALUE(), a);
             if (o->eval.trials < 1 || o->eval.trials > 1000000) cli_die_usage("--trials out of range", v);
+        } else if (IS("--trial-seed", "--trial-seed")) {
+            o->eval.trial_seed = parse_seed(VALUE(), a);
+            o->eval.trial_seed_set = 1;
         } else if (IS("--attn", "--attn")) {
             const char *m = VALUE();
             if (!strcmp(m, "absorbed")) o->attn = DSC_ATTN_ABSORBED;

@@ -78,6 +78,8 @@
 #   PK_CTXS  passkey contexts (SHORT,512,1024,2048,CTX,2 CTX)
 #   MIX1, MIX2  share of passkey sequences in phase 1 and 2 (0.5, 0.5)
 #   TRIALS   passkey trials per (context, depth) cell (default 20)
+#   TRIAL_SEED  seed of the passkey draws (default 1, the split's seed); another
+#            value draws fresh trials over the same held-out text
 #   THREADS  threads (2)
 #   XWARM, XSPARSE  dsa-x (DSA made from the trained dense model): warm-up and
 #            sparse steps (300, 100; with 100 warm-up steps the indexer's
@@ -140,6 +142,7 @@ SPEED_STEPS=${SPEED_STEPS:-6}
 SPEED_CTXS=${SPEED_CTXS:-"$CTX $((2 * CTX)) $((4 * CTX))"}
 OUT=${OUT:-build/study}
 SEED=1
+TRIAL_SEED=${TRIAL_SEED:-$SEED}
 CTX2=$((2 * CTX))
 if [ -z "${PK_CTXS:-}" ]; then   # SHORT, the powers of two from 512 below CTX, CTX, 2 CTX
     PK_CTXS=$SHORT; pc=512
@@ -293,6 +296,7 @@ fi
 passkey() {   # passkey DIR CTXS TRIALS PREFIX: PREFIX.{txt,csv,svg}
     "$DSC" eval -m "$1" --data "$CORPUS" --passkey --ctx-list "$2" \
         --depths 0,25,50,75,100 --trials "$3" --val-frac 0.01 --seed "$SEED" \
+        --trial-seed "$TRIAL_SEED" \
         -t "$THREADS" -o "$4" -q > "$4.txt"
 }
 eval_model() {   # eval_model DIR: DIR.loss.txt, DIR.passkey.{txt,csv,svg}
@@ -389,7 +393,7 @@ if [ "$PHASE" = recheck ]; then
         passkey "$OUT/$name" "$RECHECK_CTXS" "$RECHECK_TRIALS" "$OUT/$name.recheck"
     done
     {
-        echo "Passkey, $RECHECK_TRIALS trials per cell at $RECHECK_CTXS (depths 0,25,50,75,100):"
+        echo "Passkey, $RECHECK_TRIALS trials per cell (trial seed $TRIAL_SEED) at $RECHECK_CTXS (depths 0,25,50,75,100):"
         echo "of the cells where dense reaches >= 95%, those the model holds at >= 95%, and"
         echo "those where it is significantly below dense (one-sided Fisher's exact test, 5%;"
         echo "depth@ctx: ours vs dense, %)."

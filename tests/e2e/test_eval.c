@@ -150,6 +150,23 @@ static int count_of(const char *s, const char *needle) {
     return n;
 }
 
+/* The first 4 keys of the passkey progress lines ("... key 123456: ..."),
+   comma-separated, into buf ("" if none). */
+static void keys_of(const char *err, char *buf, size_t cap) {
+    buf[0] = 0;
+    size_t len = 0;
+    const char *p = err;
+    for (int n = 0; p && n < 4 && (p = strstr(p, " key ")); n++) {
+        p += 5;
+        size_t k = strspn(p, "0123456789");
+        if (len + k + 2 > cap) break;
+        memcpy(buf + len, p, k);
+        len += k;
+        buf[len++] = ',';
+        buf[len] = 0;
+    }
+}
+
 static void test_passkey(dsc_t *t) {
     if (!t->dsc_bin) return;
     char data[512], args[2048], prefix[512], path[600];
@@ -196,6 +213,47 @@ static void test_passkey(dsc_t *t) {
         int n64 = count_of(csv, "\n64,"), n96 = count_of(csv, "\n96,");
         T_CHECK(t, n64 == 3 && n96 == 3, "CSV rows: %d x 64, %d x 96", n64, n96);
     }
+
+    /* --trial-seed: by default the draws are seeded by --seed, so naming that
+       seed draws the same keys (the progress lines name them) and changes
+       nothing; another seed draws other keys and is named in the header. */
+    char *out2 = NULL, *err2 = NULL, *csv2 = NULL;
+    snprintf(args, sizeof args,
+             "eval -m " MODEL " --data %s --passkey --ctx-list 64,96 --depths 0,50,100 "
+             "--trials 2 --seed 4 --trial-seed 4 -t 2 -o %s2", data, prefix);
+    st = run(t, args, &out2, &err2);
+    T_CHECK(t, st == 0, "dsc %s: exit %d: %s", args, st, err2 ? err2 : "");
+    T_CHECK(t, out && out2 && !strcmp(out, out2), "--trial-seed 4 changed the table:\n%s\n%s",
+            out ? out : "", out2 ? out2 : "");
+    char keys[2][64];
+    keys_of(err, keys[0], sizeof keys[0]);
+    keys_of(err2, keys[1], sizeof keys[1]);
+    T_CHECK(t, keys[0][0] && !strcmp(keys[0], keys[1]), "--trial-seed 4 drew other keys: %s / %s",
+            keys[0], keys[1]);
+    T_CHECK(t, out && strstr(out, "(trial seed 4)"), "header lacks the trial seed: %s",
+            out ? out : "");
+    snprintf(path, sizeof path, "%s2.csv", prefix);
+    csv2 = t_read_file(path, NULL);
+    T_CHECK(t, csv && csv2 && !strcmp(csv, csv2), "--trial-seed 4 changed the CSV");
+    free(out2);
+    free(err2);
+    out2 = NULL;
+    err2 = NULL;
+    snprintf(args, sizeof args,
+             "eval -m " MODEL " --data %s --passkey --ctx-list 64,96 --depths 0,50,100 "
+             "--trials 2 --seed 4 --trial-seed 5 -t 2 -o %s3", data, prefix);
+    st = run(t, args, &out2, &err2);
+    T_CHECK(t, st == 0 && out2 && strstr(out2, "(trial seed 5)"), "--trial-seed 5: exit %d: %s",
+            st, out2 ? out2 : "");
+    keys_of(err2, keys[1], sizeof keys[1]);
+    T_CHECK(t, keys[1][0] && strcmp(keys[0], keys[1]), "--trial-seed 5 drew the same keys: %s",
+            keys[1]);
+    free(err2);
+    snprintf(args, sizeof args, "eval -m " MODEL " --data %s --passkey --trial-seed -1", data);
+    st = run(t, args, NULL, NULL);
+    T_CHECK(t, st == 2, "--trial-seed -1: exit %d, expected 2", st);
+    free(out2);
+    free(csv2);
     free(svg);
     free(csv);
     free(out);
