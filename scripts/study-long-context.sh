@@ -9,7 +9,8 @@
 #   nsa  NSA ("attention_type": "nsa"; the paper's l 32, d 16, l' 64 and
 #        n 16 at CTX >= 2048, with a 64-token window (32 in phase 1): a
 #        sparse budget of CTX/16 + 1088 keys; scaled down below); q is one
-#        q_proj (q_lora_rank 0); H_kv 1, d_k = d_v = 32, a K/V per branch
+#        q_proj (q_lora_rank 0); H_kv 1, d_k = d_v = 32 (8 of d_k under
+#        RoPE: NSA_ROPE), a K/V per branch
 #        (the paper's §3.3.3), MLP compression with 8 hidden units, which
 #        keeps the parameter count within 2.5% of mla's. The first two
 #        runs used n 8 and a 256-token window throughout (NSA_N2=8
@@ -92,8 +93,9 @@
 #   NAMES    the models that train, eval and speed run on (mla dsa nsa)
 #   NSA_W2   NSA's window from phase 2 on (64 at CTX >= 2048, CTX / 16 below)
 #   NSA_N2   NSA's selected blocks n from phase 2 on (16 at CTX >= 2048, else 4)
-#   NSA_ROPE  NSA's RoPE dims of its d_k = 32 (16, as MLA's qk_rope_head_dim;
-#            the rest, 32 - NSA_ROPE, match by content alone)
+#   NSA_ROPE  NSA's RoPE dims of its d_k = 32 (8; the rest match by content
+#            alone). Runs before the rope-8 one used 16, MLA's qk_rope_head_dim:
+#            with 8 NSA retrieves much further (docs/long-context-study.md)
 #   NSA_HIDDEN  hidden units of NSA's compression MLP (8; each unit adds
 #            l * (d_k + d_v) + d_k + d_v = 2112 parameters per layer)
 #   NSA_W1   NSA's window in phase 1 (32 at CTX >= 2048, else 8). Below SHORT,
@@ -197,7 +199,7 @@ nsa_config() {   # nsa_config WINDOW: the NSA config with that window, on stdout
   "head_dim_v": 32, "block_size": $NSA_L, "stride": $NSA_D, "select_block": $NSA_LS,
   "n_select": $NSA_N, "window": $1, $NSA_PHI,
   "shared_kv": $NSA_SHARED},
- "q_lora_rank": 0, $(common "${NSA_ROPE:-16}")}
+ "q_lora_rank": 0, $(common "${NSA_ROPE:-8}")}
 EOF
 }
 nsa_config "$NSA_W2" > "$OUT/nsa.json"   # the final config; phase 1's when it differs:
