@@ -144,7 +144,7 @@ static uint64_t parse_seed(const char *s, const char *what) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || *s == '-')
+    if (errno || end == s || *end || strchr(s, '-')) /* strtoull wraps " -1" */
         cli_die_usage("expected a non-negative integer for", what);
     return v;
 }

@@ -249,9 +249,9 @@ static void test_passkey(dsc_t *t) {
     T_CHECK(t, keys[1][0] && strcmp(keys[0], keys[1]), "--trial-seed 5 drew the same keys: %s",
             keys[1]);
     free(err2);
-    snprintf(args, sizeof args, "eval -m " MODEL " --data %s --passkey --trial-seed -1", data);
+    snprintf(args, sizeof args, "eval -m " MODEL " --data %s --passkey --trial-seed ' -1'", data);
     st = run(t, args, NULL, NULL);
-    T_CHECK(t, st == 2, "--trial-seed -1: exit %d, expected 2", st);
+    T_CHECK(t, st == 2, "--trial-seed ' -1': exit %d, expected 2", st);
     free(out2);
     free(csv2);
     free(svg);
