@@ -14,8 +14,9 @@
  *     absorbed MLA) and dense = 0 (DSA), for each index cache format.
  *  2. The indexer alone: the library's indexer query and scoring are static
  *     in dsa.c, so they are rebuilt here from the same public kernels in
- *     the same blocking (the "replica"); dsc_dsa_keys and dsc_k_topk_set are
- *     the library's own. The replica's selection is compared with the one
+ *     the same blocking (the "replica"); dsc_dsa_keys, dsc_dsa_block_keys
+ *     (a block of cached keys as fp32) and dsc_k_topk_set are the library's
+ *     own. The replica's selection is compared with the one
  *     the library made, so it is known to do the same work. DSA attention
  *     = DSA step - indexer. The projections and the kv_b absorption are
  *     timed alone too, so the rest (the attention core) is known.
@@ -184,29 +185,8 @@ static void step_iscore(void *a) {
     for (int64_t b = 0; b < nblk; b++) {
         float *T = r->blk + (int64_t)dsc_thread_id() * r->blk_floats, *K = T + HI * KB;
         int64_t s0 = b * KB, ns = lk - s0 < KB ? lk - s0 : KB;
-        float lut[256];
-        if (c->p.index_cache == DSC_INDEX_CACHE_FP8)
-            for (int v = 0; v < 256; v++) lut[v] = dsc_e4m3_to_f32((uint8_t)v);
-        /* as dsa.c: an fp32 cache's block is scored in place */
-        const float *keys = K;
-        if (c->p.index_cache == DSC_INDEX_CACHE_F32)
-            keys = (const float *)((const unsigned char *)c->index_cache + s0 * kbytes);
-        else
-            for (int64_t t = 0; t < ns; t++) {
-                const unsigned char *row = (const unsigned char *)c->index_cache + (s0 + t) * kbytes;
-                float *o = K + t * DI, sc;
-                if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
-                    for (int64_t i = 0; i < DI; i++) {
-                        uint16_t h;
-                        memcpy(&h, row + 2 * i, 2);
-                        o[i] = dsc_bf16_to_f32(h);
-                    }
-                } else {
-                    /* as dsa.c's load_keys: a decode table per block */
-                    memcpy(&sc, row + DI, sizeof sc);
-                    for (int64_t i = 0; i < DI; i++) o[i] = lut[row[i]] * sc;
-                }
-            }
+        const float *keys = dsc_dsa_block_keys(
+            c->p.index_cache, (const unsigned char *)c->index_cache + s0 * kbytes, ns, DI, K);
         if (r->upto == 1) continue;
         dsc_k_sgemm_nt(c->k, HI, ns, DI, r->q, DI, keys, DI, T, ns, 0);
         if (r->upto == 2) continue;

@@ -31,9 +31,14 @@
 #define KB 256 /* keys per indexer scoring block */
 #define INDEX_NORM_EPS 1e-6f
 
-int64_t dsc_dsa_key_bytes(const dsc_config *cf, dsc_index_cache_type t) {
-    int64_t d = cf->index_head_dim;
+/* bytes of one cached key of d dims: fp32 or BF16 values, or FP8 codes
+   and their fp32 scale */
+static int64_t key_bytes(int64_t d, dsc_index_cache_type t) {
     return t == DSC_INDEX_CACHE_F32 ? 4 * d : t == DSC_INDEX_CACHE_BF16 ? 2 * d : d + 4;
+}
+
+int64_t dsc_dsa_key_bytes(const dsc_config *cf, dsc_index_cache_type t) {
+    return key_bytes(cf->index_head_dim, t);
 }
 
 int64_t dsc_dsa_ws_floats(const dsc_config *cf, int64_t n_ctx) {
@@ -101,19 +106,19 @@ static void store_key(const dsc_ctx_t *c, int64_t l, int64_t pos, const float *k
     }
 }
 
-/* Keys [s0, s0 + n) of layer l of a BF16 or FP8 cache as fp32 rows of D_I
-   (an fp32 cache is read in place). */
-static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, float *out) {
-    int64_t d = c->m->cfg.index_head_dim;
+const float *dsc_dsa_block_keys(dsc_index_cache_type t, const unsigned char *rows, int64_t n,
+                               int64_t d, float *scratch) {
+    if (t == DSC_INDEX_CACHE_F32) return (const float *)rows;
+    int64_t kb = key_bytes(d, t);
     /* FP8 keys: a 256-entry table per block of keys turns each decode into
        one load (a block holds up to KB * D_I codes) */
     float lut[256];
-    if (c->p.index_cache == DSC_INDEX_CACHE_FP8)
+    if (t == DSC_INDEX_CACHE_FP8)
         for (int b = 0; b < 256; b++) lut[b] = dsc_e4m3_to_f32((uint8_t)b);
     for (int64_t s = 0; s < n; s++) {
-        const unsigned char *row = key_row(c, l, s0 + s);
-        float *o = out + s * d;
-        if (c->p.index_cache == DSC_INDEX_CACHE_BF16) {
+        const unsigned char *row = rows + s * kb;
+        float *o = scratch + s * d;
+        if (t == DSC_INDEX_CACHE_BF16) {
             for (int64_t i = 0; i < d; i++) {
                 uint16_t h;
                 memcpy(&h, row + 2 * i, 2);
@@ -125,6 +130,7 @@ static void load_keys(const dsc_ctx_t *c, int64_t l, int64_t s0, int64_t n, floa
             for (int64_t i = 0; i < d; i++) o[i] = lut[row[i]] * scale;
         }
     }
+    return scratch;
 }
 
 /* LayerNorm with weight and bias over d values, in place. */
@@ -198,10 +204,7 @@ static void index_select(dsc_ctx_t *c, int64_t l, int64_t t0, int64_t nq, int64_
         float *T = ws;                           /* (nq*H_I, KB) */
         float *K = T + DSC_DSA_QB * HI * KB;     /* (KB, D_I)    */
         int64_t s0 = b * KB, ns = lk - s0 < KB ? lk - s0 : KB;
-        /* an fp32 cache's block is already the (ns, D_I) rows: no copy */
-        const float *keys = K;
-        if (c->p.index_cache == DSC_INDEX_CACHE_F32) keys = (const float *)key_row(c, l, s0);
-        else load_keys(c, l, s0, ns, K);
+        const float *keys = dsc_dsa_block_keys(c->p.index_cache, key_row(c, l, s0), ns, DI, K);
         /* T = Q K^T: every head of every query against the block's keys */
         dsc_k_sgemm_nt(c->k, nq * HI, ns, DI, q, DI, keys, DI, T, ns, 0);
         for (int64_t t = 0; t < nq; t++) {

@@ -290,6 +290,11 @@ void dsc_dsa_hadamard(float *v, int64_t n);
 float dsc_dsa_fp8_scale(const float *v, int64_t n, int ue8m0);
 /* Bytes of one cached indexer key in the context's format. */
 int64_t dsc_dsa_key_bytes(const dsc_config *cf, dsc_index_cache_type t);
+/* The n consecutive cached keys at rows (of d dims, format t) as fp32 rows
+   (n, d): an fp32 cache's rows themselves (scored in place, no copy), else
+   BF16 / FP8 decoded into scratch (n * d floats), which is returned. */
+const float *dsc_dsa_block_keys(dsc_index_cache_type t, const unsigned char *rows, int64_t n,
+                               int64_t d, float *scratch);
 /* Query rows per sparse-attention block (sizes qfull/olat). */
 #define DSC_DSA_QB 16
 
